@@ -1,0 +1,53 @@
+"""The `weaving` command.
+
+- `weaving fit|validate|test|predict ...`: LightningCLI over any LightningModule / LightningDataModule
+  (configs name them by `class_path`, e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`).
+- `weaving merge ...`: merge safetensors files from the command line (no Lightning involved).
+- `weaving demo ...`: the offline end-to-end demo on the embedded digits tasks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_main(args: list[str] | None = None) -> None:
+    """Run LightningCLI in subclass mode so YAML configs pick the module and data classes."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    import weaving.models  # noqa: F401  (registers the tiny offline CLIP configs)
+
+    LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    if command == "merge":
+        from weaving.merging.cli import merge_main
+
+        merge_main(argv[1:])
+    elif command == "demo":
+        from weaving.evaluation.demo import demo_main
+
+        demo_main(argv[1:])
+    elif command in LIGHTNING_SUBCOMMANDS or command.startswith("-"):
+        lightning_main(argv)
+    else:
+        known = ", ".join(("merge", "demo") + LIGHTNING_SUBCOMMANDS)
+        print(f"weaving: unknown command {command!r}; expected one of: {known}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
