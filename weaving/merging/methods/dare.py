@@ -1,0 +1,23 @@
+"""DARE (Yu et al., 2024): drop each task-vector element with probability p, rescale, then sum."""
+
+from __future__ import annotations
+
+import torch
+
+from weaving.merging.registry import derive_seed, register_method
+
+
+def check_dare(task_set, *, p: float, rescale: bool) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"method 'dare': p is the drop probability and must be in [0, 1), got {p}")
+
+
+@register_method("dare", prepare=check_dare, random=True)
+def dare(tensors: list[torch.Tensor], *, key: str, stats: None, seed: int, p: float = 0.1, rescale: bool = True) -> torch.Tensor:
+    merged = torch.zeros_like(tensors[0])
+    for task, value in enumerate(tensors):
+        generator = torch.Generator(device=value.device).manual_seed(derive_seed(seed, "dare", task))
+        keep = torch.rand(value.shape, generator=generator, device=value.device, dtype=value.dtype) >= p
+        kept = value * keep
+        merged += kept / (1.0 - p) if rescale else kept
+    return merged

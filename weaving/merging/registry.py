@@ -1,0 +1,83 @@
+"""Registries of merge methods and pooling functions, looked up by name.
+
+A merge method is a plain function `(tensors, *, key, stats, **hparams) -> Tensor` over the T task
+tensors of one parameter, registered with `@register_method(name)`. Its keyword-only arguments with
+defaults are its hyper-parameters (the public names used by `weaving.merge` and the configs). Methods
+that need statistics over whole task vectors (thresholds, quantiles) also register a `prepare` function
+that the engine runs once, streaming over the task vectors, before the per-tensor pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+RESERVED_ARGS = ("key", "stats", "seed")
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    merge: Callable[..., Any]
+    prepare: Callable[..., Any] | None = None
+    random: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by `hparams`; unknown names raise a ValueError listing the valid ones."""
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(
+                f"method {self.name!r} has no hyper-parameter {unknown[0]!r}; its hyper-parameters: {known}"
+            )
+        resolved = dict(self.defaults)
+        for name, value in hparams.items():
+            default = self.defaults[name]
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"method {self.name!r}: {name} must be true or false, got {value!r}")
+            elif isinstance(default, (int, float)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"method {self.name!r}: {name} must be a finite number, got {value!r}")
+                value = float(value) if isinstance(default, float) else value
+            resolved[name] = value
+        return resolved
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register_method(name: str, *, prepare: Callable[..., Any] | None = None, random: bool = False):
+    """Register a per-tensor merge function under `name`; its keyword defaults are its hyper-parameters."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params = inspect.signature(fn).parameters.values()
+        defaults = {
+            p.name: p.default
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in RESERVED_ARGS
+        }
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} is registered twice")
+        METHODS[name] = MergeMethod(name=name, merge=fn, prepare=prepare, random=random, defaults=defaults)
+        return fn
+
+    return decorator
+
+
+def get_method(name: str) -> MergeMethod:
+    import weaving.merging.methods  # noqa: F401  (fills the registry)
+
+    if name not in METHODS:
+        raise ValueError(f"unknown merge method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed for one (tensor, member, ...) from the user's seed, independent of processing order."""
+    digest = hashlib.blake2b(repr((int(seed),) + parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
