@@ -1,0 +1,30 @@
+"""Evaluation: MergeModule (`weaving validate`), the three setups, comparison tables, plots and the demo."""
+
+from weaving.evaluation.compare import run_comparison, write_comparison
+from weaving.evaluation.evaluate import Evaluator, Tally
+from weaving.evaluation.merge_module import MergeModule
+from weaving.evaluation.report import check_results, format_markdown, format_summary, load_results, write_results
+from weaving.evaluation.search_spaces import SETUPS, default_search_space
+from weaving.evaluation.setups import Column, MergeJob, Setup, continual, domain_generalization, make_setup, multi_task
+
+__all__ = [
+    "SETUPS",
+    "Column",
+    "Evaluator",
+    "MergeJob",
+    "MergeModule",
+    "Setup",
+    "Tally",
+    "check_results",
+    "continual",
+    "default_search_space",
+    "domain_generalization",
+    "format_markdown",
+    "format_summary",
+    "load_results",
+    "make_setup",
+    "multi_task",
+    "run_comparison",
+    "write_comparison",
+    "write_results",
+]

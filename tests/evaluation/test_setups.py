@@ -1,0 +1,47 @@
+import pytest
+
+from weaving.evaluation import setups
+
+
+def test_multi_task_merges_everything_once():
+    setup = setups.multi_task(["a", "b", "c"])
+    assert setup.tasks == ["a", "b", "c"] and setup.mean == "columns"
+    assert len(setup.jobs) == 1 and setup.jobs[0].task_vectors == ("a", "b", "c")
+    assert [c.name for c in setup.jobs[0].columns] == ["a", "b", "c"]
+    assert all(c.classes is None for c in setup.columns)
+
+
+def test_domain_generalization_leaves_each_task_out():
+    setup = setups.domain_generalization(["a", "b", "c"])
+    assert [(job.task_vectors, [c.name for c in job.columns]) for job in setup.jobs] == [
+        (("b", "c"), ["a"]), (("a", "c"), ["b"]), (("a", "b"), ["c"])]
+    assert setup.individual == {"a": "a", "b": "b", "c": "c"}
+
+
+def test_continual_scores_parts_with_the_full_head():
+    setup = setups.continual("digits", splits=5)
+    assert setup.tasks == [f"digits_part{i}of5" for i in range(1, 6)]
+    assert setup.eval_tasks == ["digits"] and setup.mean == "samples"
+    assert [c.classes for c in setup.columns] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert setup.jobs[0].task_vectors == tuple(setup.tasks)
+
+
+def test_make_setup_by_name():
+    assert setups.make_setup("continual", ["digits"], splits=2).tasks == ["digits_part1of2", "digits_part2of2"]
+    assert setups.make_setup("domain_generalization", ["a", "b"]).name == "domain_generalization"
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: setups.domain_generalization(["a"]), "at least 2"),
+        (lambda: setups.multi_task(["a", "a"]), "repeat"),
+        (lambda: setups.continual("digits"), "give splits"),
+        (lambda: setups.continual("digits", parts=["digits_rot90"]), "not a class-incremental part"),
+        (lambda: setups.make_setup("continual", [], splits=2), "must start with the task"),
+        (lambda: setups.make_setup("multitask", ["a"]), "unknown setup"),
+    ],
+)
+def test_bad_setups_are_one_line_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

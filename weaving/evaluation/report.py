@@ -1,0 +1,311 @@
+"""Results files and plots: results.json / results.csv / results.md per setup, a cross-setup summary
+(the paper's Table 2 layout), and the lambda analysis plots (the paper's Figure 2).
+
+`results.json` schema (accuracies in [0, 1]):
+
+    {"setup": str, "tasks": [str], "zeroshot": {task: acc}, "individual": {task: acc},
+     "rows": [{"method": str, "weave": bool, "lam": float | null, "lambdas": [float] | null,
+               "pooling": str | null, "accuracy": {task: acc}, "mean": float}]}
+
+Optional extra keys: "zeroshot_mean" and "individual_mean" (the mean of those rows by the setup's rule;
+for continual it is over samples, not over columns). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILES = ("results.json", "results.csv", "results.md")
+ROW_KEYS = ("method", "weave", "lam", "lambdas", "pooling", "accuracy", "mean")
+TOP_KEYS = ("setup", "tasks", "zeroshot", "individual", "rows")
+
+
+# ----------------------------------------------------------------------------------------- file writing
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder, then rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _check_accuracies(values: Any, tasks: Sequence[str], where: str) -> None:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"results: {where} must be a mapping task -> accuracy, got {type(values).__name__}")
+    unknown = [name for name in values if name not in tasks]
+    if unknown:
+        raise ValueError(f"results: {where} names tasks {unknown} that are not in 'tasks' {list(tasks)}")
+    for name, value in values.items():
+        if not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0 or math.isnan(value)):
+            raise ValueError(f"results: {where}[{name!r}] = {value!r} is not an accuracy in [0, 1]")
+
+
+def check_results(results: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Raise a one-line ValueError naming the key when `results` does not follow the results.json schema."""
+    missing = [key for key in TOP_KEYS if key not in results]
+    if missing:
+        raise ValueError(f"results: missing keys {missing}; expected {list(TOP_KEYS)}")
+    tasks = results["tasks"]
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks) or not tasks:
+        raise ValueError("results: 'tasks' must be a non-empty list of task names")
+    _check_accuracies(results["zeroshot"], tasks, "zeroshot")
+    _check_accuracies(results["individual"], tasks, "individual")
+    for i, row in enumerate(results["rows"]):
+        missing = [key for key in ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"results: rows[{i}] misses keys {missing}; expected {list(ROW_KEYS)}")
+        if not isinstance(row["weave"], bool):
+            raise ValueError(f"results: rows[{i}]['weave'] must be true or false")
+        if row["weave"] and (not row["lambdas"] or row["pooling"] is None):
+            raise ValueError(f"results: rows[{i}] is a weaving row but has no 'lambdas' or 'pooling'")
+        if not row["weave"] and row["lam"] is None:
+            raise ValueError(f"results: rows[{i}] is a plain merge but has no 'lam'")
+        _check_accuracies(row["accuracy"], tasks, f"rows[{i}]['accuracy']")
+        _check_accuracies({"mean": row["mean"]}, ["mean"], f"rows[{i}]")
+    return results
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a results.json file (or the results.json inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {path}; run a comparison first (weaving demo)")
+    results = json.loads(path.read_text())
+    check_results(results)
+    return results
+
+
+# --------------------------------------------------------------------------------------------- tables
+def describe_lambdas(lambdas: Sequence[float] | None) -> str:
+    """Short text for a search space: "0.1..1.5 (15)", or the values when not evenly spaced."""
+    if not lambdas:
+        return ""
+    values = [round(float(v), 6) for v in lambdas]
+    if len(values) > 2:
+        steps = {round(b - a, 6) for a, b in zip(values, values[1:])}
+        if len(steps) == 1:
+            return f"{values[0]:g}..{values[-1]:g} ({len(values)})"
+    return ",".join(f"{v:g}" for v in values)
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """Variant text of a row: "lam=1" or "+ weaving (mean, 0.1..1.0 (10))"."""
+    if row["weave"]:
+        return f"+ weaving ({row['pooling']}, {describe_lambdas(row['lambdas'])})"
+    return f"lam={row['lam']:g}"
+
+
+def _gains(results: Mapping[str, Any]) -> list[float | None]:
+    """Per row: weaving mean minus the same method's plain-merge mean (first plain row); None otherwise."""
+    base = {}
+    for row in results["rows"]:
+        if not row["weave"]:
+            base.setdefault(row["method"], row["mean"])
+    return [row["mean"] - base[row["method"]] if row["weave"] and row["method"] in base else None for row in results["rows"]]
+
+
+def _reference_mean(results: Mapping[str, Any], key: str) -> float:
+    """Mean of the zeroshot/individual row: the stored one when present, else the mean over columns."""
+    if f"{key}_mean" in results:
+        return results[f"{key}_mean"]
+    values = list(results[key].values())
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _signed_pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:+.2f}"
+
+
+def format_markdown(results: Mapping[str, Any]) -> str:
+    """Table like the paper's Table 2 for one setup: a row per method and variant, a column per task,
+    the mean, and weaving's gain over lam = 1 (percentage points). Accuracies in percent."""
+    tasks = results["tasks"]
+    header = ["Method", "Variant", *tasks, "Mean", "Gain"]
+    lines = [f"### {results['setup']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, name in (("zeroshot", "Zero-shot"), ("individual", "Individual")):
+        cells = [_pct(results[key].get(task)) for task in tasks]
+        lines.append("| " + " | ".join([name, "", *cells, _pct(_reference_mean(results, key)), ""]) + " |")
+    for row, gain in zip(results["rows"], _gains(results)):
+        cells = [_pct(row["accuracy"].get(task)) for task in tasks]
+        lines.append("| " + " | ".join([row["method"], row_label(row), *cells, _pct(row["mean"]), _signed_pct(gain)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(results: Mapping[str, Any]) -> str:
+    """One line per row (zero-shot and individual first); accuracies in [0, 1] like results.json."""
+    tasks = results["tasks"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["setup", "method", "weave", "lam", "lambdas", "pooling", *tasks, "mean", "gain"])
+    for key in ("zeroshot", "individual"):
+        writer.writerow([results["setup"], key, False, "", "", "", *[results[key].get(t, "") for t in tasks],
+                         _reference_mean(results, key), ""])
+    for row, gain in zip(results["rows"], _gains(results)):
+        lambdas = " ".join(f"{v:g}" for v in row["lambdas"]) if row["lambdas"] else ""
+        lam = "" if row["lam"] is None else row["lam"]
+        writer.writerow([results["setup"], row["method"], row["weave"], lam, lambdas, row["pooling"] or "",
+                         *[row["accuracy"].get(t, "") for t in tasks], row["mean"], "" if gain is None else gain])
+    return buffer.getvalue()
+
+
+def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Check `results` and write results.json, results.csv and results.md into `output_dir` (atomically)."""
+    check_results(results)
+    out = Path(output_dir)
+    return {
+        "json": atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n"),
+        "csv": atomic_write_text(out / "results.csv", format_csv(results)),
+        "md": atomic_write_text(out / "results.md", format_markdown(results)),
+    }
+
+
+def format_summary(all_results: Sequence[Mapping[str, Any]]) -> str:
+    """Cross-setup table in the layout of the paper's Table 2: a row per method and variant, the mean
+    accuracy of each setup as columns, their average, and weaving's gain in that average."""
+    setups = [r["setup"] for r in all_results]
+    keys: list[tuple[str, str]] = []
+    means: dict[tuple[str, str], dict[str, float]] = {}
+    for results in all_results:
+        for row in results["rows"]:
+            # search spaces differ per setup, so weaving rows are grouped by pooling only
+            key = (row["method"], f"+ weaving ({row['pooling']})" if row["weave"] else row_label(row))
+            if key not in means:
+                keys.append(key)
+                means[key] = {}
+            means[key][results["setup"]] = row["mean"]
+    header = ["Method", "Variant", *setups, "Avg", "Gain"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    averages: dict[tuple[str, str], float | None] = {}
+    for key in keys:
+        values = [means[key].get(s) for s in setups]
+        averages[key] = sum(values) / len(values) if all(v is not None for v in values) else None
+    for key in keys:
+        method, variant = key
+        gain = None
+        if variant.startswith("+ weaving") and averages[key] is not None and averages.get((method, "lam=1")) is not None:
+            gain = averages[key] - averages[(method, "lam=1")]
+        cells = [_pct(means[key].get(s)) for s in setups]
+        lines.append("| " + " | ".join([method, variant, *cells, _pct(averages[key]), _signed_pct(gain)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _figure_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lambda_curves(analysis: Mapping[str, Any], results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Per method, accuracy of every task (thin) and their mean (thick) as a function of lambda, with
+    lam = 1 marked and each weaving result drawn as a dashed horizontal line (its mean accuracy)."""
+    plt = _pyplot()
+    methods = list(analysis["methods"])
+    if not methods:
+        raise ValueError("analysis has no methods to plot")
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, method in zip(axes.flat, methods):
+        entry = analysis["methods"][method]
+        lambdas = entry["lambdas"]
+        for task, accs in entry["accuracy"].items():
+            ax.plot(lambdas, [100 * a for a in accs], lw=0.8, alpha=0.6, label=task)
+        ax.plot(lambdas, [100 * a for a in entry["mean"]], color="black", lw=2.2, label="mean")
+        for row in results["rows"]:
+            if row["method"] != method:
+                continue
+            if row["weave"]:
+                ax.axhline(100 * row["mean"], ls="--", lw=1.5, color="tab:red" if row["pooling"] == "mean" else "tab:purple",
+                           label=f"weaving ({row['pooling']})")
+            elif row["lam"] is not None:
+                ax.plot([row["lam"]], [100 * row["mean"]], marker="o", color="black", ls="none", label=f"lam={row['lam']:g}")
+        ax.set_title(method)
+        ax.set_xlabel("lambda")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"{analysis['setup']}: accuracy vs lambda (uses evaluation data; analysis only)")
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                               results: Sequence[Mapping[str, Any]] | None = None) -> Path:
+    """The paper's Figure 2: per method (rows) and setup (columns), how many tasks have each lambda as
+    their best one. lam = 1 is drawn as a vertical line; with `results`, each title gives weaving's gain."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(m for a in analyses for m in a["methods"]))
+    if not methods:
+        raise ValueError("analysis has no methods to plot")
+    gains = {}
+    for res in results or []:
+        for row, gain in zip(res["rows"], _gains(res)):
+            if gain is not None and row["pooling"] == "mean":
+                gains[(res["setup"], row["method"])] = gain
+    fig, axes = plt.subplots(len(methods), len(analyses), figsize=(3.6 * len(analyses), 2.4 * len(methods)), squeeze=False)
+    for j, analysis in enumerate(analyses):
+        for i, method in enumerate(methods):
+            ax = axes[i][j]
+            entry = analysis["methods"].get(method)
+            if entry is None:
+                ax.axis("off")
+                continue
+            lambdas = entry["lambdas"]
+            best = list(entry["best_lambda"].values())
+            width = min((b - a for a, b in zip(lambdas, lambdas[1:])), default=0.1) * 0.8
+            counts = [sum(1 for b in best if math.isclose(b, lam)) for lam in lambdas]
+            ax.bar(lambdas, counts, width=width, color="tab:blue", alpha=0.8)
+            ax.axvline(1.0, color="black", ls=":", lw=1)
+            title = f"{method} | {analysis['setup']}"
+            if (analysis["setup"], method) in gains:
+                title += f"\nweaving {100 * gains[(analysis['setup'], method)]:+.2f} pp vs lam=1"
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel("best lambda", fontsize=8)
+            ax.set_ylabel("tasks", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("Best lambda per task (uses evaluation data; analysis only)")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return atomic_write_bytes(path, _figure_bytes(fig))
