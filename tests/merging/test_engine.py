@@ -1,0 +1,89 @@
+"""Contract tests run over every registered method (timm-style)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import weaving
+
+from .conftest import delta, make_inputs
+
+ALL = sorted(weaving.METHODS)
+
+
+def test_all_nine_methods_are_registered():
+    assert ALL == sorted(["task_arithmetic", "dare", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts"])
+    assert list(weaving.POOLINGS) == ["mean", "random", "magmax"]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_shapes_keys_and_lam_independence(inputs, method):
+    pretrained, tvs = inputs
+    one = weaving.merge(pretrained, tvs, method, lam=1.0, seed=1)
+    two = weaving.merge(pretrained, tvs, method, lam=2.5, seed=1)
+    assert list(one) == list(pretrained)
+    for key in pretrained:
+        assert one[key].shape == pretrained[key].shape
+        torch.testing.assert_close(delta(two, pretrained)[key], 2.5 * delta(one, pretrained)[key], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_output_dtype_is_input_dtype(method, dtype):
+    pretrained, tvs = make_inputs(dtype=dtype)
+    merged = weaving.merge(pretrained, tvs, method)
+    woven = weaving.weave(pretrained, tvs, method, [0.5, 1.0])
+    assert all(merged[k].dtype == dtype and woven[k].dtype == dtype for k in pretrained)
+
+
+def test_float64_is_computed_in_float64():
+    pretrained, tvs = make_inputs(dtype=torch.float64)
+    tvs[0]["visual.proj.bias"][0] = 1e-12
+    merged = weaving.merge(pretrained, tvs, "task_arithmetic")
+    expected = pretrained["visual.proj.bias"] + tvs[0]["visual.proj.bias"] + tvs[1]["visual.proj.bias"] + tvs[2]["visual.proj.bias"]
+    assert torch.equal(merged["visual.proj.bias"], expected)
+
+
+def test_keys_only_in_pretrained_pass_through(inputs):
+    pretrained, tvs = inputs
+    pretrained = dict(pretrained, **{"text.weight": torch.ones(3), "position_ids": torch.arange(4)})
+    merged = weaving.merge(pretrained, tvs, "ties")
+    assert torch.equal(merged["position_ids"], torch.arange(4))
+    assert torch.equal(merged["text.weight"], torch.ones(3))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_seeded_results_are_bit_identical(inputs, method):
+    a = weaving.merge(*inputs, method, seed=7)
+    b = weaving.merge(*inputs, method, seed=7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_safetensors_paths_are_accepted(tmp_path, inputs):
+    from safetensors.torch import save_file
+
+    pretrained, tvs = inputs
+    save_file(pretrained, tmp_path / "pre.safetensors")
+    paths = []
+    for i, tv in enumerate(tvs):
+        save_file(tv, tmp_path / f"tv{i}.safetensors")
+        paths.append(str(tmp_path / f"tv{i}.safetensors"))
+    from_files = weaving.weave(str(tmp_path / "pre.safetensors"), paths, "ties", [0.5, 1.0])
+    from_memory = weaving.weave(pretrained, tvs, "ties", [0.5, 1.0])
+    assert all(torch.equal(from_files[k], from_memory[k]) for k in pretrained)
+
+
+def test_unavailable_cuda_is_a_clear_error(inputs):
+    if torch.cuda.is_available():
+        merged = weaving.merge(*inputs, "tsv", device="cuda")
+        assert merged["visual.proj.weight"].device.type == "cpu"
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            weaving.merge(*inputs, "tsv", device="cuda")
+
+
+def test_merging_imports_without_lightning():
+    code = "import sys, weaving, weaving.merging; assert 'lightning' not in sys.modules, 'lightning imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
