@@ -1,0 +1,198 @@
+"""Task registry: class names and templates, error messages, and ImageFolder-based tasks on fake data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Subset
+
+from weaving.data import TASKS, Task, get_task, register_task
+from weaving.data.prompts import IMAGENET_R_WNIDS
+from weaving.data.tasks import ToRGB
+
+EXPECTED_CLASSES = {
+    "sun397": 397, "cars": 196, "resisc45": 45, "eurosat": 10, "svhn": 10, "gtsrb": 43, "mnist": 10, "dtd": 47,
+    "cifar100": 100, "imagenet_r": 200, "cub200": 200, "stanford_cars": 196,
+    "digits": 10, "digits_rot90": 10, "digits_inverted": 10, "digits_mirrored": 10,
+}
+TORCHVISION_TASKS = {  # task -> folder named in its missing-data error
+    "sun397": "SUN397", "eurosat": "eurosat", "svhn": "svhn", "gtsrb": "gtsrb", "mnist": "MNIST", "dtd": "dtd",
+    "cifar100": "cifar-100-python",
+}
+
+
+def write_images(folder: Path, count: int, *, mode: str = "L", seed: int = 0) -> list[str]:
+    """`count` tiny random images in `folder` (grayscale by default, to check the RGB conversion)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for k in range(count):
+        shape = (6, 6) if mode == "L" else (6, 6, 3)
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(folder / f"img_{k}.png")
+        names.append(f"img_{k}.png")
+    return names
+
+
+def fake_resisc45(root: Path, per_class: int = 2) -> Path:
+    for k in range(45):
+        write_images(root / "NWPU-RESISC45" / f"class_{k:02d}", per_class, seed=k)
+    return root
+
+
+def sample_paths(dataset) -> list[str]:
+    """The image file behind each item, following Subset chains down to the ImageFolder."""
+    indices = list(range(len(dataset)))
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[j] for j in indices]
+        dataset = dataset.dataset
+    return [dataset.samples[j][0] for j in indices]
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+
+
+def test_registry_holds_every_task_with_its_class_count():
+    for name, count in EXPECTED_CLASSES.items():
+        task = get_task(name)
+        assert task.name == name == name.lower()
+        assert task.num_classes == len(task.classnames) == count
+        assert len(set(task.classnames)) == count, f"{name} has duplicate class names"
+        assert task.templates and all(t.count("{}") == 1 for t in task.templates)
+    assert set(EXPECTED_CLASSES) <= set(TASKS)
+
+
+def test_templates_follow_clip():
+    assert get_task("eurosat").classnames[0] == "annual crop land"
+    assert get_task("cars").templates[3] == "i love my {}!"
+    assert get_task("mnist").templates == ('a photo of the number: "{}".',)
+    assert get_task("imagenet_r").classnames[0] == "goldfish"
+    assert len(get_task("imagenet_r").templates) == 80
+    assert list(IMAGENET_R_WNIDS) == sorted(IMAGENET_R_WNIDS)
+
+
+def test_unknown_task_lists_known_names():
+    with pytest.raises(ValueError, match="unknown task 'imagenet'") as info:
+        get_task("imagenet")
+    assert "cifar100" in str(info.value) and "digits_rot90" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_TASKS))
+def test_missing_torchvision_dataset_names_path_and_download(tmp_path, name):
+    with pytest.raises(FileNotFoundError) as info:
+        get_task(name).dataset(tmp_path, "train")
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / TORCHVISION_TASKS[name]) in message
+    assert "download=True" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "folder", "hint"),
+    [
+        ("cars", "stanford_cars", "download it by hand"),
+        ("stanford_cars", "stanford_cars", "download it by hand"),
+        ("resisc45", "NWPU-RESISC45", "NWPU-RESISC45"),
+        ("imagenet_r", "imagenet-r", "imagenet-r.tar"),
+        ("cub200", "CUB_200_2011", "CUB_200_2011.tgz"),
+    ],
+)
+def test_missing_manual_dataset_says_how_to_get_it(tmp_path, name, folder, hint):
+    with pytest.raises(FileNotFoundError) as info:
+        get_task(name).dataset(tmp_path, "test")
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / folder) in message and hint in message
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        get_task("digits").dataset("unused", "valid")
+
+
+def test_resisc45_holdout_and_validation_splits(tmp_path):
+    fake_resisc45(tmp_path, per_class=2)  # 90 images
+    splits = {s: get_task("resisc45").dataset(tmp_path, s) for s in ("train", "val", "test")}
+    # 20% test hold-out (18), then 10% of the remaining 72 as validation (7).
+    assert {s: len(d) for s, d in splits.items()} == {"train": 65, "val": 7, "test": 18}
+    files = {s: set(sample_paths(d)) for s, d in splits.items()}
+    assert sum(len(f) for f in files.values()) == len(set.union(*files.values())) == 90  # disjoint, cover all
+    image, label = splits["train"][0]
+    assert isinstance(image, Image.Image) and image.mode == "RGB"  # grayscale files arrive as RGB
+    assert 0 <= label < 45
+    again = get_task("resisc45").dataset(tmp_path, "test")
+    assert again.indices == splits["test"].indices  # fixed seed: same split every time
+
+
+def test_resisc45_applies_transform_and_labels_follow_sorted_folders(tmp_path):
+    fake_resisc45(tmp_path, per_class=2)
+    test = get_task("resisc45").dataset(tmp_path, "test", transform=to_tensor)
+    image, label = test[0]
+    assert image.shape == (3, 6, 6)
+    assert int(Path(sample_paths(test)[0]).parent.name.split("_")[1]) == label
+
+
+def test_wrong_number_of_class_folders_is_reported(tmp_path):
+    for k in range(3):
+        write_images(tmp_path / "NWPU-RESISC45" / f"c{k}", 2)
+    with pytest.raises(ValueError, match="found 3 class folders .* expected 45"):
+        get_task("resisc45").dataset(tmp_path, "train")
+
+
+def test_imagenet_r_labels_are_sorted_wnids(tmp_path):
+    for k, wnid in enumerate(IMAGENET_R_WNIDS):
+        write_images(tmp_path / "imagenet-r" / wnid, 1, mode="RGB", seed=k)
+    train = get_task("imagenet_r").dataset(tmp_path, "train")
+    test = get_task("imagenet_r").dataset(tmp_path, "test")
+    assert len(test) == 40 and len(train) + len(get_task("imagenet_r").dataset(tmp_path, "val")) == 160
+    _, label = test[0]
+    assert IMAGENET_R_WNIDS[label] == Path(sample_paths(test)[0]).parent.name
+
+
+def test_cub200_uses_official_split_file(tmp_path):
+    base = tmp_path / "CUB_200_2011"
+    lines, flags, image_id = [], [], 0
+    for k in range(200):
+        folder = f"{k + 1:03d}.Bird_{k}"
+        for j, name in enumerate(write_images(base / "images" / folder, 2, seed=k)):
+            image_id += 1
+            lines.append(f"{image_id} {folder}/{name}")
+            flags.append(f"{image_id} {1 if j == 0 else 0}")  # first image of each class trains
+    (base / "images.txt").write_text("\n".join(lines) + "\n")
+    (base / "train_test_split.txt").write_text("\n".join(flags) + "\n")
+    task = get_task("cub200")
+    test = task.dataset(tmp_path, "test")
+    train, val = task.dataset(tmp_path, "train"), task.dataset(tmp_path, "val")
+    assert len(test) == 200 and len(train) + len(val) == 200 and len(val) == 20
+    assert sorted(test[j][1] for j in range(len(test))) == list(range(200))
+    assert all(Path(path).name == "img_1.png" for path in sample_paths(test))
+
+
+def test_to_rgb_converts_before_the_transform():
+    gray = Image.new("L", (4, 4), color=7)
+    out = ToRGB(to_tensor)(gray)
+    assert out.shape == (3, 4, 4) and torch.all(out == 7)
+    assert ToRGB()(gray).mode == "RGB"
+
+
+def test_register_task_checks_names_and_templates():
+    def factory(root, split, transform, download):
+        return []
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_task(Task("digits", ("a",), ("{}",), factory))
+    with pytest.raises(ValueError, match="reserved"):
+        register_task(Task("mine_part1of2", ("a",), ("{}",), factory))
+    with pytest.raises(ValueError, match="lowercase"):
+        register_task(Task("Mine", ("a",), ("{}",), factory))
+    with pytest.raises(ValueError, match="exactly one"):
+        Task("mine", ("a",), ("no placeholder",), factory)
+    try:
+        task = register_task(Task("weaving_test_task", ("a", "b"), ("a {}.",), factory))
+        assert get_task("weaving_test_task") is task
+    finally:
+        TASKS.pop("weaving_test_task", None)

@@ -1,0 +1,284 @@
+"""LightningDataModules for one task, several tasks, and a task stream (the sequence a fine-tuning run walks).
+
+Their `__init__` signatures are the YAML schema of `weaving fit|validate|test` (LightningCLI), e.g.
+
+    data:
+      class_path: weaving.data.TaskStreamDataModule
+      init_args: {tasks: [digits], splits: 5, model: weaving-tiny-vit, batch_size: 64}
+
+Images go through the model's own transforms (`weaving.models.image_transforms`): the train transform for
+the "train" split, the eval transform for "val" and "test". Shuffling uses a seeded generator, so the same
+seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from weaving.data.splits import parse_split_name
+from weaving.data.tasks import SPLITS, Task, get_task
+
+
+def _check_loader_args(batch_size: int, num_workers: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
+class _TaskData(pl.LightningDataModule):
+    """Shared machinery: transforms, cached datasets per (task, split), and dataloaders."""
+
+    def __init__(
+        self,
+        root: str,
+        model: str,
+        pretrained: str | None,
+        batch_size: int,
+        num_workers: int,
+        download: bool,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        _check_loader_args(batch_size, num_workers)
+        self.root = Path(root).expanduser()
+        self.model = model
+        self.pretrained = pretrained
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.download = download
+        self.seed = seed
+        self._transforms: tuple[Callable, Callable] | None = None
+        self._datasets: dict[tuple[str, str], Dataset] = {}
+        # One generator for the module's whole life: each epoch's shuffle differs, yet the run is reproducible.
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def transforms(self) -> tuple[Callable, Callable]:
+        """(train, eval) transforms of `model`, built once."""
+        if self._transforms is None:
+            from weaving.models import image_transforms
+
+            self._transforms = image_transforms(self.model, self.pretrained)
+        return self._transforms
+
+    def dataset(self, task: Task, split: str) -> Dataset:
+        """The `split` of `task` with the model's transform for that split (cached)."""
+        key = (task.name, split)
+        if key not in self._datasets:
+            train_transform, eval_transform = self.transforms()
+            transform = train_transform if split == "train" else eval_transform
+            self._datasets[key] = task.dataset(self.root, split, transform, download=False)
+        return self._datasets[key]
+
+    def _download(self, tasks: list[Task]) -> None:
+        """Fetch every split once (rank 0 only, from prepare_data) when download=True."""
+        if not self.download:
+            return
+        seen: set[str] = set()
+        for task in tasks:
+            base = parse_split_name(task.name)
+            name = base[0] if base is not None else task.name
+            if name in seen:
+                continue
+            seen.add(name)
+            for split in ("train", "test"):
+                get_task(name).dataset(self.root, split, None, download=True)
+
+    def loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=self._generator if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class TaskDataModule(_TaskData):
+    """One task: train / val / test dataloaders over its splits."""
+
+    def __init__(
+        self,
+        task: str,
+        root: str = "data",
+        model: str = "weaving-tiny-vit",
+        pretrained: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        download: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            task: a registered task name (e.g. "eurosat", "digits") or a class split ("cifar100_part1of10").
+            root: folder that holds the datasets (see docs/datasets.md for each task's layout).
+            model: open_clip model name whose image transforms are used.
+            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            batch_size: images per batch.
+            num_workers: DataLoader worker processes (0 = load in the main process).
+            download: fetch torchvision datasets that are missing (in prepare_data).
+            seed: seed of the shuffling generator.
+        """
+        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        self.task = get_task(task)
+        self.task_names = [self.task.name]
+
+    def prepare_data(self) -> None:
+        self._download([self.task])
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.task, "train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.task, "val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.task, "test"), shuffle=False)
+
+
+class MultiTaskDataModule(_TaskData):
+    """Several tasks evaluated side by side: one validation / test dataloader per task, in order."""
+
+    def __init__(
+        self,
+        tasks: list[str],
+        root: str = "data",
+        model: str = "weaving-tiny-vit",
+        pretrained: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        download: bool = False,
+        eval_split: str = "test",
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            tasks: registered task names (or class splits), one dataloader each, in this order.
+            root: folder that holds the datasets (see docs/datasets.md).
+            model: open_clip model name whose image transforms are used.
+            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            batch_size: images per batch.
+            num_workers: DataLoader worker processes (0 = load in the main process).
+            download: fetch torchvision datasets that are missing (in prepare_data).
+            eval_split: the split val_dataloader() serves ("val" for model selection, "test" to report).
+            seed: seed of the shuffling generator.
+        """
+        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        if not tasks:
+            raise ValueError("tasks is empty: list at least one task name")
+        if eval_split not in SPLITS:
+            raise ValueError(f"eval_split {eval_split!r} is not a split; use one of: {', '.join(SPLITS)}")
+        self.tasks = [get_task(name) for name in tasks]
+        self.task_names = [task.name for task in self.tasks]
+        if len(set(self.task_names)) != len(self.task_names):
+            raise ValueError(f"tasks lists a task twice: {self.task_names}")
+        self.eval_split = eval_split
+
+    def prepare_data(self) -> None:
+        self._download(self.tasks)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.loader(self.dataset(task, self.eval_split), shuffle=False) for task in self.tasks]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.loader(self.dataset(task, "test"), shuffle=False) for task in self.tasks]
+
+
+class TaskStreamDataModule(_TaskData):
+    """The sequence of tasks a fine-tuning run walks through; the dataloaders serve `current_task`.
+
+    With `splits=n`, `tasks` holds one task and the stream is its n class-incremental parts
+    ("<task>_part1of<n>" .. "<task>_part<n>of<n>"); `base_task` is then the full task, for task-agnostic
+    evaluation over all classes. Set `current_task` and reload the dataloaders (the trainer's
+    `reload_dataloaders_every_n_epochs=1`, or a new `fit`) to move to the next task.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        root: str = "data",
+        model: str = "weaving-tiny-vit",
+        pretrained: str | None = None,
+        splits: int | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        download: bool = False,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            tasks: the tasks in training order, or exactly one task when `splits` is set.
+            root: folder that holds the datasets (see docs/datasets.md).
+            model: open_clip model name whose image transforms are used.
+            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            splits: split the single task into this many class-incremental parts (None: no split).
+            batch_size: images per batch.
+            num_workers: DataLoader worker processes (0 = load in the main process).
+            download: fetch torchvision datasets that are missing (in prepare_data).
+            seed: seed of the shuffling generator.
+        """
+        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        if not tasks:
+            raise ValueError("tasks is empty: list at least one task name")
+        self.splits = splits
+        if splits is None:
+            self.base_task: Task | None = None
+            self.task_names = [get_task(name).name for name in tasks]
+        else:
+            if len(tasks) != 1:
+                raise ValueError(f"splits={splits} needs exactly one task in tasks, got {len(tasks)}: {list(tasks)}")
+            self.base_task = get_task(tasks[0])
+            if not 1 <= splits <= self.base_task.num_classes:
+                raise ValueError(
+                    f"splits={splits} is invalid for {self.base_task.name} with {self.base_task.num_classes} "
+                    f"classes: use 1 <= splits <= {self.base_task.num_classes}"
+                )
+            self.task_names = [f"{self.base_task.name}_part{i + 1}of{splits}" for i in range(splits)]
+        if len(set(self.task_names)) != len(self.task_names):
+            raise ValueError(f"tasks lists a task twice: {self.task_names}")
+        self._tasks = [get_task(name) for name in self.task_names]
+        self._current_task = 0
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def current_task(self) -> int:
+        """Index (0-based) of the task the dataloaders serve."""
+        return self._current_task
+
+    @current_task.setter
+    def current_task(self, index: int) -> None:
+        if not 0 <= index < self.num_tasks:
+            raise ValueError(
+                f"current_task={index} is out of range: the stream has {self.num_tasks} tasks (0..{self.num_tasks - 1})"
+            )
+        self._current_task = index
+
+    def get_task(self, index: int) -> Task:
+        """The `index`-th task of the stream (0-based)."""
+        if not 0 <= index < self.num_tasks:
+            raise ValueError(
+                f"task index {index} is out of range: the stream has {self.num_tasks} tasks (0..{self.num_tasks - 1})"
+            )
+        return self._tasks[index]
+
+    def prepare_data(self) -> None:
+        self._download(self._tasks)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.get_task(self.current_task), "train"), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.get_task(self.current_task), "val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.dataset(self.get_task(self.current_task), "test"), shuffle=False)
