@@ -196,3 +196,30 @@ def test_register_task_checks_names_and_templates():
         assert get_task("weaving_test_task") is task
     finally:
         TASKS.pop("weaving_test_task", None)
+
+
+def fake_mnist(root: Path, train: int = 50, test: int = 20) -> None:
+    """MNIST's four idx files (what torchvision reads after its download), with random 28x28 digits."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 255, (count, 28, 28), dtype=np.uint8)
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, count, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, count) + labels.tobytes())
+
+
+def test_torchvision_task_on_fake_mnist(tmp_path):
+    fake_mnist(tmp_path)
+    task = get_task("mnist")
+    sizes = {split: len(task.dataset(tmp_path, split)) for split in ("train", "val", "test")}
+    assert sizes == {"train": 45, "val": 5, "test": 20}  # val = 10% of the official train split
+    image, label = task.dataset(tmp_path, "train")[0]
+    assert image.mode == "RGB" and image.size == (28, 28)  # MNIST's grayscale arrives as RGB
+    tensor, _ = task.dataset(tmp_path, "test", transform=to_tensor)[0]
+    assert tensor.shape == (3, 28, 28) and torch.equal(tensor[0], tensor[2])
+    part = get_task("mnist_part2of2").dataset(tmp_path, "test")
+    assert len(part) == 10 and {part[j][1] for j in range(len(part))} == {0, 1, 2, 3, 4}

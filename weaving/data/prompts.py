@@ -165,7 +165,7 @@ EUROSAT_CLASSNAMES = (
 )
 
 SVHN_CLASSNAMES = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9",
 )
 
 GTSRB_CLASSNAMES = (

@@ -215,13 +215,14 @@ _CARS_HOW = (
 def _load_cars(root: Path, split: str, transform: Callable | None, download: bool) -> Dataset:
     from torchvision.datasets import StanfordCars
 
-    return _torchvision("cars", StanfordCars, root, "stanford_cars", _CARS_HOW, transform, download, split=split)
+    # torchvision's StanfordCars.download() only raises (its URL is dead): never ask it to download.
+    return _torchvision("cars", StanfordCars, root, "stanford_cars", _CARS_HOW, transform, False, split=split)
 
 
 def _load_resisc45(root: Path, transform: Callable | None, download: bool) -> Dataset:
     how = (
-        "download NWPU-RESISC45 (https://gcheng-nwpu.github.io/#Datasets) and extract it there "
-        "(NWPU-RESISC45/<class>/<image>.jpg); torchvision has no downloader for it"
+        "download NWPU-RESISC45 (https://gcheng-nwpu.github.io/#Datasets; torchvision has no downloader for it) "
+        "and extract it into the data root so that NWPU-RESISC45/<class>/<image>.jpg exist"
     )
     return _image_folder("resisc45", root / "NWPU-RESISC45", 45, how, transform)
 
@@ -267,8 +268,8 @@ def _load_cifar100(root: Path, split: str, transform: Callable | None, download:
 
 def _load_imagenet_r(root: Path, transform: Callable | None, download: bool) -> Dataset:
     how = (
-        "download https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar and extract it there "
-        "(imagenet-r/<wnid>/<image>.jpg); torchvision has no downloader for it"
+        "download https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar (torchvision has no downloader "
+        "for it) and extract it into the data root so that imagenet-r/<wnid>/<image>.jpg exist"
     )
     return _image_folder("imagenet_r", root / "imagenet-r", 200, how, transform)
 
@@ -277,9 +278,9 @@ def _load_cub200(root: Path, split: str, transform: Callable | None, download: b
     """CUB-200-2011 as extracted from CUB_200_2011.tgz, split by its own train_test_split.txt."""
     base = root / "CUB_200_2011"
     how = (
-        "download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/) and extract it "
-        "there (CUB_200_2011/images/<NNN.Name>/, images.txt, train_test_split.txt); torchvision has no "
-        "downloader for it"
+        "download CUB_200_2011.tgz (https://www.vision.caltech.edu/datasets/cub_200_2011/; torchvision has no "
+        "downloader for it) and extract it into the data root so that CUB_200_2011/images/<NNN.Name>/, "
+        "images.txt and train_test_split.txt exist"
     )
     for needed in (base / "images.txt", base / "train_test_split.txt"):
         if not needed.is_file():
