@@ -1,0 +1,365 @@
+"""FineTuner: trains a CLIP image encoder on a stream of tasks, each with its own frozen zero-shot head.
+
+One `trainer.fit` walks the whole stream served by a `TaskStreamDataModule`: epochs
+`[i * epochs_per_task, (i + 1) * epochs_per_task)` belong to task i. At each task start the module swaps in
+the task's head, restarts AdamW (state cleared) and the warmup + cosine schedule, and with
+`stream="independent"` reloads theta_pre into the encoder (`"sequential"` goes on from the previous task).
+Everything a resumed run needs is derivable from the epoch counter or stored in the checkpoint, so
+`weaving fit --ckpt_path last` continues a killed stream exactly (epoch-end checkpoints; see docs/training.md).
+Recipe defaults (DESIGN.md section 6, as in the task-vectors code of Ilharco et al.): AdamW lr 1e-5,
+weight decay 0.1, 500 warmup steps then cosine; grad-norm clipping is the trainer's `gradient_clip_val: 1.0`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from weaving.models import ClassificationHead, build_head, load_clip
+
+STREAMS = ("independent", "sequential")
+LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning picks when neither max_epochs nor max_steps is given
+
+
+class WarmupCosine:
+    """Picklable lr factor: linear warmup, then cosine decay to 0, counted from the step the task began.
+
+    Same formula as `cosine_lr` in the task-vectors code: (s + 1) / warmup during warmup, then
+    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))). `LambdaLR` stores this object's `__dict__` in its
+    state dict, so a resumed run knows which task it is in and where that task's schedule began.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int = 1, start_step: int = 0, task: int = -1) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.task = task
+
+    def start_task(self, task: int, start_step: int, total_steps: int) -> None:
+        """Restart the schedule: `start_step` is the scheduler step at which `task` begins."""
+        self.task, self.start_step, self.total_steps = task, start_step, max(1, total_steps)
+
+    def __call__(self, step: int) -> float:
+        s = step - self.start_step
+        if s < self.warmup_steps:
+            return (s + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (s - self.warmup_steps) / decay_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def classes_digest(classnames: Sequence[str]) -> str:
+    """A short stable hash of a task's class names, for metadata and checks."""
+    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()[:16]
+
+
+def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
+    """The RNG seed of one epoch on one rank: derived, so a resumed run draws what an unbroken run drew."""
+    digest = hashlib.sha256(f"{base_seed}:{epoch}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (random crops in the train transform use them)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class FineTuner(pl.LightningModule):
+    """Fine-tunes `model`'s image encoder over the tasks of a `TaskStreamDataModule` (see module docstring).
+
+    Args:
+        model: open_clip model name (or a tiny offline config such as "weaving-tiny-vit").
+        pretrained: open_clip tag ("openai"), checkpoint file, or None for random init from `seed`.
+        seed: init seed for random weights; theta_pre is rebuilt from (model, pretrained, seed).
+        stream: "sequential" (task i starts from the weights after task i-1) or "independent"
+            (every task starts from theta_pre).
+        epochs_per_task: epochs per task; the trainer runs epochs_per_task x num_tasks epochs in all.
+        lr, weight_decay: AdamW settings.
+        warmup_steps: linear warmup steps at the start of each task, then cosine decay to 0.
+        label_smoothing: cross-entropy label smoothing.
+        compile: `torch.compile` the image encoder (state dict keys are unchanged).
+        head_cache_dir: folder caching the zero-shot heads (None: recompute each run).
+    """
+
+    def __init__(
+        self,
+        model: str = "weaving-tiny-vit",
+        pretrained: str | None = None,
+        seed: int = 0,
+        stream: Literal["independent", "sequential"] = "sequential",
+        epochs_per_task: int = 1,
+        lr: float = 1e-5,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 500,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+        head_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if stream not in STREAMS:
+            raise ValueError(f"model.stream={stream!r} is unknown; use one of: {', '.join(STREAMS)}")
+        if epochs_per_task < 1:
+            raise ValueError(f"model.epochs_per_task={epochs_per_task} must be >= 1")
+        if lr <= 0 or weight_decay < 0 or warmup_steps < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f"FineTuner got lr={lr}, weight_decay={weight_decay}, warmup_steps={warmup_steps}, "
+                f"label_smoothing={label_smoothing}; need lr > 0, weight_decay >= 0, warmup_steps >= 0, "
+                "0 <= label_smoothing < 1"
+            )
+        self.save_hyperparameters()
+        bundle = load_clip(model, pretrained, seed=seed)
+        self.model_name, self.pretrained = bundle.name, bundle.pretrained
+        self.visual = bundle.model.visual  # the only registered submodule: checkpoints hold the encoder only
+        self.theta_pre = {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
+        self._clip = bundle  # the text tower builds the heads, then is dropped (see _build_heads)
+        self._heads: list[ClassificationHead] = []  # not registered: heads differ in shape between tasks
+        self._task_names: list[str] = []
+        self._task = 0
+        self._schedule = WarmupCosine(warmup_steps)
+
+    # ----------------------------------------------------------------------------------------------------
+    # The stream: which task an epoch belongs to, and what changes at a task start
+
+    @property
+    def task_index(self) -> int:
+        """Index of the task being trained (or evaluated) now."""
+        return self._task
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._task_names)
+
+    def task_of_epoch(self, epoch: int) -> int:
+        return min(epoch // self.hparams.epochs_per_task, max(len(self._task_names) - 1, 0))
+
+    def _stream_datamodule(self) -> Any:
+        dm = getattr(self.trainer, "datamodule", None)
+        needed = ("task_names", "get_task", "current_task")
+        if dm is None or not all(hasattr(dm, name) for name in needed):
+            raise ValueError(
+                "FineTuner needs a task stream: set data.class_path to "
+                "weaving.data.datamodule.TaskStreamDataModule (got "
+                f"{type(dm).__name__ if dm is not None else 'no datamodule'})"
+            )
+        return dm
+
+    def setup(self, stage: str) -> None:
+        dm = self._stream_datamodule()
+        self._task_names = list(dm.task_names)
+        if not self._task_names:
+            raise ValueError("data.tasks is empty; list at least one task")
+        data_model = getattr(dm, "model", None)
+        if data_model is not None and data_model.replace("/", "-") != self.model_name:
+            raise ValueError(
+                f"data.model={data_model!r} but model.model={self.hparams.model!r}; set both to the same model "
+                "so images get that model's size and normalization"
+            )
+        if stage != "fit":
+            return
+        trainer = self.trainer
+        expected = self.hparams.epochs_per_task * len(self._task_names)
+        if trainer.max_epochs in (None, -1) or (
+            trainer.max_epochs == LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1
+        ):
+            trainer.fit_loop.max_epochs = expected
+            rank_zero_info(f"FineTuner: trainer.max_epochs set to {expected} "
+                           f"({self.hparams.epochs_per_task} epochs x {len(self._task_names)} tasks)")
+        elif trainer.max_epochs != expected and not trainer.fast_dev_run:
+            raise ValueError(
+                f"trainer.max_epochs={trainer.max_epochs} but the stream needs model.epochs_per_task x tasks = "
+                f"{self.hparams.epochs_per_task} x {len(self._task_names)} = {expected}; set trainer.max_epochs "
+                f"to {expected} or leave it out"
+            )
+        if trainer.reload_dataloaders_every_n_epochs == 0:
+            trainer.reload_dataloaders_every_n_epochs = 1  # each epoch may belong to another task
+        elif trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                f"trainer.reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}; "
+                "FineTuner switches tasks between epochs and needs 1 (or leave it out)"
+            )
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            self.visual.compile()  # in place: state dict keys stay "visual.*"
+            self._compiled = True
+
+    def _build_heads(self) -> None:
+        """Zero-shot heads of every task in the stream, on the module's device; then free the text tower."""
+        if self._heads:
+            return
+        dm = self._stream_datamodule()
+        clip = self._clip
+        clip.model.to(self.device)
+        for i, name in enumerate(self._task_names):
+            task = dm.get_task(i)
+            head = build_head(clip, task.classnames, task.templates, cache_dir=self.hparams.head_cache_dir,
+                              task=name)
+            self._heads.append(head.to(self.device).requires_grad_(False))
+        self._clip = None  # the encoder stays alive as self.visual; the text tower is no longer needed
+
+    def _activate(self, task: int) -> None:
+        """Make `task` current: its head here, its data in the datamodule."""
+        self._task = task
+        dm = self._stream_datamodule()
+        if dm.current_task != task:
+            dm.current_task = task
+
+    @property
+    def head(self) -> ClassificationHead:
+        if not self._heads:
+            raise RuntimeError("FineTuner heads are built when fit/validate starts; call trainer.fit first")
+        return self._heads[self._task]
+
+    def _start_task(self, task: int) -> None:
+        """What happens once at the start of each task: reset weights (independent), optimizer and schedule."""
+        trainer = self.trainer
+        if task > 0 and self.hparams.stream == "independent":
+            self.load_visual(self.theta_pre)
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()  # AdamW re-creates its moments lazily at the next step
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            self._schedule.start_task(task, scheduler.last_epoch, self.hparams.epochs_per_task * steps_per_epoch)
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * self._schedule(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+    # ----------------------------------------------------------------------------------------------------
+    # Weights
+
+    def _visual_tensors(self) -> dict[str, Tensor]:
+        named = list(self.visual.named_parameters()) + list(self.visual.named_buffers())
+        return {f"visual.{key}": t for key, t in named if t.is_floating_point()}
+
+    def visual_state(self) -> dict[str, Tensor]:
+        """The encoder's current weights, keyed "visual.*", as detached CPU copies."""
+        return {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
+
+    def load_visual(self, state: dict[str, Tensor]) -> None:
+        """Copy encoder weights (keys "visual.*") into the model, in place."""
+        with torch.no_grad():
+            for key, target in self._visual_tensors().items():
+                target.copy_(state[key])
+
+    def task_vector(self) -> dict[str, Tensor]:
+        """theta_t - theta_pre of the image encoder, keyed "visual.*", on CPU in theta_pre's dtype."""
+        return {k: v.detach().cpu().to(self.theta_pre[k].dtype) - self.theta_pre[k]
+                for k, v in self._visual_tensors().items()}
+
+    # ----------------------------------------------------------------------------------------------------
+    # Lightning hooks
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.visual(images))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.visual.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        self._build_heads()
+        resume = getattr(self, "_resume_epoch", None)
+        self._activate(self.task_of_epoch(self.trainer.current_epoch if resume is None else resume))
+
+    def on_validation_start(self) -> None:
+        if not self._heads:  # `weaving validate` with a FineTuner: evaluate the current task's head
+            self._build_heads()
+            self._activate(self._stream_datamodule().current_task)
+
+    on_test_start = on_validation_start
+
+    def on_train_start(self) -> None:
+        # After a resume, Lightning has settled the epoch counter only now; it must agree with the
+        # task whose data the loaders were built for (set in on_load_checkpoint).
+        task = self.task_of_epoch(self.trainer.current_epoch)
+        if task != self._task:
+            raise RuntimeError(f"FineTuner resumed in task {self._task} but epoch "
+                               f"{self.trainer.current_epoch} belongs to task {task}")
+
+    def on_train_epoch_start(self) -> None:
+        epoch = self.trainer.current_epoch
+        task = self.task_of_epoch(epoch)
+        self._activate(task)
+        if self._schedule.task != task:
+            self._start_task(task)
+        # Random crops and shuffling draw from RNGs seeded per (seed, epoch, rank): a run resumed at an epoch
+        # boundary draws exactly what an unbroken run drew.
+        base = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.seed))
+        seed_all(epoch_seed(base, epoch, self.global_rank))
+
+    def on_train_epoch_end(self) -> None:
+        next_epoch = self.trainer.current_epoch + 1
+        if next_epoch < (self.trainer.max_epochs or 0):
+            self._activate(self.task_of_epoch(next_epoch))  # before Lightning reloads the dataloaders
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+        return loss, accuracy, len(labels)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, accuracy, n = self._shared_step(batch)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/acc", accuracy, prog_bar=True, batch_size=n)
+        self.log("train/lr", lr, batch_size=n)
+        self.log("train/task", float(self._task), batch_size=n)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, accuracy, n = self._shared_step(batch)
+        self.log("val/loss", loss, sync_dist=True, batch_size=n)
+        self.log("val/acc", accuracy, prog_bar=True, sync_dist=True, batch_size=n)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, accuracy, n = self._shared_step(batch)
+        self.log("test/loss", loss, sync_dist=True, batch_size=n)
+        self.log("test/acc", accuracy, sync_dist=True, batch_size=n)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Checkpoints: the encoder is in the state dict; the stream position is stored beside it
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self.trainer
+        epoch_done = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        checkpoint["weaving_stream"] = {
+            "task_names": list(self._task_names),
+            "stream": self.hparams.stream,
+            "epochs_per_task": self.hparams.epochs_per_task,
+            "next_epoch": trainer.current_epoch + int(epoch_done),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("weaving_stream")
+        if state is None:
+            raise ValueError("this checkpoint was not written by FineTuner (no 'weaving_stream' entry); "
+                             "resume only from a FineTuner run's checkpoint")
+        if self._task_names and state["task_names"] != self._task_names:
+            raise ValueError(
+                f"the checkpoint's task stream {state['task_names']} differs from the configured one "
+                f"{self._task_names}; resume with the config of that run"
+            )
+        if state["epochs_per_task"] != self.hparams.epochs_per_task:
+            raise ValueError(f"the checkpoint has epochs_per_task={state['epochs_per_task']}, the config "
+                             f"{self.hparams.epochs_per_task}; resume with the config of that run")
+        self._resume_epoch = state["next_epoch"]
+        if self._task_names:
+            self._activate(self.task_of_epoch(self._resume_epoch))
