@@ -28,8 +28,28 @@ def test_shuffling_is_seeded():
     other = labels_of(TaskDataModule("digits", batch_size=64, seed=4).train_dataloader())
     assert first == second and first != other
     dm = TaskDataModule("digits", batch_size=64, seed=3)
-    assert labels_of(dm.train_dataloader()) != labels_of(dm.train_dataloader())  # a new order each epoch
+    loader = dm.train_dataloader()
+    epoch0 = labels_of(loader)
+    assert labels_of(loader) == epoch0 == first  # the order is a function of (seed, epoch) only
+    loader.sampler.set_epoch(1)  # Lightning calls this every epoch
+    epoch1 = labels_of(loader)
+    assert epoch1 != epoch0 and sorted(epoch1) == sorted(epoch0)
+    fresh = dm.train_dataloader()  # a reloaded loader (or a resumed run) at epoch 1 repeats that order
+    fresh.sampler.set_epoch(1)
+    assert labels_of(fresh) == epoch1
     assert labels_of(dm.val_dataloader()) == labels_of(dm.val_dataloader())  # evaluation is not shuffled
+
+
+def test_shuffle_and_augment_can_be_switched_off():
+    dm = TaskStreamDataModule(["digits"], splits=2, batch_size=64, shuffle=False, augment=False)
+    loader = dm.train_dataloader()
+    assert labels_of(loader) == dm.dataset(dm.get_task(0), "train").targets  # dataset order
+    train_image = loader.dataset[0][0]
+    dm.current_task = 0
+    assert torch.equal(train_image, loader.dataset[0][0])  # no random crops: the same tensor every time
+    augmented = TaskDataModule("digits", augment=True).dataset(dm.get_task(0), "train")
+    assert "RandomResizedCrop" in repr(augmented.dataset.transform)
+    assert "RandomResizedCrop" not in repr(loader.dataset.dataset.transform)
 
 
 def test_loader_settings():

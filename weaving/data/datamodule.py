@@ -7,8 +7,8 @@ Their `__init__` signatures are the YAML schema of `weaving fit|validate|test` (
       init_args: {tasks: [digits], splits: 5, model: weaving-tiny-vit, batch_size: 64}
 
 Images go through the model's own transforms (`weaving.models.image_transforms`): the train transform for
-the "train" split, the eval transform for "val" and "test". Shuffling uses a seeded generator, so the same
-seed gives the same batches.
+the "train" split (unless augment=False), the eval transform for "val" and "test". The training order is a
+fixed function of (seed, epoch), so the same seed gives the same batches, also after resuming a run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Callable
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from weaving.data.splits import parse_split_name
 from weaving.data.tasks import SPLITS, Task, get_task
@@ -29,6 +30,32 @@ def _check_loader_args(batch_size: int, num_workers: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of 0..n-1 that depends only on (seed, epoch); Lightning calls set_epoch every epoch.
+
+    Unlike a generator that lives as long as the module, this order is the same whether a run is resumed
+    from a checkpoint or not, because nothing but the epoch number carries over.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _TaskData(pl.LightningDataModule):
@@ -43,6 +70,8 @@ class _TaskData(pl.LightningDataModule):
         num_workers: int,
         download: bool,
         seed: int,
+        shuffle: bool = True,
+        augment: bool = True,
     ) -> None:
         super().__init__()
         _check_loader_args(batch_size, num_workers)
@@ -53,10 +82,10 @@ class _TaskData(pl.LightningDataModule):
         self.num_workers = num_workers
         self.download = download
         self.seed = seed
+        self.shuffle = shuffle
+        self.augment = augment
         self._transforms: tuple[Callable, Callable] | None = None
         self._datasets: dict[tuple[str, str], Dataset] = {}
-        # One generator for the module's whole life: each epoch's shuffle differs, yet the run is reproducible.
-        self._generator = torch.Generator().manual_seed(seed)
 
     def transforms(self) -> tuple[Callable, Callable]:
         """(train, eval) transforms of `model`, built once."""
@@ -71,7 +100,7 @@ class _TaskData(pl.LightningDataModule):
         key = (task.name, split)
         if key not in self._datasets:
             train_transform, eval_transform = self.transforms()
-            transform = train_transform if split == "train" else eval_transform
+            transform = train_transform if split == "train" and self.augment else eval_transform
             self._datasets[key] = task.dataset(self.root, split, transform, download=False)
         return self._datasets[key]
 
@@ -89,12 +118,21 @@ class _TaskData(pl.LightningDataModule):
             for split in ("train", "test"):
                 get_task(name).dataset(self.root, split, None, download=True)
 
-    def loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        """A DataLoader over `dataset`; the train loader follows `shuffle` (seeded by (seed, epoch))."""
+        sampler: Sampler | None = None
+        if train and self.shuffle:
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+        elif train and _distributed():
+            # Lightning would shuffle any other training sampler with its DistributedSampler; hand it one that
+            # keeps the order (rank r takes items r, r + world, ...), so shuffle=False holds under DDP too.
+            sampler = DistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=self._generator if shuffle else None,
+            sampler=sampler,
+            # A fresh seeded generator per loader: iterating never draws from the global RNG.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -114,6 +152,8 @@ class TaskDataModule(_TaskData):
         num_workers: int = 0,
         download: bool = False,
         seed: int = 0,
+        shuffle: bool = True,
+        augment: bool = True,
     ) -> None:
         """
         Args:
@@ -124,9 +164,11 @@ class TaskDataModule(_TaskData):
             batch_size: images per batch.
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
-            seed: seed of the shuffling generator.
+            seed: seed of the training order (a fixed function of seed and epoch).
+            shuffle: shuffle the training split (False: dataset order, e.g. for exact multi-device checks).
+            augment: use the model's train transform for training (False: the eval transform, no random crops).
         """
-        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed, shuffle, augment)
         self.task = get_task(task)
         self.task_names = [self.task.name]
 
@@ -134,13 +176,13 @@ class TaskDataModule(_TaskData):
         self._download([self.task])
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.task, "train"), shuffle=True)
+        return self.loader(self.dataset(self.task, "train"), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.task, "val"), shuffle=False)
+        return self.loader(self.dataset(self.task, "val"), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.task, "test"), shuffle=False)
+        return self.loader(self.dataset(self.task, "test"), train=False)
 
 
 class MultiTaskDataModule(_TaskData):
@@ -168,7 +210,7 @@ class MultiTaskDataModule(_TaskData):
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
             eval_split: the split val_dataloader() serves ("val" for model selection, "test" to report).
-            seed: seed of the shuffling generator.
+            seed: seed of the loaders' generators (evaluation is not shuffled).
         """
         super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
         if not tasks:
@@ -185,10 +227,10 @@ class MultiTaskDataModule(_TaskData):
         self._download(self.tasks)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.dataset(task, self.eval_split), shuffle=False) for task in self.tasks]
+        return [self.loader(self.dataset(task, self.eval_split), train=False) for task in self.tasks]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.dataset(task, "test"), shuffle=False) for task in self.tasks]
+        return [self.loader(self.dataset(task, "test"), train=False) for task in self.tasks]
 
 
 class TaskStreamDataModule(_TaskData):
@@ -211,6 +253,8 @@ class TaskStreamDataModule(_TaskData):
         num_workers: int = 0,
         download: bool = False,
         seed: int = 0,
+        shuffle: bool = True,
+        augment: bool = True,
     ) -> None:
         """
         Args:
@@ -222,9 +266,11 @@ class TaskStreamDataModule(_TaskData):
             batch_size: images per batch.
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
-            seed: seed of the shuffling generator.
+            seed: seed of the training order (a fixed function of seed and epoch).
+            shuffle: shuffle the training split (False: dataset order, e.g. for exact multi-device checks).
+            augment: use the model's train transform for training (False: the eval transform, no random crops).
         """
-        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        super().__init__(root, model, pretrained, batch_size, num_workers, download, seed, shuffle, augment)
         if not tasks:
             raise ValueError("tasks is empty: list at least one task name")
         self.splits = splits
@@ -275,10 +321,10 @@ class TaskStreamDataModule(_TaskData):
         self._download(self._tasks)
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.get_task(self.current_task), "train"), shuffle=True)
+        return self.loader(self.dataset(self.get_task(self.current_task), "train"), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.get_task(self.current_task), "val"), shuffle=False)
+        return self.loader(self.dataset(self.get_task(self.current_task), "val"), train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset(self.get_task(self.current_task), "test"), shuffle=False)
+        return self.loader(self.dataset(self.get_task(self.current_task), "test"), train=False)
