@@ -137,7 +137,7 @@ def _missing(task: str, path: Path, how: str) -> FileNotFoundError:
     return FileNotFoundError(f"{task}: no dataset at {path}; {how}")
 
 
-_DOWNLOAD = "pass download=True (YAML: data.download: true) to fetch it with torchvision"
+_DOWNLOAD = "pass download=True (YAML: data.init_args.download: true) to fetch it with torchvision"
 
 
 def _torchvision(
