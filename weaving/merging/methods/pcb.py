@@ -43,6 +43,7 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
         raise ValueError(f"method 'pcb': ratio is the kept fraction and must be in (0, 1], got {ratio}")
     n = task_set.num_tasks
     stats = PcbStats([], [], [], [])
+    totals = {key: torch.stack(task_set.tensors(key)).sum(dim=0) for key in task_set.keys}  # sum_j x_j, one model's size
     for t in range(n):
         flat_abs = task_set.flat(t).abs_()
         d = flat_abs.numel()
@@ -50,7 +51,7 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
         hi = sorted_value(flat_abs, int(d * (1 - CLIP_RATIO)) - 1)
         del flat_abs
         scores = torch.cat([
-            score(task_set.tensor(t, key), torch.stack(task_set.tensors(key)).sum(dim=0), lo, hi, n).reshape(-1)
+            score(task_set.tensor(t, key), totals[key], lo, hi, n).reshape(-1)
             for key in task_set.keys
         ])
         stats.lo.append(lo)

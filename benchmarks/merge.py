@@ -1,0 +1,150 @@
+"""Speed and memory of the merge engine on real CLIP visual-encoder shapes (random weights, no download).
+
+For each method: one merge (lambda = 1), Weight Weaving over 30 lambdas with our engine, and the naive
+procedure (recompute the merge for every lambda, stack the augmented set, pool). Every case runs in a fresh
+subprocess, so its peak memory is its own.
+
+    python benchmarks/merge.py --models ViT-B-32 --device cpu                 # all methods, all modes
+    python benchmarks/merge.py --models ViT-L-14 --device cuda --modes merge weave
+    python benchmarks/merge.py --case ViT-B-32 ties weave cpu                 # one case, prints JSON
+
+Peak memory is the process's peak resident memory above its baseline on the CPU (inputs, pretrained and
+output included), or torch's peak allocated memory on CUDA (inputs stay on the CPU and stream in).
+It is reported as a multiple of the size of the T task vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+LAMBDAS = [round(0.1 * i, 10) for i in range(1, 31)]  # 30 lambdas: 0.1 .. 3.0
+METHODS = ["task_arithmetic", "dare", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts"]
+NUM_TASKS = 8
+
+
+def rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def visual_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    import open_clip
+
+    with torch.device("meta"):
+        clip = open_clip.create_model(model, device="meta")
+    return {k: tuple(v.shape) for k, v in clip.state_dict().items() if k.startswith("visual.") and v.is_floating_point()}
+
+
+def make_inputs(model: str, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = visual_shapes(model)
+    pretrained = {k: 0.02 * torch.randn(s, generator=generator) for k, s in shapes.items()}
+    task_vectors = [{k: 1e-3 * torch.randn(s, generator=generator) for k, s in shapes.items()} for _ in range(NUM_TASKS)]
+    return pretrained, task_vectors
+
+
+def naive_weave(pretrained, task_vectors, method, lambdas, device):
+    """Recompute the merge per lambda and stack the whole augmented set, then average it."""
+    import weaving
+
+    members = list(task_vectors)
+    for lam in lambdas:
+        merged = weaving.merge(pretrained, task_vectors, method, lam=lam, device=device)
+        members.append({k: merged[k] - pretrained[k] for k in merged})
+    return {k: pretrained[k] + torch.stack([m[k] for m in members]).mean(dim=0) for k in pretrained}
+
+
+def run_case(model: str, method: str, mode: str, device: str) -> dict:
+    import weaving
+
+    baseline = rss_bytes("VmRSS")
+    pretrained, task_vectors = make_inputs(model)
+    tv_bytes = sum(t.numel() * t.element_size() for tv in task_vectors for t in tv.values())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    if mode == "merge":
+        weaving.merge(pretrained, task_vectors, method, lam=1.0, device=device)
+    elif mode == "weave":
+        weaving.weave(pretrained, task_vectors, method, LAMBDAS, device=device)
+    else:
+        naive_weave(pretrained, task_vectors, method, LAMBDAS, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = rss_bytes("VmHWM") - baseline
+    params = sum(t.numel() for t in pretrained.values())
+    return {"model": model, "method": method, "mode": mode, "device": device, "seconds": seconds,
+            "peak_gib": peak / 2**30, "peak_over_task_vectors": peak / tv_bytes, "params": params,
+            "task_vectors_gib": tv_bytes / 2**30}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", nargs=4, metavar=("MODEL", "METHOD", "MODE", "DEVICE"))
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32"])
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--modes", nargs="+", default=["merge", "weave", "naive"], choices=["merge", "weave", "naive"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--output", help="append the Markdown table to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.case:
+        print(json.dumps(run_case(*args.case)))
+        return
+    rows = []
+    for model in args.models:
+        for method in args.methods:
+            for mode in args.modes:
+                command = [sys.executable, __file__, "--case", model, method, mode, args.device]
+                if args.threads:
+                    command += ["--threads", str(args.threads)]
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode != 0:
+                    print(f"{model} {method} {mode}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                row = json.loads(result.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{model:9s} {method:16s} {mode:6s} {row['seconds']:8.2f} s  peak {row['peak_gib']:6.2f} GiB "
+                      f"({row['peak_over_task_vectors']:.2f}x task vectors)", flush=True)
+    table = format_table(rows)
+    print(table)
+    if args.output:
+        with open(args.output, "a") as handle:
+            handle.write(table + "\n")
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | device | method | merge (s) | weave, 30 lambdas (s) | weave / merge | naive weave (s) "
+             "| peak merge (x TVs) | peak weave (x TVs) | peak naive (x TVs) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    keyed = {(r["model"], r["device"], r["method"], r["mode"]): r for r in rows}
+    for model, device, method in dict.fromkeys((r["model"], r["device"], r["method"]) for r in rows):
+        cell = lambda mode, field, fmt: (format(keyed[(model, device, method, mode)][field], fmt)
+                                         if (model, device, method, mode) in keyed else "-")
+        ratio = "-"
+        if (model, device, method, "merge") in keyed and (model, device, method, "weave") in keyed:
+            ratio = f"{keyed[(model, device, method, 'weave')]['seconds'] / keyed[(model, device, method, 'merge')]['seconds']:.2f}"
+        lines.append(f"| {model} | {device} | {method} | {cell('merge', 'seconds', '.2f')} | {cell('weave', 'seconds', '.2f')} "
+                     f"| {ratio} | {cell('naive', 'seconds', '.1f')} | {cell('merge', 'peak_over_task_vectors', '.2f')} "
+                     f"| {cell('weave', 'peak_over_task_vectors', '.2f')} | {cell('naive', 'peak_over_task_vectors', '.2f')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
