@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from weaving.evaluation.setups import Column
@@ -63,6 +63,13 @@ def mean_accuracy(tallies: Mapping[str, Tally], rule: str = "columns") -> float:
     return sum(t.accuracy for t in tallies.values()) / len(tallies)
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """k distinct indices spread evenly over range(n) (deterministic subsets of a test set)."""
+    if k < 1:
+        raise ValueError(f"max_samples must be at least 1, got {k}")
+    return sorted({int(i) for i in torch.linspace(0, n - 1, min(k, n)).round().long()})
+
+
 @torch.inference_mode()
 def predict_loader(
     clip_model: nn.Module, head: nn.Module, loader: Iterable, device: torch.device | str, desc: str = "", progress: bool = True
@@ -81,6 +88,7 @@ class Evaluator:
     """Holds one CLIP model, the heads and test loaders of `tasks`; scores any visual weights on columns.
 
     Built once per comparison so rows only pay for loading weights and the forward passes.
+    `max_samples` scores a fixed, evenly spaced subset of each test set (quick runs only; None: all).
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class Evaluator:
         device: torch.device | str | None = None,
         head_cache_dir: str | None = None,
         download: bool = False,
+        max_samples: int | None = None,
         progress: bool = True,
     ) -> None:
         from weaving.data.tasks import get_task
@@ -113,6 +122,8 @@ class Evaluator:
             head = build_head(clip, task.classnames, task.templates, cache_dir=head_cache_dir, task=task.name)
             self.heads[name] = head.to(self.device).eval()
             dataset = task.dataset(root, split, clip.eval_transform, download=download)
+            if max_samples is not None and len(dataset) > max_samples:
+                dataset = Subset(dataset, evenly_spaced(len(dataset), max_samples))
             self.loaders[name] = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
     def load(self, state: Mapping[str, Tensor] | None) -> None:

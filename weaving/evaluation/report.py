@@ -266,9 +266,9 @@ def plot_lambda_curves(analysis: Mapping[str, Any], results: Mapping[str, Any], 
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"{analysis['setup']}: accuracy vs lambda (uses evaluation data; analysis only)")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.06 + 0.06 / nrows, 1, 0.97))
     return atomic_write_bytes(path, _figure_bytes(fig))
 
 
@@ -298,6 +298,7 @@ def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str 
             width = min((b - a for a, b in zip(lambdas, lambdas[1:])), default=0.1) * 0.8
             counts = [sum(1 for b in best if math.isclose(b, lam)) for lam in lambdas]
             ax.bar(lambdas, counts, width=width, color="tab:blue", alpha=0.8)
+            ax.set_xlim(min(lambdas) - width, max(max(lambdas), 1.0) + width)
             ax.axvline(1.0, color="black", ls=":", lw=1)
             title = f"{method} | {analysis['setup']}"
             if (analysis["setup"], method) in gains:

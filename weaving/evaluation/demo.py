@@ -1,0 +1,221 @@
+"""`weaving demo`: the whole pipeline, offline, on the embedded digits tasks, in a few minutes on a CPU.
+
+1. Fine-tune the tiny CLIP's image encoder (Lightning, in-process) on the digits domain tasks, each from
+   theta_pre, and on a sequential class-incremental stream of digits (5 parts); task vectors are written
+   to <output>/runs/{domains,continual}/task_vectors/.
+2. Merge with every method at lam = 1 and with Weight Weaving, in the three setups (multi-task,
+   continual, domain generalization); write results.json/csv/md per setup, the lambda analysis (uses
+   evaluation data) with its plots, and summary.md across setups; print the tables.
+
+`--fast` is a reduced run (fewer tasks, steps, methods, lambdas, test images) used by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+DOMAIN_TASKS = ("digits", "digits_rot90", "digits_inverted", "digits_mirrored")
+CONTINUAL_TASK = "digits"
+
+
+@dataclass
+class DemoConfig:
+    """Everything the demo does; `fast()` gives the reduced variant."""
+
+    output: str = "weaving_demo"
+    model: str = "weaving-tiny-vit"
+    seed: int = 0
+    domains: tuple[str, ...] = DOMAIN_TASKS
+    splits: int = 5
+    epochs_per_task: int = 2
+    max_batches: int | None = None  # per epoch (None: the whole training split)
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 10
+    methods: tuple[str, ...] | None = None  # None: every registered method
+    analysis_methods: tuple[str, ...] | None = ("magmax", "iso_c")  # the paper's Figure 2 pair; None: all
+    poolings: tuple[str, ...] = ("mean",)
+    lambdas: str | None = None  # one search space for every method; None: the paper's per method and setup
+    setups: tuple[str, ...] = ("multi_task", "continual", "domain_generalization")
+    max_test_samples: int | None = None
+    device: str | None = None
+    threads: int | None = 1  # torch CPU threads: the tiny model is fastest on one (threads contend); None: torch's
+    reuse: bool = False
+    progress: bool = True
+
+    def fast(self) -> "DemoConfig":
+        """A reduced run: 3 domains, 3 parts, a few steps, 3 methods, 2 lambdas, 60 test images per task."""
+        return replace(self, domains=DOMAIN_TASKS[:3], splits=3, epochs_per_task=1, max_batches=2, batch_size=32,
+                       methods=("task_arithmetic", "ties", "magmax"), analysis_methods=("magmax",),
+                       lambdas="0.5:1.0:0.5", max_test_samples=60)
+
+
+def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | None, config: DemoConfig) -> Path:
+    """Fine-tune one task stream with FineTuner + TaskStreamDataModule; return its task_vectors folder."""
+    import lightning.pytorch as pl
+
+    from weaving.data.datamodule import TaskStreamDataModule
+    from weaving.training.callbacks import TaskVectorWriter
+    from weaving.training.finetune import FineTuner
+
+    data = TaskStreamDataModule(tasks, model=config.model, splits=splits, batch_size=config.batch_size, seed=config.seed)
+    folder = run_dir / "task_vectors"
+    if config.reuse and (folder / "index.json").is_file():
+        index = json.loads((folder / "index.json").read_text())
+        if [e["task"] for e in index.get("task_vectors", [])] == data.task_names:
+            print(f"reusing task vectors in {folder}")
+            return folder
+    module = FineTuner(model=config.model, seed=config.seed, stream=stream, epochs_per_task=config.epochs_per_task,
+                       lr=config.lr, warmup_steps=config.warmup_steps, head_cache_dir=str(Path(config.output) / "heads"))
+    trainer = pl.Trainer(
+        max_epochs=config.epochs_per_task * data.num_tasks,
+        limit_train_batches=config.max_batches,
+        limit_val_batches=0,
+        accelerator="cpu" if config.device == "cpu" else "auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=config.progress,
+        gradient_clip_val=1.0,
+        default_root_dir=str(run_dir),
+        callbacks=[TaskVectorWriter(str(run_dir))],
+    )
+    trainer.fit(module, data)
+    return folder
+
+
+def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
+    """Fine-tune, merge, evaluate and report (see the module docstring); returns the results per setup."""
+    import lightning.pytorch as pl
+
+    import weaving
+    from weaving.evaluation import report, setups
+    from weaving.evaluation.compare import run_comparison, write_comparison
+    from weaving.evaluation.evaluate import Evaluator
+    from weaving.evaluation.runs import find_task_vectors
+    from weaving.models import load_clip
+
+    import torch
+
+    start = time.time()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(config.methods or weaving.METHODS)
+    analysis_methods = set(methods if config.analysis_methods is None else config.analysis_methods)
+    pl.seed_everything(config.seed, verbose=False)
+
+    print(f"[1/3] fine-tuning {config.model} on {', '.join(config.domains)} (independent) "
+          f"and on {CONTINUAL_TASK} in {config.splits} class-incremental parts (sequential)")
+    domain_vectors = find_task_vectors(finetune_run(out / "runs" / "domains", list(config.domains),
+                                                    stream="independent", splits=None, config=config))
+    continual_vectors = find_task_vectors(finetune_run(out / "runs" / "continual", [CONTINUAL_TASK],
+                                                       stream="sequential", splits=config.splits, config=config))
+
+    print(f"[2/3] merging with {len(methods)} methods at lam=1 and with weaving ({', '.join(config.poolings)} pooling)")
+    clip = load_clip(config.model, None, seed=config.seed)
+    evaluator = Evaluator(clip, list(dict.fromkeys([*config.domains, CONTINUAL_TASK])), device=config.device,
+                          head_cache_dir=str(out / "heads"), max_samples=config.max_test_samples, progress=False)
+    plans = {
+        "multi_task": (setups.multi_task(config.domains), domain_vectors),
+        "continual": (setups.continual(CONTINUAL_TASK, config.splits), continual_vectors),
+        "domain_generalization": (setups.domain_generalization(config.domains), domain_vectors),
+    }
+    all_results, all_analyses = [], []
+    for name in config.setups:
+        setup, vectors = plans[name]
+        results, analysis = run_comparison(setup, evaluator, vectors.paths, methods, lambdas=config.lambdas,
+                                           poolings=config.poolings, seed=config.seed, progress=config.progress)
+        analysis = _keep_methods(analysis, analysis_methods)
+        write_comparison(results, analysis, out / name)
+        all_results.append(results)
+        all_analyses.append(analysis)
+
+    print("[3/3] writing tables and plots")
+    summary = report.format_summary(all_results)
+    report.atomic_write_text(out / "summary.md", "# Weight Weaving demo (digits, data-free)\n\n"
+                             "Mean accuracy (%) per setup; weaving uses mean pooling unless stated.\n\n" + summary)
+    if any(a["methods"] for a in all_analyses):
+        report.plot_best_lambda_histogram(all_analyses, out / "best_lambda.png", all_results)
+    report.atomic_write_text(out / "demo_config.json", json.dumps(asdict(config), indent=2) + "\n")
+    for results in all_results:
+        print("\n" + report.format_markdown(results))
+    print("Summary (mean accuracy %, the paper's Table 2 layout)\n\n" + summary)
+    print(f"wrote {out}/ (results per setup, analysis plots, summary.md) in {time.time() - start:.0f} s")
+    return all_results
+
+
+def _keep_methods(analysis: dict[str, Any] | None, methods: set[str]) -> dict[str, Any] | None:
+    """The analysis restricted to `methods` (the curves of the others are not plotted or stored)."""
+    if analysis is None:
+        return None
+    return {**analysis, "methods": {m: v for m, v in analysis["methods"].items() if m in methods}}
+
+
+def parse_args(argv: list[str]) -> DemoConfig:
+    parser = argparse.ArgumentParser(prog="weaving demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="weaving_demo", help="output folder (default: weaving_demo)")
+    parser.add_argument("--fast", action="store_true", help="reduced run: fewer tasks, steps, methods, lambdas")
+    parser.add_argument("--methods", nargs="+", help="merge methods (default: all)")
+    parser.add_argument("--analysis_methods", nargs="+", help="methods whose lambda curves are computed "
+                        "(default: magmax iso_c; 'all' for every method)")
+    parser.add_argument("--poolings", nargs="+", help="weaving poolings (default: mean; also random, magmax)")
+    parser.add_argument("--lambdas", help="one search space for all methods, e.g. 0.1:1.0:0.1 (default: the paper's)")
+    parser.add_argument("--epochs_per_task", type=int, help="fine-tuning epochs per task")
+    parser.add_argument("--max_test_samples", type=int, help="score only this many test images per task")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true", help="reuse task vectors already in the output folder")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    config = DemoConfig(output=args.output, seed=args.seed, device=args.device, threads=args.threads, reuse=args.reuse,
+                        progress=not args.no_progress)
+    if args.fast:
+        config = config.fast()
+    updates: dict[str, Any] = {}
+    if args.methods:
+        updates["methods"] = tuple(args.methods)
+    if args.analysis_methods:
+        updates["analysis_methods"] = None if args.analysis_methods == ["all"] else tuple(args.analysis_methods)
+    if args.poolings:
+        updates["poolings"] = tuple(args.poolings)
+    for key in ("lambdas", "epochs_per_task", "max_test_samples"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    return replace(config, **updates)
+
+
+def demo_main(argv: list[str]) -> None:
+    """Entry point of `weaving demo [--output DIR] [--fast] ...`."""
+    import sys
+
+    try:
+        config = parse_args(argv)
+        _check_config(config)
+        run_demo(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"weaving demo: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _check_config(config: DemoConfig) -> None:
+    import weaving
+    from weaving.merging.weave import check_pooling
+
+    for method in (config.methods or ()) + tuple(config.analysis_methods or ()):
+        if method not in weaving.METHODS:
+            raise ValueError(f"unknown merge method {method!r}; expected one of: {', '.join(sorted(weaving.METHODS))}")
+    for pooling in config.poolings:
+        check_pooling(pooling)
+    if config.lambdas is not None:
+        weaving.parse_lambdas(config.lambdas)
+    if config.epochs_per_task < 1:
+        raise ValueError(f"--epochs_per_task must be at least 1, got {config.epochs_per_task}")
