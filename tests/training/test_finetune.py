@@ -1,0 +1,104 @@
+"""FineTuner: schedule, task streams (independent / sequential), resume, and configuration errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from weaving.data.datamodule import TaskStreamDataModule
+from weaving.models import load_clip, visual_state_dict
+from weaving.training import FineTuner, WarmupCosine
+from weaving.merging.task_vectors import load_task_vector
+
+from .conftest import Crash, CrashAtStep, WeightRecorder, fit_stream
+
+
+def test_warmup_cosine_restarts_per_task_and_pickles():
+    schedule = WarmupCosine(warmup_steps=2)
+    schedule.start_task(0, start_step=0, total_steps=6)
+    assert [schedule(s) for s in range(2)] == [0.5, 1.0]
+    assert schedule(2) == pytest.approx(1.0)
+    assert schedule(4) == pytest.approx(0.5)
+    assert schedule(6) == pytest.approx(0.0) and schedule(9) == pytest.approx(0.0)
+    schedule.start_task(1, start_step=6, total_steps=6)
+    assert schedule(6) == 0.5 and schedule(10) == pytest.approx(0.5)
+    clone = pickle.loads(pickle.dumps(schedule))
+    assert clone.__dict__ == schedule.__dict__
+
+
+@pytest.mark.parametrize("stream", ["sequential", "independent"])
+def test_stream_start_points(tmp_path, stream):
+    recorder = WeightRecorder()
+    _, module = fit_stream(tmp_path, stream=stream, tasks=("digits", "digits_rot90", "digits_inverted"),
+                           callbacks=[recorder])
+    theta_pre = visual_state_dict(load_clip("weaving-tiny-vit", None, seed=0).model)
+    assert len(recorder.starts) == len(recorder.ends) == 3
+    for task in range(3):
+        expected = theta_pre if (stream == "independent" or task == 0) else recorder.ends[task - 1]
+        for key, value in recorder.starts[task].items():
+            assert torch.equal(value, expected[key]), (stream, task, key)
+        assert not torch.equal(recorder.ends[task]["visual.conv1.weight"], expected["visual.conv1.weight"])
+    # every task restarts AdamW (empty state) and the warmup (first lr = lr / warmup_steps = 1e-3 / 1)
+    assert recorder.state_sizes == [0, 0, 0]
+    assert recorder.first_lrs == pytest.approx([1e-3] * 3)
+    # each task trains with its own head: the stream's tasks, in order
+    assert module.task_names == ["digits", "digits_rot90", "digits_inverted"]
+
+
+def test_class_incremental_splits_swap_heads(tmp_path):
+    trainer, module = fit_stream(tmp_path, tasks=("digits",), splits=3)
+    assert module.task_names == ["digits_part1of3", "digits_part2of3", "digits_part3of3"]
+    assert [head.num_classes for head in module._heads] == [3, 3, 4]
+    assert trainer.max_epochs == 3  # set by the module: epochs_per_task x tasks
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    """Killed in task 2's second epoch, resumed from last.ckpt: same vectors; task 1's file is not rewritten."""
+    tasks, kwargs = ("digits", "digits_rot90"), {"epochs_per_task": 2, "batches": 2}
+    fit_stream(tmp_path / "whole", tasks=tasks, **kwargs)
+    broken = tmp_path / "broken"
+    with pytest.raises(Crash):
+        fit_stream(broken, tasks=tasks, callbacks=[CrashAtStep(7)], **kwargs)  # step 7 = mid epoch 3
+    first = broken / "task_vectors" / "digits.safetensors"
+    written = first.stat().st_mtime_ns
+    assert not (broken / "task_vectors" / "digits_rot90.safetensors").exists()
+    fit_stream(broken, tasks=tasks, ckpt_path="last", **kwargs)
+    assert first.stat().st_mtime_ns == written
+    for task in tasks:
+        whole = load_task_vector(tmp_path / "whole" / "task_vectors" / f"{task}.safetensors")
+        resumed = load_task_vector(broken / "task_vectors" / f"{task}.safetensors")
+        assert whole.keys() == resumed.keys()
+        for key in whole:
+            assert torch.equal(whole[key], resumed[key]), (task, key)
+
+
+def test_wrong_max_epochs_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=3 .* 1 x 2 = 2; set trainer.max_epochs to 2"):
+        fit_stream(tmp_path, max_epochs=3)
+
+
+def test_bad_module_arguments():
+    with pytest.raises(ValueError, match="model.stream='parallel' is unknown"):
+        FineTuner(stream="parallel")
+    with pytest.raises(ValueError, match="epochs_per_task=0"):
+        FineTuner(epochs_per_task=0)
+
+
+def test_data_and_model_must_agree(tmp_path):
+    data = TaskStreamDataModule(["digits"], model="weaving-tiny-vit-b", batch_size=8)
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0)
+    with pytest.raises(ValueError, match="data.model='weaving-tiny-vit-b' but model.model='weaving-tiny-vit'"):
+        trainer.fit(FineTuner(), data)
+
+
+def test_needs_a_task_stream(tmp_path):
+    from weaving.data.datamodule import TaskDataModule
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0)
+    with pytest.raises(ValueError, match="FineTuner needs a task stream"):
+        trainer.fit(FineTuner(), TaskDataModule("digits", batch_size=8))
