@@ -1,0 +1,92 @@
+import json
+
+import pytest
+
+from weaving.evaluation import report, setups
+from weaving.evaluation.compare import add_scaled, run_comparison, write_comparison
+from weaving.evaluation.evaluate import Evaluator
+from weaving.evaluation.runs import find_task_vectors
+from weaving.merging.task_vectors import load_task_vector
+from weaving.models import load_clip
+
+DOMAINS = ["digits", "digits_rot90", "digits_inverted"]
+
+
+@pytest.fixture(scope="module")
+def evaluator(head_cache):
+    clip = load_clip("weaving-tiny-vit", None, seed=0)
+    return Evaluator(clip, DOMAINS, head_cache_dir=head_cache, max_samples=60, progress=False)
+
+
+def test_one_task_at_lam_1_is_the_fine_tuned_model(evaluator, domain_run):
+    vectors = find_task_vectors(domain_run).paths
+    setup = setups.multi_task(["digits"])
+    results, analysis = run_comparison(setup, evaluator, vectors, ["task_arithmetic"], lambdas=[1.0],
+                                       analysis=False, progress=False)
+    assert analysis is None
+    plain, woven = results["rows"]
+    assert plain["accuracy"] == results["individual"]
+    # mean pooling of {tau, 1.0 * tau} is tau again
+    assert woven["weave"] and woven["accuracy"] == results["individual"]
+    individual = evaluator.evaluate(setup.columns, add_scaled(evaluator.pretrained, load_task_vector(vectors["digits"])))
+    assert results["individual"]["digits"] == individual["digits"].accuracy
+
+
+@pytest.mark.parametrize("name", ["multi_task", "domain_generalization"])
+def test_comparison_rows_follow_the_schema(evaluator, domain_run, name):
+    setup = setups.make_setup(name, DOMAINS)
+    methods = ["ties", "dare"]
+    results, analysis = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, methods,
+                                       lambdas="0.5:1.0:0.5", poolings=("mean", "random"), progress=False)
+    report.check_results(results)
+    assert results["setup"] == name and results["tasks"] == DOMAINS
+    assert [(r["method"], r["weave"], r["pooling"]) for r in results["rows"]] == [
+        ("ties", False, None), ("ties", True, "mean"), ("ties", True, "random"),
+        ("dare", False, None), ("dare", True, "mean"), ("dare", True, "random")]
+    assert all(r["lambdas"] == [0.5, 1.0] for r in results["rows"] if r["weave"])
+    for row in results["rows"]:
+        assert row["mean"] == pytest.approx(sum(row["accuracy"].values()) / 3)
+    ties = analysis["methods"]["ties"]
+    assert analysis["uses_evaluation_data"] is True
+    assert ties["lambdas"] == [0.5, 1.0] and set(ties["best_lambda"].values()) <= {0.5, 1.0}
+    # lam = 1 of the curve is the plain merge
+    assert [acc[-1] for acc in ties["accuracy"].values()] == list(results["rows"][0]["accuracy"].values())
+    again, _ = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, methods,
+                              lambdas="0.5:1.0:0.5", poolings=("mean", "random"), analysis=False, progress=False)
+    assert again["rows"] == results["rows"]  # same seed, same numbers (dare and random pooling included)
+
+
+def test_continual_mean_is_over_samples(evaluator, continual_run):
+    setup = setups.continual("digits", 3)
+    results, _ = run_comparison(setup, evaluator, find_task_vectors(continual_run).paths, ["magmax"],
+                                lambdas=[0.5, 1.0], analysis=False, progress=False)
+    tally = evaluator.evaluate([setups.Column("all", "digits")],
+                               _merged(evaluator, continual_run, "magmax"))["all"]
+    assert results["rows"][0]["mean"] == pytest.approx(tally.accuracy)
+    assert results["zeroshot_mean"] == pytest.approx(evaluator.evaluate([setups.Column("all", "digits")])["all"].accuracy)
+
+
+def _merged(evaluator, run, method):
+    import weaving
+
+    paths = list(find_task_vectors(run).paths.values())
+    return weaving.merge(evaluator.pretrained, paths, method, lam=1.0)
+
+
+def test_write_comparison_writes_results_analysis_and_plots(evaluator, domain_run, tmp_path):
+    setup = setups.domain_generalization(DOMAINS)
+    results, analysis = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["magmax"],
+                                       lambdas=[0.5, 1.0], progress=False)
+    written = write_comparison(results, analysis, tmp_path)
+    assert {p.name for p in written.values()} == {"results.json", "results.csv", "results.md", "analysis.json",
+                                                 "lambda_curves.png", "best_lambda.png"}
+    assert report.load_results(tmp_path) == json.loads(json.dumps(results))
+    assert "magmax" in (tmp_path / "results.md").read_text()
+
+
+def test_bad_inputs_are_one_line_errors(evaluator, domain_run):
+    vectors = find_task_vectors(domain_run).paths
+    with pytest.raises(ValueError, match="unknown merge methods"):
+        run_comparison(setups.multi_task(DOMAINS), evaluator, vectors, ["tie"], progress=False)
+    with pytest.raises(ValueError, match="needed by the setup"):
+        run_comparison(setups.multi_task(["digits", "digits_mirrored"]), evaluator, vectors, ["ties"], progress=False)

@@ -1,0 +1,86 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from weaving.data.datamodule import MultiTaskDataModule
+from weaving.evaluation import report, setups
+from weaving.evaluation.compare import add_scaled, run_comparison
+from weaving.evaluation.evaluate import Evaluator
+from weaving.evaluation.merge_module import MergeModule
+from weaving.evaluation.runs import find_task_vectors
+from weaving.merging.task_vectors import load_task_vector
+from weaving.models import load_clip, visual_state_dict
+
+DOMAINS = ["digits", "digits_rot90", "digits_inverted"]
+
+
+def validate(module, tasks):
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    data = MultiTaskDataModule(tasks, batch_size=128)
+    trainer.validate(module, data, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@pytest.fixture(scope="module")
+def evaluator(head_cache):
+    return Evaluator(load_clip("weaving-tiny-vit", None, seed=0), DOMAINS, head_cache_dir=head_cache, progress=False)
+
+
+def test_one_task_at_lam_1_reproduces_the_fine_tuned_model(domain_run, evaluator, head_cache):
+    module = MergeModule(str(domain_run), method="task_arithmetic", lam=1.0, tasks=["digits"], head_cache_dir=head_cache)
+    metrics = validate(module, ["digits"])
+    tau = load_task_vector(domain_run / "task_vectors" / "digits.safetensors")
+    finetuned = add_scaled(evaluator.pretrained, tau)
+    merged = visual_state_dict(module.clip_model)
+    assert all(torch.allclose(merged[k], finetuned[k], atol=1e-6) for k in finetuned)
+    expected = evaluator.evaluate([setups.Column("digits", "digits")], finetuned)["digits"].accuracy
+    assert metrics["val/acc/digits"] == pytest.approx(expected)
+    assert metrics["val/acc/mean"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("weave", [False, True])
+def test_domain_generalization_agrees_with_the_comparison_runner(domain_run, evaluator, head_cache, weave):
+    module = MergeModule(str(domain_run), method="ties", weave=weave, lambdas="0.5:1.0:0.5",
+                         setup="domain_generalization", head_cache_dir=head_cache)
+    metrics = validate(module, DOMAINS)
+    results, _ = run_comparison(setups.domain_generalization(DOMAINS), evaluator, find_task_vectors(domain_run).paths,
+                                ["ties"], lambdas="0.5:1.0:0.5", analysis=False, progress=False)
+    row = results["rows"][int(weave)]
+    assert row["weave"] is weave
+    for task in DOMAINS:
+        assert metrics[f"val/acc/{task}"] == pytest.approx(row["accuracy"][task])
+    assert metrics["val/acc/mean"] == pytest.approx(row["mean"])
+
+
+def test_continual_reports_the_full_test_set_and_each_part(continual_run, evaluator, head_cache, tmp_path):
+    module = MergeModule(str(continual_run), method="magmax", setup="continual", head_cache_dir=head_cache,
+                         output_dir=str(tmp_path))
+    metrics = validate(module, ["digits"])
+    parts = [f"digits_part{i}of3" for i in (1, 2, 3)]
+    assert {f"val/acc/{p}" for p in parts} <= set(metrics)
+    assert metrics["val/acc/mean"] == pytest.approx(metrics["val/acc/digits"])  # over samples = full test set
+    results, _ = run_comparison(setups.continual("digits", 3), evaluator, find_task_vectors(continual_run).paths,
+                                ["magmax"], lambdas=[1.0], analysis=False, progress=False)
+    assert metrics["val/acc/mean"] == pytest.approx(results["rows"][0]["mean"])
+    written = report.load_results(tmp_path)
+    assert written["tasks"] == parts and written["rows"][0]["method"] == "magmax"
+    assert written["rows"][0]["mean"] == pytest.approx(metrics["val/acc/mean"])
+
+
+def test_configuration_errors_are_one_line(domain_run, head_cache, tmp_path):
+    with pytest.raises(ValueError, match="unknown merge method 'tie'"):
+        MergeModule(str(domain_run), method="tie")
+    with pytest.raises(FileNotFoundError, match="weaving fit"):
+        MergeModule(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="no task vectors for"):
+        MergeModule(str(domain_run), tasks=["digits_mirrored"])
+    with pytest.raises(ValueError, match="unknown setup"):
+        MergeModule(str(domain_run), setup="multitask")
+    module = MergeModule(str(domain_run), tasks=["digits", "digits_rot90"], setup="domain_generalization",
+                         head_cache_dir=head_cache)
+    with pytest.raises(ValueError, match="no task vectors for \\['digits_inverted'\\]"):
+        validate(module, DOMAINS)
+    module = MergeModule(str(domain_run), setup="continual", head_cache_dir=head_cache)
+    with pytest.raises(ValueError, match="digits_part<i>of<n>"):
+        validate(module, ["digits"])
