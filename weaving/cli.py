@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -30,7 +31,27 @@ def lightning_main(args: list[str] | None = None) -> None:
     )
 
 
+def user_error_line(error: BaseException) -> str:
+    """One line for a user mistake. jsonargparse wraps errors raised in a class's __init__ in a multi-line
+    report ("Does not validate against any of the Union subtypes ... Errors: - <ours> - Expected ..."):
+    keep the first reason that is not jsonargparse's own type noise."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a")]
+    return (reasons or lines or [type(error).__name__])[0]
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `weaving` command; user errors end as one line on stderr (WEAVING_DEBUG=1 re-raises)."""
+    try:
+        dispatch(argv)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("WEAVING_DEBUG"):
+            raise
+        print(f"weaving: error: {user_error_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def dispatch(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     if command == "merge":
