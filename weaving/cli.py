@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def dispatch(argv: list[str] | None = None) -> None:
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     if command == "merge":
@@ -63,7 +64,7 @@ def dispatch(argv: list[str] | None = None) -> None:
 
         demo_main(argv[1:])
     elif command in LIGHTNING_SUBCOMMANDS or command.startswith("-"):
-        lightning_main(argv)
+        lightning_main(None if from_sys_argv else argv)
     else:
         known = ", ".join(("merge", "demo") + LIGHTNING_SUBCOMMANDS)
         print(f"weaving: unknown command {command!r}; expected one of: {known}", file=sys.stderr)

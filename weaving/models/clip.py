@@ -7,6 +7,9 @@ theta_pre can be rebuilt bit-identically from `(model, pretrained=None, seed)` b
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import difflib
 import json
 import os
@@ -160,6 +163,25 @@ def image_transforms(model: str = "weaving-tiny-vit", pretrained: str | None = N
     return _transforms(_preprocess_cfg(model, pretrained))
 
 
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """Silence open_clip's 'No pretrained weights loaded ... initialized randomly' warning when random
+    initialization is what the caller asked for (pretrained=None)."""
+    if not active:
+        yield
+        return
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def load_clip(model: str = "weaving-tiny-vit", pretrained: str | None = None, *, seed: int = 0) -> CLIPBundle:
     """Build an open_clip model with its transforms and tokenizer.
 
@@ -174,7 +196,8 @@ def load_clip(model: str = "weaving-tiny-vit", pretrained: str | None = None, *,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            clip_model = open_clip.create_model(name, pretrained=source)
+            with _quiet_random_init(source is None):
+                clip_model = open_clip.create_model(name, pretrained=source)
         except RuntimeError as error:
             where = f" from pretrained={source!r}" if source else ""
             raise ValueError(f"could not build model {name!r}{where}: {_one_line(error)}") from None
