@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import open_clip
@@ -39,20 +38,16 @@ def test_tiny_models_are_registered_with_open_clip():
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
-def test_tiny_model_builds_and_trains_fast(name):
+def test_tiny_model_builds_and_trains(name):
     bundle = load_clip(name, seed=0)
     assert bundle.name == name and bundle.pretrained is None and bundle.seed == 0
     images = torch.randn(32, 3, 32, 32)
     features = encode_images(bundle.model, images)
     assert features.shape == (32, bundle.model.text_projection.shape[1])
-    features.square().mean().backward()  # warm-up
+    features.square().mean().backward()
+    assert all(p.grad is not None for p in bundle.model.visual.parameters())
+    # small enough for CPU tests and the demo (speed itself is measured in benchmarks/, not in tests)
     assert sum(p.numel() for p in bundle.model.visual.parameters()) < 1_000_000
-    timings = []
-    for _ in range(5):  # the fastest of a few steps: robust to other work on a shared machine
-        start = time.perf_counter()
-        encode_images(bundle.model, images).square().mean().backward()
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.1
 
 
 def test_same_seed_gives_identical_weights_and_leaves_global_rng_alone():
