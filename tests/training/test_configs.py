@@ -1,0 +1,96 @@
+"""Every YAML under configs/ parses with `weaving <subcommand> --config X --print_config`, and the printed
+config is complete (it parses again to itself). The subcommand is `validate` for configs/merge/ and
+configs/demo/, `fit` elsewhere; a first-lines comment `# subcommand: <name>` overrides both."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from weaving.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+VALIDATE_FOLDERS = {"merge", "demo"}
+
+
+def subcommand_of(path: Path) -> str:
+    for line in path.read_text().splitlines()[:10]:
+        match = re.match(r"#\s*subcommand:\s*(fit|validate|test|predict)\b", line)
+        if match:
+            return match.group(1)
+    relative = path.relative_to(CONFIGS)
+    return "validate" if relative.parts[0] in VALIDATE_FOLDERS else "fit"
+
+
+def print_config(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), out
+    return out
+
+
+CONFIG_FILES = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+
+
+def test_configs_exist():
+    names = {p.relative_to(CONFIGS).as_posix() for p in CONFIG_FILES}
+    assert {"finetune/digits_tiny.yaml", "continual/digits_tiny_5splits.yaml"} <= names
+    assert {f"finetune/vit_b32_{t}.yaml" for t in
+            ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")} <= names
+    assert {f"continual/cifar100_{n}splits.yaml" for n in (5, 10, 20, 50)} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_config_prints_a_complete_config(path, tmp_path, capsys):
+    command = subcommand_of(path)
+    printed = print_config(capsys, command, "--config", str(path))
+    config = yaml.safe_load(printed)
+    assert config["model"]["class_path"] and config["data"]["class_path"], printed
+    again = tmp_path / "printed.yaml"
+    again.write_text(printed)
+    assert yaml.safe_load(print_config(capsys, command, "--config", str(again))) == config
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "FineTuner" in p.read_text()],
+                         ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_finetune_configs_are_consistent(path):
+    """max_epochs = epochs_per_task x tasks, and the data uses the model's transforms."""
+    config = yaml.safe_load(path.read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    tasks = data.get("splits") or len(data["tasks"])
+    assert config["trainer"]["max_epochs"] == model.get("epochs_per_task", 1) * tasks
+    assert data["model"] == model["model"] and data.get("pretrained") == model.get("pretrained")
+    assert config["trainer"]["reload_dataloaders_every_n_epochs"] == 1
+    names = [c["class_path"] for c in config["trainer"]["callbacks"]]
+    assert "weaving.training.TaskVectorWriter" in names
+
+
+TINY = CONFIGS / "continual" / "digits_tiny_5splits.yaml"
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--data.init_args.tasks", "[digitz]"], "unknown task 'digitz'"),
+    (["--data.init_args.splits", "11"], "splits=11 is invalid for digits with 10 classes"),
+    (["--model.init_args.stream", "parallel"], "parallel"),
+])
+def test_bad_config_is_reported_without_traceback(override, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None)
+    assert message in err and "Traceback" not in err
+
+
+def test_stream_length_mismatch_is_one_line(capsys, tmp_path):
+    """Caught by FineTuner.setup during fit; `weaving fit` prints it as one line (weaving/cli.py)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.max_epochs", "3", "--trainer.logger", "false", "--trainer.callbacks", "[]"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code not in (0, None)
+    lines = [line for line in err.splitlines() if "trainer.max_epochs=3" in line]
+    assert lines and "set trainer.max_epochs to 5" in lines[0] and "Traceback" not in err
