@@ -13,6 +13,16 @@ import sys
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
+USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a command's options)
+
+commands:
+  demo       fine-tune, merge and evaluate offline on the embedded digits tasks (CPU, minutes)
+  merge      merge safetensors checkpoints or task vectors (a method at one lambda, or Weight Weaving)
+  fit        fine-tune with a LightningCLI config (writes task vectors), e.g. configs/finetune/*.yaml
+  validate   evaluate merged models with a LightningCLI config, e.g. configs/merge/*.yaml
+  test       like validate, on the test loop
+"""
+
 
 def lightning_main(args: list[str] | None = None) -> None:
     """Run LightningCLI in subclass mode so YAML configs pick the module and data classes."""
@@ -55,6 +65,9 @@ def dispatch(argv: list[str] | None = None) -> None:
     from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
+    if command in ("", "-h", "--help"):
+        print(USAGE)
+        return
     if command == "merge":
         from weaving.merging.cli import merge_main
 
@@ -63,7 +76,7 @@ def dispatch(argv: list[str] | None = None) -> None:
         from weaving.evaluation.demo import demo_main
 
         demo_main(argv[1:])
-    elif command in LIGHTNING_SUBCOMMANDS or command.startswith("-"):
+    elif command in LIGHTNING_SUBCOMMANDS:
         lightning_main(None if from_sys_argv else argv)
     else:
         known = ", ".join(("merge", "demo") + LIGHTNING_SUBCOMMANDS)
