@@ -216,6 +216,9 @@ def _check_config(config: DemoConfig) -> None:
     for pooling in config.poolings:
         check_pooling(pooling)
     if config.lambdas is not None:
-        weaving.parse_lambdas(config.lambdas)
+        try:
+            weaving.parse_lambdas(config.lambdas)
+        except ValueError as error:
+            raise ValueError(f"--lambdas: {error}") from None
     if config.epochs_per_task < 1:
         raise ValueError(f"--epochs_per_task must be at least 1, got {config.epochs_per_task}")

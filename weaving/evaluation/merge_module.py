@@ -166,6 +166,8 @@ class MergeModule(pl.LightningModule):
             self._loaded_job = index
 
     def on_validation_start(self) -> None:
+        for metric in [*self.metrics.values(), *self.counts.values()]:
+            metric.reset()
         self._loaded_job = None
         self._load_job(self.job_of_loader[0])
 
@@ -182,15 +184,17 @@ class MergeModule(pl.LightningModule):
                 key = self.column_keys[column.name]
                 self.metrics[key].update(preds[mask], labels[mask])
                 self.counts[key].update(mask.sum().float())
+                # logged as a metric object from its own dataloader: Lightning computes it at epoch end
+                # and shows it under that dataloader only
+                self.log(f"val/acc/{column.name}", self.metrics[key], on_step=False, on_epoch=True,
+                         add_dataloader_idx=False, batch_size=int(mask.sum()))
 
     def on_validation_epoch_end(self) -> None:
         accuracy, counts = {}, {}
         for name, key in self.column_keys.items():
             counts[name] = float(self.counts[key].compute())
             accuracy[name] = float(self.metrics[key].compute()) if counts[name] else float("nan")
-            self.metrics[key].reset()
-            self.counts[key].reset()
-            self.log(f"val/acc/{name}", accuracy[name], add_dataloader_idx=False)
+            self.counts[key].reset()  # the accuracy metrics are reset by Lightning, which logged them
         names = [c.name for c in self.averaged]
         if self.setup_name == "continual":  # over samples: the task-agnostic accuracy on the full test sets
             total = sum(counts[n] for n in names)

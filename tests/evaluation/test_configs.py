@@ -1,0 +1,65 @@
+"""The YAML configs of the evaluation stage: they parse, they run, and configs/demo matches the demo."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from weaving.cli import main
+from weaving.evaluation import report
+from weaving.evaluation.demo import DOMAIN_TASKS, DemoConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs" / "merge").glob("*.yaml")) + sorted((ROOT / "configs" / "demo").glob("*.yaml"))
+
+
+def test_there_are_configs_for_every_setup():
+    setups = {yaml.safe_load(p.read_text())["model"]["init_args"].get("setup") for p in CONFIGS}
+    assert {"multi_task", "continual", "domain_generalization"} <= setups
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_parses(path, capsys):
+    subcommand = "fit" if path.name.startswith("finetune") else "validate"
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_demo_configs_match_the_demo_defaults():
+    config = DemoConfig()
+    for name, tasks, splits in (("finetune_domains", list(DOMAIN_TASKS), None), ("finetune_continual", ["digits"], config.splits)):
+        data = yaml.safe_load((ROOT / "configs" / "demo" / f"{name}.yaml").read_text())
+        model, datamodule = data["model"]["init_args"], data["data"]["init_args"]
+        assert (model["lr"], model["warmup_steps"], model["epochs_per_task"], model["seed"]) == (
+            config.lr, config.warmup_steps, config.epochs_per_task, config.seed)
+        assert (datamodule["tasks"], datamodule.get("splits"), datamodule["batch_size"]) == (tasks, splits, config.batch_size)
+
+
+def test_validate_runs_a_merge_config_end_to_end(domain_run, head_cache, tmp_path):
+    out = tmp_path / "out"
+    main(["validate", "--config", str(ROOT / "configs" / "merge" / "digits_ties_weave.yaml"),
+          f"--model.init_args.task_vectors={domain_run}", f"--model.init_args.head_cache_dir={head_cache}",
+          f"--model.init_args.output_dir={out}", f"--trainer.default_root_dir={out}",
+          "--model.init_args.lambdas=0.5:1.5:0.5",
+          "--data.init_args.tasks=[digits, digits_rot90, digits_inverted]", "--trainer.enable_progress_bar=false"])
+    results = report.load_results(out)
+    assert results["tasks"] == ["digits", "digits_rot90", "digits_inverted"]
+    row = results["rows"][0]
+    assert (row["method"], row["weave"], row["lambdas"], row["pooling"]) == ("ties", True, [0.5, 1.0, 1.5], "mean")
+
+
+def test_demo_configs_fit_then_validate(tmp_path, head_cache):
+    run, out = tmp_path / "run", tmp_path / "out"
+    main(["fit", "--config", str(ROOT / "configs" / "demo" / "finetune_continual.yaml"),
+          f"--trainer.default_root_dir={run}", "--trainer.limit_train_batches=1", "--trainer.enable_progress_bar=false",
+          "--trainer.enable_model_summary=false", "--model.init_args.epochs_per_task=1",
+          f"--model.init_args.head_cache_dir={head_cache}", "--data.init_args.splits=2"])
+    assert sorted(p.name for p in (run / "task_vectors").glob("*.safetensors")) == [
+        "digits_part1of2.safetensors", "digits_part2of2.safetensors"]
+    main(["validate", "--config", str(ROOT / "configs" / "demo" / "merge_continual.yaml"),
+          f"--model.init_args.task_vectors={run}", f"--model.init_args.head_cache_dir={head_cache}",
+          f"--model.init_args.output_dir={out}", f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"])
+    results = report.load_results(out)
+    assert results["setup"] == "continual" and results["tasks"] == ["digits_part1of2", "digits_part2of2"]

@@ -1,0 +1,55 @@
+import json
+import time
+
+import pytest
+
+from weaving.cli import main
+from weaving.evaluation import report
+from weaving.evaluation.demo import DemoConfig, parse_args
+
+
+def test_fast_demo_end_to_end(tmp_path, capsys):
+    start = time.time()
+    main(["demo", "--fast", "--output", str(tmp_path), "--no_progress"])
+    elapsed = time.time() - start
+    printed = capsys.readouterr().out
+    for setup in ("multi_task", "continual", "domain_generalization"):
+        folder = tmp_path / setup
+        results = report.load_results(folder)
+        assert results["setup"] == setup
+        assert [(r["method"], r["weave"]) for r in results["rows"]] == [
+            (m, w) for m in ("task_arithmetic", "ties", "magmax") for w in (False, True)]
+        analysis = json.loads((folder / "analysis.json").read_text())
+        assert analysis["uses_evaluation_data"] is True and list(analysis["methods"]) == ["magmax"]
+        for png in ("lambda_curves.png", "best_lambda.png"):
+            assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"### {setup}" in printed
+    assert len(report.load_results(tmp_path / "continual")["tasks"]) == 3  # the fast stream has 3 parts
+    assert (tmp_path / "best_lambda.png").is_file()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| ties | + weaving (mean) |" in summary and summary.split("\n\n")[-1].strip() in printed
+    assert sorted(p.name for p in (tmp_path / "runs" / "domains" / "task_vectors").glob("*.safetensors")) == [
+        "digits.safetensors", "digits_inverted.safetensors", "digits_rot90.safetensors"]
+    assert elapsed < 60
+
+
+def test_options_override_the_fast_preset():
+    config = parse_args(["--fast", "--methods", "tsv", "iso_c", "--poolings", "mean", "random", "--analysis_methods", "all"])
+    assert config.methods == ("tsv", "iso_c") and config.poolings == ("mean", "random")
+    assert config.analysis_methods is None and config.splits == DemoConfig().fast().splits
+    assert parse_args([]) == DemoConfig()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "tie"], "unknown merge method 'tie'"),
+    (["--poolings", "median"], "median"),
+    (["--lambdas", "1:0:0.1"], "--lambdas: search space"),
+    (["--epochs_per_task", "0"], "--epochs_per_task"),
+])
+def test_bad_options_exit_with_one_line(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--output", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
