@@ -1,6 +1,8 @@
 """Every YAML under configs/ parses with `weaving <subcommand> --config X --print_config`, and the printed
-config is complete (it parses again to itself). The subcommand is `validate` for configs/merge/ and
-configs/demo/, `fit` elsewhere; a first-lines comment `# subcommand: <name>` overrides both."""
+config is complete (it parses again to itself). The subcommand comes from, in order: a comment
+`# subcommand: <name>`, a comment showing the command for this file (`weaving validate --config
+.../X.yaml`), the folder
+(`validate` for configs/merge/ and configs/demo/), else `fit`."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ VALIDATE_FOLDERS = {"merge", "demo"}
 
 
 def subcommand_of(path: Path) -> str:
-    for line in path.read_text().splitlines()[:10]:
-        match = re.match(r"#\s*subcommand:\s*(fit|validate|test|predict)\b", line)
-        if match:
-            return match.group(1)
+    comments = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+    own_command = r"weaving (fit|validate|test|predict) --config \S*" + re.escape(path.name)
+    for pattern in (r"#\s*subcommand:\s*(fit|validate|test|predict)\b", own_command):
+        for line in comments:
+            match = re.search(pattern, line)
+            if match:
+                return match.group(1)
     relative = path.relative_to(CONFIGS)
     return "validate" if relative.parts[0] in VALIDATE_FOLDERS else "fit"
 
@@ -58,13 +63,15 @@ def test_config_prints_a_complete_config(path, tmp_path, capsys):
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "FineTuner" in p.read_text()],
                          ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_finetune_configs_are_consistent(path):
-    """max_epochs = epochs_per_task x tasks, and the data uses the model's transforms."""
+    """max_epochs (when given) = epochs_per_task x tasks, and the data uses the model's transforms."""
+    assert subcommand_of(path) == "fit"
     config = yaml.safe_load(path.read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     tasks = data.get("splits") or len(data["tasks"])
-    assert config["trainer"]["max_epochs"] == model.get("epochs_per_task", 1) * tasks
+    assert config["trainer"].get("max_epochs", model.get("epochs_per_task", 1) * tasks) == \
+        model.get("epochs_per_task", 1) * tasks
     assert data["model"] == model["model"] and data.get("pretrained") == model.get("pretrained")
-    assert config["trainer"]["reload_dataloaders_every_n_epochs"] == 1
+    assert config["trainer"].get("reload_dataloaders_every_n_epochs", 1) == 1
     names = [c["class_path"] for c in config["trainer"]["callbacks"]]
     assert "weaving.training.TaskVectorWriter" in names
 
