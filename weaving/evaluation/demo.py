@@ -32,9 +32,9 @@ class DemoConfig:
     seed: int = 0
     domains: tuple[str, ...] = DOMAIN_TASKS
     splits: int = 5
-    epochs_per_task: int = 2
+    epochs_per_task: int = 15
     max_batches: int | None = None  # per epoch (None: the whole training split)
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 10
     methods: tuple[str, ...] | None = None  # None: every registered method
