@@ -79,3 +79,14 @@ def test_errors_are_one_line_without_traceback_and_leave_no_output(files):
         assert "Traceback" not in result.stderr
         assert not out.exists()
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
+
+
+def test_hyphenated_options_as_in_the_usage_line(files):
+    tmp, pretrained, tvs, _ = files
+    out = tmp / "hyphen.safetensors"
+    tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task-vectors", *tv_paths, "--method", "magmax",
+                "--lambdas=0.5:1.0:0.5", "--include-deltas", "false", "--output", str(out)])
+    expected = weaving.weave(pretrained, tvs, "magmax", [0.5, 1.0], include_deltas=False)
+    got = load_file(out)
+    assert all(torch.equal(got[k], expected[k]) for k in pretrained)

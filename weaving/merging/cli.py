@@ -87,8 +87,19 @@ def run(cfg) -> str:
     return cfg.output
 
 
+def underscore_options(argv: list[str]) -> list[str]:
+    """Accept `--task-vectors` as well as `--task_vectors` (and so on): option names use underscores."""
+    normalized = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        normalized.append(arg)
+    return normalized
+
+
 def merge_main(argv: list[str]) -> None:
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser().parse_args(underscore_options(argv))
     try:
         output = run(cfg)
     except (ValueError, FileNotFoundError) as error:

@@ -24,6 +24,7 @@ class MergeMethod:
     merge: Callable[..., Any]
     prepare: Callable[..., Any] | None = None
     random: bool = False
+    sums_tasks: bool = False  # g is exactly the sum of the task vectors (weaving's closed form reuses it)
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +52,8 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
-def register_method(name: str, *, prepare: Callable[..., Any] | None = None, random: bool = False):
+def register_method(name: str, *, prepare: Callable[..., Any] | None = None, random: bool = False,
+                    sums_tasks: bool = False):
     """Register a per-tensor merge function under `name`; its keyword defaults are its hyper-parameters."""
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,7 +65,8 @@ def register_method(name: str, *, prepare: Callable[..., Any] | None = None, ran
         }
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
-        METHODS[name] = MergeMethod(name=name, merge=fn, prepare=prepare, random=random, defaults=defaults)
+        METHODS[name] = MergeMethod(name=name, merge=fn, prepare=prepare, random=random, sums_tasks=sums_tasks,
+                                    defaults=defaults)
         return fn
 
     return decorator

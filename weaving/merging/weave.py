@@ -155,6 +155,8 @@ def _elementwise_pooling(augmented: AugmentedSet, pooling: str):
         g = augmented.merged(0, key)
         augmented._cache.clear()
         if pooling == "mean":  # closed form: one merge, whatever the number of lambdas
+            if with_deltas and augmented.method.sums_tasks:  # sum_t tau_t is g itself: don't sum twice
+                return g * ((sum(lambdas) + 1) / count)
             total = sum(lambdas) * g
             if with_deltas:
                 total = sequential_sum(taus) + total

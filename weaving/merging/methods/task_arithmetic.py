@@ -8,6 +8,6 @@ from weaving.merging.registry import register_method
 from weaving.merging.tensor_ops import sequential_sum
 
 
-@register_method("task_arithmetic")
+@register_method("task_arithmetic", sums_tasks=True)
 def task_arithmetic(tensors: list[torch.Tensor], *, key: str, stats: None) -> torch.Tensor:
     return sequential_sum(tensors)
