@@ -1,17 +1,18 @@
 import json
-import time
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from weaving.cli import main
 from weaving.evaluation import report
 from weaving.evaluation.demo import DemoConfig, parse_args
+from weaving.models import load_clip
 
 
 def test_fast_demo_end_to_end(tmp_path, capsys):
-    start = time.time()
     main(["demo", "--fast", "--output", str(tmp_path), "--no_progress"])
-    elapsed = time.time() - start
     printed = capsys.readouterr().out
     for setup in ("multi_task", "continual", "domain_generalization"):
         folder = tmp_path / setup
@@ -30,7 +31,16 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     assert "| ties | + weaving (mean) |" in summary and summary.split("\n\n")[-1].strip() in printed
     assert sorted(p.name for p in (tmp_path / "runs" / "domains" / "task_vectors").glob("*.safetensors")) == [
         "digits.safetensors", "digits_inverted.safetensors", "digits_rot90.safetensors"]
-    assert elapsed < 60
+    # step 0: theta_pre is a pre-trained local checkpoint, and every fine-tune run starts from it
+    theta_pre = tmp_path / "pretrained" / "weaving-tiny-vit.safetensors"
+    random_init = load_clip("weaving-tiny-vit", None, seed=0).model.state_dict()
+    pretrained = load_file(theta_pre)
+    assert set(pretrained) == set(random_init)
+    assert not torch.equal(pretrained["visual.conv1.weight"], random_init["visual.conv1.weight"])
+    assert torch.equal(pretrained["token_embedding.weight"], random_init["token_embedding.weight"])  # text untouched
+    for run in ("domains", "continual"):
+        index = json.loads((tmp_path / "runs" / run / "task_vectors" / "index.json").read_text())
+        assert Path(index["pretrained"]).resolve() == theta_pre.resolve()
 
 
 def test_options_override_the_fast_preset():

@@ -1,5 +1,10 @@
 """`weaving demo`: the whole pipeline, offline, on the embedded digits tasks, in a few minutes on a CPU.
 
+0. Pre-train: a real CLIP has seen images before anyone fine-tunes it; the random-init tiny CLIP has not,
+   and task vectors fine-tuned from random weights share so little that no method merges them. So the
+   demo first trains the tiny image encoder briefly on the pre-training tasks (sequentially, text tower and
+   heads untouched) and saves the whole model as a local open_clip checkpoint,
+   <output>/pretrained/<model>.safetensors; that checkpoint is theta_pre for everything after.
 1. Fine-tune the tiny CLIP's image encoder (Lightning, in-process) on the digits domain tasks, each from
    theta_pre, and on a sequential class-incremental stream of digits (5 parts); task vectors are written
    to <output>/runs/{domains,continual}/task_vectors/.
@@ -32,10 +37,13 @@ class DemoConfig:
     seed: int = 0
     domains: tuple[str, ...] = DOMAIN_TASKS
     splits: int = 5
-    epochs_per_task: int = 15
+    epochs_per_task: int = 10
+    pretrain_tasks: tuple[str, ...] = DOMAIN_TASKS  # step 0; () starts from the random initialization
+    pretrain_epochs: int = 6  # per pre-training task; sequential, so the early tasks are partly forgotten
+    pretrain_max_batches: int | None = None  # per epoch (None: the whole training split)
     max_batches: int | None = None  # per epoch (None: the whole training split)
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 10
     methods: tuple[str, ...] | None = None  # None: every registered method
     analysis_methods: tuple[str, ...] | None = ("magmax", "iso_c")  # the paper's Figure 2 pair; None: all
@@ -51,11 +59,14 @@ class DemoConfig:
     def fast(self) -> "DemoConfig":
         """A reduced run: 3 domains, 3 parts, a few steps, 3 methods, 2 lambdas, 60 test images per task."""
         return replace(self, domains=DOMAIN_TASKS[:3], splits=3, epochs_per_task=1, max_batches=2, batch_size=32,
+                       pretrain_tasks=DOMAIN_TASKS[:1], pretrain_max_batches=2,
                        methods=("task_arithmetic", "ties", "magmax"), analysis_methods=("magmax",),
                        lambdas="0.5:1.0:0.5", max_test_samples=60)
 
 
-def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | None, config: DemoConfig) -> Path:
+def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | None, config: DemoConfig,
+                 pretrained: str | None = None, epochs_per_task: int | None = None,
+                 max_batches: int | None = None) -> Path:
     """Fine-tune one task stream with FineTuner + TaskStreamDataModule; return its task_vectors folder."""
     import lightning.pytorch as pl
 
@@ -63,18 +74,20 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
     from weaving.training.callbacks import TaskVectorWriter
     from weaving.training.finetune import FineTuner
 
-    data = TaskStreamDataModule(tasks, model=config.model, splits=splits, batch_size=config.batch_size, seed=config.seed)
+    epochs = epochs_per_task or config.epochs_per_task
+    data = TaskStreamDataModule(tasks, model=config.model, pretrained=pretrained, splits=splits,
+                                batch_size=config.batch_size, seed=config.seed)
     folder = run_dir / "task_vectors"
     if config.reuse and (folder / "index.json").is_file():
         index = json.loads((folder / "index.json").read_text())
         if [e["task"] for e in index.get("task_vectors", [])] == data.task_names:
             print(f"reusing task vectors in {folder}")
             return folder
-    module = FineTuner(model=config.model, seed=config.seed, stream=stream, epochs_per_task=config.epochs_per_task,
+    module = FineTuner(model=config.model, pretrained=pretrained, seed=config.seed, stream=stream, epochs_per_task=epochs,
                        lr=config.lr, warmup_steps=config.warmup_steps, head_cache_dir=str(Path(config.output) / "heads"))
     trainer = pl.Trainer(
-        max_epochs=config.epochs_per_task * data.num_tasks,
-        limit_train_batches=config.max_batches,
+        max_epochs=epochs * data.num_tasks,
+        limit_train_batches=max_batches or config.max_batches,
         limit_val_batches=0,
         accelerator="cpu" if config.device == "cpu" else "auto",
         devices=1,
@@ -88,6 +101,32 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
     )
     trainer.fit(module, data)
     return folder
+
+
+def pretrain(config: DemoConfig) -> str | None:
+    """Step 0 (module docstring): the demo's theta_pre as a local checkpoint; None keeps the random init."""
+    from weaving.evaluation.runs import find_task_vectors
+    from weaving.merging.task_vectors import load_task_vector, save_state_dict
+    from weaving.models import load_clip
+
+    if not config.pretrain_tasks:
+        return None
+    path = Path(config.output) / "pretrained" / f"{config.model}.safetensors"
+    if config.reuse and path.is_file():
+        print(f"reusing pre-trained weights {path}")
+        return str(path)
+    folder = finetune_run(Path(config.output) / "runs" / "pretrain", list(config.pretrain_tasks), stream="sequential",
+                          splits=None, config=config, epochs_per_task=config.pretrain_epochs,
+                          max_batches=config.pretrain_max_batches)
+    last = list(find_task_vectors(folder).paths.values())[-1]  # sequential: the final weights minus the init
+    bundle = load_clip(config.model, None, seed=config.seed)
+    weights = bundle.model.state_dict()
+    for key, delta in load_task_vector(last).items():
+        weights[key] = weights[key] + delta
+    recipe = {"model": config.model, "seed": config.seed, "tasks": list(config.pretrain_tasks),
+              "epochs_per_task": config.pretrain_epochs, "max_batches": config.pretrain_max_batches}
+    save_state_dict(path, weights, {"weaving_pretrain": json.dumps(recipe)})
+    return str(path.resolve())
 
 
 def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
@@ -112,15 +151,20 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     analysis_methods = set(methods if config.analysis_methods is None else config.analysis_methods)
     pl.seed_everything(config.seed, verbose=False)
 
+    if config.pretrain_tasks:
+        print(f"[0/3] pre-training {config.model} briefly on {', '.join(config.pretrain_tasks)}: theta_pre")
+    pretrained = pretrain(config)
     print(f"[1/3] fine-tuning {config.model} on {', '.join(config.domains)} (independent) "
           f"and on {CONTINUAL_TASK} in {config.splits} class-incremental parts (sequential)")
     domain_vectors = find_task_vectors(finetune_run(out / "runs" / "domains", list(config.domains),
-                                                    stream="independent", splits=None, config=config))
+                                                    stream="independent", splits=None, config=config,
+                                                    pretrained=pretrained))
     continual_vectors = find_task_vectors(finetune_run(out / "runs" / "continual", [CONTINUAL_TASK],
-                                                       stream="sequential", splits=config.splits, config=config))
+                                                       stream="sequential", splits=config.splits, config=config,
+                                                       pretrained=pretrained))
 
     print(f"[2/3] merging with {len(methods)} methods at lam=1 and with weaving ({', '.join(config.poolings)} pooling)")
-    clip = load_clip(config.model, None, seed=config.seed)
+    clip = load_clip(config.model, pretrained, seed=config.seed)
     evaluator = Evaluator(clip, list(dict.fromkeys([*config.domains, CONTINUAL_TASK])), device=config.device,
                           head_cache_dir=str(out / "heads"), max_samples=config.max_test_samples, progress=False)
     plans = {

@@ -18,35 +18,15 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from weaving.atomic import atomic_write_bytes, atomic_write_text
+
 RESULTS_FILES = ("results.json", "results.csv", "results.md")
 ROW_KEYS = ("method", "weave", "lam", "lambdas", "pooling", "accuracy", "mean")
 TOP_KEYS = ("setup", "tasks", "zeroshot", "individual", "rows")
-
-
-# ----------------------------------------------------------------------------------------- file writing
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------ validation

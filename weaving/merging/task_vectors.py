@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Union
@@ -16,6 +15,8 @@ from typing import Union
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from weaving.atomic import atomic_write, atomic_write_text
 
 StateDictLike = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 
@@ -144,19 +145,9 @@ def validate_inputs(pretrained: TensorSource, task_vectors: Sequence[TensorSourc
 
 def save_state_dict(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
     """Write tensors to a safetensors file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    text_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=text_metadata))
 
 
 def save_task_vector(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
@@ -202,15 +193,4 @@ def task_vector_from_finetuned(pretrained: StateDictLike, finetuned: StateDictLi
 
 def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     """Write JSON atomically (used for index files next to task vectors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2))

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from weaving.atomic import atomic_write
 from weaving.models.clip import CLIPBundle
 
 HEAD_FORMAT_VERSION = "1"  # bump when the head formula changes, so old cache files are not reused
@@ -111,15 +111,8 @@ def zero_shot_weights(clip: CLIPBundle, classnames: Sequence[str], templates: Se
 
 
 def _save_atomic(path: Path, weight: Tensor, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"weight": weight.detach().cpu().contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tensors = {"weight": weight.detach().cpu().contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _load_cached(path: Path, num_classes: int) -> Tensor:
