@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"weaving: error: {user_error_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `weaving --help | head`: the reader left; end quietly, like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def dispatch(argv: list[str] | None = None) -> None:

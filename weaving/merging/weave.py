@@ -85,14 +85,15 @@ class AugmentedSet(TaskVectorSet):
     def num_tasks(self) -> int:
         return self.offset + len(self.lambdas)
 
-    def merged(self, index: int, key: str) -> torch.Tensor:
-        """g_i for one tensor: one cached g for a deterministic method, a fresh seeded draw per lambda otherwise."""
+    def merged(self, index: int, key: str, taus: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """g_i for one tensor: one cached g for a deterministic method, a fresh seeded draw per lambda otherwise.
+        `taus`: this tensor's task vectors when the caller has already read them (read once, checked once)."""
         draw = index if self.method.random else 0
         if (draw, key) not in self._cache:
             if len(self._cache) > 2 * len(self.keys) + 1 and self.method.random:
                 self._cache.clear()
             self._cache[(draw, key)] = self.method.merge(
-                self.base.tensors(key), key=key, stats=self.stats, **self.hparams,
+                self.base.tensors(key) if taus is None else taus, key=key, stats=self.stats, **self.hparams,
                 **method_seed(self.method, self.seed, key, "lambda", draw),
             )
         return self._cache[(draw, key)]
@@ -152,7 +153,7 @@ def _elementwise_pooling(augmented: AugmentedSet, pooling: str):
             members = [augmented.tensor(m, key) for m in range(count)]
             return POOLINGS[pooling](members, seed=pool_seed)
         taus = task_set.tensors(key)
-        g = augmented.merged(0, key)
+        g = augmented.merged(0, key, taus)
         augmented._cache.clear()
         if pooling == "mean":  # closed form: one merge, whatever the number of lambdas
             if with_deltas and augmented.method.sums_tasks:  # sum_t tau_t is g itself: don't sum twice
