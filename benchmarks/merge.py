@@ -1,8 +1,9 @@
 """Speed and memory of the merge engine on real CLIP visual-encoder shapes (random weights, no download).
 
 For each method: one merge (lambda = 1), Weight Weaving over 30 lambdas with our engine, and the naive
-procedure (recompute the merge for every lambda, stack the augmented set, pool). Every case runs in a fresh
-subprocess, so its peak memory is its own.
+procedure (recompute the merge for every lambda, stack the augmented set, pool). On the CPU every case runs in a
+fresh subprocess, so its peak memory is its own; on CUDA the cases share one process and one set of inputs
+(torch's peak counter is reset per case) after an untimed warm-up merge of a few tensors per method.
 
     python benchmarks/merge.py --models ViT-B-32 --device cpu                 # all methods, all modes
     python benchmarks/merge.py --models ViT-L-14 --device cuda --modes merge weave
@@ -45,11 +46,16 @@ def visual_shapes(model: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in clip.state_dict().items() if k.startswith("visual.") and v.is_floating_point()}
 
 
-def make_inputs(model: str, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
+def make_inputs(model: str, seed: int = 0, device: str = "cpu"):
+    """Random pretrained weights and T task vectors, on the CPU (drawn on `device`, which is faster on a GPU)."""
+    generator = torch.Generator(device).manual_seed(seed)
     shapes = visual_shapes(model)
-    pretrained = {k: 0.02 * torch.randn(s, generator=generator) for k, s in shapes.items()}
-    task_vectors = [{k: 1e-3 * torch.randn(s, generator=generator) for k, s in shapes.items()} for _ in range(NUM_TASKS)]
+
+    def draw(shape, scale):
+        return (scale * torch.randn(shape, generator=generator, device=device)).cpu()
+
+    pretrained = {k: draw(s, 0.02) for k, s in shapes.items()}
+    task_vectors = [{k: draw(s, 1e-3) for k, s in shapes.items()} for _ in range(NUM_TASKS)]
     return pretrained, task_vectors
 
 
@@ -64,11 +70,13 @@ def naive_weave(pretrained, task_vectors, method, lambdas, device):
     return {k: pretrained[k] + torch.stack([m[k] for m in members]).mean(dim=0) for k in pretrained}
 
 
-def run_case(model: str, method: str, mode: str, device: str) -> dict:
+def run_case(model: str, method: str, mode: str, device: str, inputs=None) -> dict:
+    """Time one case. On the CPU it must run in a fresh process (the peak is the process's); on CUDA the
+    peak is torch's, so cases can share one process and one set of `inputs`."""
     import weaving
 
     baseline = rss_bytes("VmRSS")
-    pretrained, task_vectors = make_inputs(model)
+    pretrained, task_vectors = inputs if inputs is not None else make_inputs(model)
     tv_bytes = sum(t.numel() * t.element_size() for tv in task_vectors for t in tv.values())
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -109,20 +117,22 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(*args.case)))
         return
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        print(f"device: {torch.cuda.get_device_name(args.device)}; torch {torch.__version__}", flush=True)
     rows = []
     for model in args.models:
+        inputs = make_inputs(model, device=args.device) if cuda else None
         for method in args.methods:
+            if cuda:
+                warm_up(inputs, method, args.device)
             runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
             for _ in range(args.repeats):  # modes alternate, so slow drifts of the machine hit them alike
                 for mode in args.modes:
-                    command = [sys.executable, __file__, "--case", model, method, mode, args.device]
-                    if args.threads:
-                        command += ["--threads", str(args.threads)]
-                    result = subprocess.run(command, capture_output=True, text=True)
-                    if result.returncode != 0:
-                        print(f"{model} {method} {mode}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                    row = run_in_process(model, method, mode, args.device, inputs) if cuda else run_in_subprocess(
+                        model, method, mode, args.device, args.threads)
+                    if row is None:
                         continue
-                    row = json.loads(result.stdout.strip().splitlines()[-1])
                     runs[mode].append(row)
                     print(f"{model:9s} {method:16s} {mode:6s} {row['seconds']:8.2f} s  peak {row['peak_gib']:6.2f} GiB "
                           f"({row['peak_over_task_vectors']:.2f}x task vectors)", flush=True)
@@ -137,6 +147,43 @@ def main() -> None:
     if args.output:
         with open(args.output, "a") as handle:
             handle.write(table + "\n")
+
+
+def run_in_subprocess(model: str, method: str, mode: str, device: str, threads: int) -> dict | None:
+    command = [sys.executable, __file__, "--case", model, method, mode, device]
+    if threads:
+        command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"{model} {method} {mode}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_in_process(model: str, method: str, mode: str, device: str, inputs) -> dict | None:
+    import gc
+
+    try:
+        return run_case(model, method, mode, device, inputs)
+    except Exception as error:  # one failing case must not end the whole table
+        print(f"{model} {method} {mode}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return None
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def warm_up(inputs, method: str, device: str) -> None:
+    """One untimed merge of a few tensors, so CUDA's lazy start-up (kernels, solver handles) is not timed."""
+    import weaving
+
+    pretrained, task_vectors = inputs
+    keys = [k for k, v in pretrained.items() if v.ndim == 2][:2] + [k for k, v in pretrained.items() if v.ndim == 1][:2]
+    try:
+        weaving.merge({k: pretrained[k] for k in keys}, [{k: tv[k] for k in keys} for tv in task_vectors], method,
+                      device=device)
+    except Exception as error:
+        print(f"warm-up {method}: failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -32,7 +32,19 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     return left @ right
 
 
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (1-based) of a 1-D tensor.
+
+    On the CPU, `kthvalue` selects without sorting. On a GPU, `kthvalue` works on one slice with one thread
+    block and takes seconds for a whole task vector, while a device-wide sort takes milliseconds; both give
+    the same value.
+    """
+    if values.device.type == "cpu":
+        return torch.kthvalue(values, k).values
+    return torch.sort(values).values[k - 1]
+
+
 def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:
-    """sorted(values)[index] for a 1-D tensor (Python index rules, negative wraps), without a full sort."""
+    """sorted(values)[index] for a 1-D tensor (Python index rules, negative wraps)."""
     d = values.numel()
-    return torch.kthvalue(values, index % d + 1).values
+    return kth_smallest(values, index % d + 1)

@@ -320,8 +320,10 @@ class FineTuner(pl.LightningModule):
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", accuracy, prog_bar=True, batch_size=n)
-        self.log("train/lr", lr, batch_size=n)
-        self.log("train/task", float(self._task), batch_size=n)
+        # Logged as device tensors made by a fill kernel: a logged Python number becomes one through a
+        # host-to-device copy, which synchronises the GPU every step.
+        self.log("train/lr", torch.full((), lr, device=loss.device), batch_size=n)
+        self.log("train/task", torch.full((), float(self._task), device=loss.device), batch_size=n)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

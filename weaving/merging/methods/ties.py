@@ -8,6 +8,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
+from weaving.merging.tensor_ops import kth_smallest
 
 
 @dataclass
@@ -26,7 +27,7 @@ def trim_threshold(flat_abs: torch.Tensor, k: float) -> torch.Tensor | None:
     kth = d - int(d * k)
     if kth < 1:
         return None
-    return torch.kthvalue(flat_abs, kth).values
+    return kth_smallest(flat_abs, kth)
 
 
 def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
