@@ -53,6 +53,9 @@ def test_class_incremental_splits_swap_heads(tmp_path):
     assert module.task_names == ["digits_part1of3", "digits_part2of3", "digits_part3of3"]
     assert [head.num_classes for head in module._heads] == [3, 3, 4]
     assert trainer.max_epochs == 3  # set by the module: epochs_per_task x tasks
+    # the last step's logged values: the stream position and the lr, logged as tensors on the module's device
+    assert float(trainer.callback_metrics["train/task"]) == 2.0
+    assert 0.0 < float(trainer.callback_metrics["train/lr"]) <= module.hparams.lr * (1 + 1e-6)  # float32
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
