@@ -6,17 +6,11 @@ import torch
 import weaving
 from weaving.merging.tensor_ops import kth_smallest
 
+from .conftest import make_inputs
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 DETERMINISTIC = ["task_arithmetic", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts"]
-
-
-def make_inputs(seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    shapes = {"visual.proj": (48, 32), "visual.ln.weight": (48,), "visual.conv1.weight": (8, 3, 4, 4)}
-    pretrained = {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
-    task_vectors = [{k: 0.1 * torch.randn(s, generator=generator) for k, s in shapes.items()} for _ in range(4)]
-    return pretrained, task_vectors
 
 
 def test_kth_smallest_on_the_gpu_matches_the_cpu_with_repeated_values():

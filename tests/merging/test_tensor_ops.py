@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from weaving.merging.tensor_ops import kth_smallest, sorted_value
+from weaving.merging.tensor_ops import kth_smallest, sorted_value, sorted_values
 
 
 @pytest.mark.parametrize("k", [1, 2, 9, 500, 1000])
@@ -15,3 +15,8 @@ def test_sorted_value_follows_python_index_rules():
     assert sorted_value(values, 0).item() == -1.0
     assert sorted_value(values, -1).item() == 7.0
     assert sorted_value(values, 2).item() == 3.0
+
+
+def test_sorted_values_gives_each_index_of_one_order():
+    values = torch.tensor([5.0, 1.0, 4.0, 1.0, 9.0])
+    assert [v.item() for v in sorted_values(values, [0, 1, 2, -1, -2])] == [1.0, 1.0, 4.0, 9.0, 5.0]

@@ -32,19 +32,25 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     return left @ right
 
 
-def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest entry (1-based) of a 1-D tensor.
+def sorted_values(values: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+    """[sorted(values)[i] for i in indices] for a 1-D tensor (Python index rules, negative wraps).
 
-    On the CPU, `kthvalue` selects without sorting. On a GPU, `kthvalue` works on one slice with one thread
-    block and takes seconds for a whole task vector, while a device-wide sort takes milliseconds; both give
-    the same value.
+    On the CPU, `kthvalue` selects each one without sorting. On a GPU, `kthvalue` works on one slice with
+    one thread block and takes seconds for a whole task vector, while one device-wide sort takes
+    milliseconds and serves every index; both give the same values.
     """
+    d = values.numel()
     if values.device.type == "cpu":
-        return torch.kthvalue(values, k).values
-    return torch.sort(values).values[k - 1]
+        return [torch.kthvalue(values, i % d + 1).values for i in indices]
+    ordered = torch.sort(values).values
+    return [ordered[i % d] for i in indices]
 
 
 def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:
     """sorted(values)[index] for a 1-D tensor (Python index rules, negative wraps)."""
-    d = values.numel()
-    return kth_smallest(values, index % d + 1)
+    return sorted_values(values, [index])[0]
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (1-based) of a 1-D tensor."""
+    return sorted_value(values, k - 1)

@@ -12,7 +12,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import sorted_value
+from weaving.merging.tensor_ops import sorted_values
 
 CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
 
@@ -47,8 +47,7 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
     for t in range(n):
         flat_abs = task_set.flat(t).abs_()
         d = flat_abs.numel()
-        lo = sorted_value(flat_abs, int(d * CLIP_RATIO))
-        hi = sorted_value(flat_abs, int(d * (1 - CLIP_RATIO)) - 1)
+        lo, hi = sorted_values(flat_abs, [int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1])
         del flat_abs
         scores = torch.cat([
             score(task_set.tensor(t, key), totals[key], lo, hi, n).reshape(-1)
@@ -56,8 +55,9 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
         ])
         stats.lo.append(lo)
         stats.hi.append(hi)
-        stats.low.append(sorted_value(scores, int(d * (1 - ratio))))
-        stats.high.append(sorted_value(scores, int(d * (1 - 0)) - 1))
+        low, high = sorted_values(scores, [int(d * (1 - ratio)), int(d * (1 - 0)) - 1])
+        stats.low.append(low)
+        stats.high.append(high)
     return stats
 
 
