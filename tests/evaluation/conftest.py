@@ -43,3 +43,19 @@ def continual_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def head_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("heads"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory):
+    """Decoded test sets go to a temporary folder, not the user's cache."""
+    import os
+
+    from weaving.data.cache import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("decoded"))
+    yield os.environ[CACHE_ENV]
+    if old is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = old

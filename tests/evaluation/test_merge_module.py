@@ -84,3 +84,15 @@ def test_configuration_errors_are_one_line(domain_run, head_cache, tmp_path):
     module = MergeModule(str(domain_run), setup="continual", head_cache_dir=head_cache)
     with pytest.raises(ValueError, match="digits_part<i>of<n>"):
         validate(module, ["digits"])
+
+
+def test_each_column_and_the_mean_are_shown_once(domain_run, head_cache):
+    module = MergeModule(str(domain_run), method="task_arithmetic", lam=0.5, head_cache_dir=head_cache)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    per_loader = trainer.validate(module, MultiTaskDataModule(DOMAINS, batch_size=128), verbose=False)
+    assert [sorted(k for k in d) for d in per_loader] == [
+        ["val/acc/digits"], ["val/acc/digits_rot90"], ["val/acc/digits_inverted", "val/acc/mean"]]
+    accuracies = [per_loader[i][f"val/acc/{t}"] for i, t in enumerate(DOMAINS)]
+    assert per_loader[-1]["val/acc/mean"] == pytest.approx(sum(accuracies) / 3)
+    assert module.last_accuracy["mean"] == pytest.approx(per_loader[-1]["val/acc/mean"])

@@ -45,3 +45,33 @@ def test_make_setup_by_name():
 def test_bad_setups_are_one_line_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_continual_reports_the_full_task_as_an_extra_column():
+    setup = setups.continual("digits", splits=2)
+    assert [c.name for c in setup.extra] == ["digits"] and setup.extra[0].classes is None
+    assert setup.jobs[0].columns == setup.columns + setup.extra
+    tallies = {"digits_part1of2": setups.Tally(9, 10), "digits_part2of2": setups.Tally(1, 30), "digits": setups.Tally(10, 40)}
+    assert setup.mean_of(tallies) == pytest.approx(10 / 40)  # samples, not (0.9 + 1/30) / 2
+    assert setups.multi_task(["a", "b"]).mean_of({"a": setups.Tally(9, 10), "b": setups.Tally(1, 30)}) == \
+        pytest.approx((0.9 + 1 / 30) / 2)
+    with pytest.raises(ValueError, match="no tally for columns"):
+        setup.mean_of({"digits": setups.Tally(1, 1)})
+
+
+def test_setup_for_loaders_is_the_comparison_setup_with_the_given_vectors():
+    vectors = ["a", "b", "c"]
+    assert setups.setup_for_loaders("multi_task", ["a", "b"], vectors) == setups.multi_task(["a", "b"], vectors)
+    assert setups.setup_for_loaders("multi_task", vectors, vectors) == setups.make_setup("multi_task", vectors)
+    dg = setups.setup_for_loaders("domain_generalization", ["b"], vectors)
+    assert [(job.task_vectors, [c.name for c in job.columns]) for job in dg.jobs] == [(("a", "c"), ["b"])]
+    assert setups.setup_for_loaders("domain_generalization", vectors, vectors) == \
+        setups.make_setup("domain_generalization", vectors)
+    parts = [f"digits_part{i}of3" for i in (1, 2, 3)]
+    assert setups.setup_for_loaders("continual", ["digits"], parts) == setups.make_setup("continual", ["digits"], splits=3)
+    with pytest.raises(ValueError, match="no task vectors for \\['d'\\]"):
+        setups.setup_for_loaders("domain_generalization", ["d"], vectors)
+    with pytest.raises(ValueError, match="at least two task vectors"):
+        setups.setup_for_loaders("domain_generalization", ["a"], ["a"])
+    with pytest.raises(ValueError, match="digits_part<i>of<n>"):
+        setups.setup_for_loaders("continual", ["digits"], vectors)

@@ -1,11 +1,22 @@
 """Evaluation: MergeModule (`weaving validate`), the three setups, comparison tables, plots and the demo."""
 
-from weaving.evaluation.compare import run_comparison, write_comparison
-from weaving.evaluation.evaluate import Evaluator, Tally
+from weaving.evaluation.compare import Row, run_comparison, write_comparison
+from weaving.evaluation.evaluate import Evaluator, Request, WeightBank, WeightSet
 from weaving.evaluation.merge_module import MergeModule
 from weaving.evaluation.report import check_results, format_markdown, format_summary, load_results, write_results
 from weaving.evaluation.search_spaces import SETUPS, default_search_space
-from weaving.evaluation.setups import Column, MergeJob, Setup, continual, domain_generalization, make_setup, multi_task
+from weaving.evaluation.setups import (
+    Column,
+    MergeJob,
+    Setup,
+    Tally,
+    continual,
+    domain_generalization,
+    make_setup,
+    mean_accuracy,
+    multi_task,
+    setup_for_loaders,
+)
 
 __all__ = [
     "SETUPS",
@@ -13,8 +24,12 @@ __all__ = [
     "Evaluator",
     "MergeJob",
     "MergeModule",
+    "Request",
+    "Row",
     "Setup",
     "Tally",
+    "WeightBank",
+    "WeightSet",
     "check_results",
     "continual",
     "default_search_space",
@@ -23,8 +38,10 @@ __all__ = [
     "format_summary",
     "load_results",
     "make_setup",
+    "mean_accuracy",
     "multi_task",
     "run_comparison",
+    "setup_for_loaders",
     "write_comparison",
     "write_results",
 ]

@@ -1,17 +1,22 @@
 """Comparison runs: for each merge method, the data-free baseline (lam = 1) and Weight Weaving, scored in
 one setup, plus the lambda analysis that uses evaluation data (kept apart, in analysis.json and plots).
 
-A plain loop over rows rather than a Lightning `Trainer.validate` per row: every row shares one CLIP
-model, one set of heads and one set of test loaders (the `Evaluator`), and a row is only "load weights,
-forward the test sets". A Trainer per row would rebuild loops, loggers and device moves each time for
-no gain on a single device. `MergeModule` is the Lightning entry point for one merged model, and it
-scores with the same functions (`weaving.evaluation.evaluate`), so the numbers agree.
+A comparison is a list of `Row`s, each a weight-set spec per group of columns (`Request`s): zero-shot
+(theta_pre), individual (theta_pre + tau), each method at lam, each weaving pooling, and the analysis'
+theta_pre + lambda * g for every lambda of the search space. Merges run once per method and job; their
+deltas g (and the woven weights) stay on the device in the evaluator's `WeightBank`, which builds each
+row's weights in place. All rows are then scored in one pass over each test set (`Evaluator.score`):
+every batch is moved to the device once and scored by every row that needs it. When the stored weights
+would not fit `memory_budget`, methods are scored in several passes (each reads the decoded cache again,
+it never decodes twice). `MergeModule` scores with the same `WeightBank` and `score_batch`, and both use
+the setup's own mean (`Setup.mean_of`), so `weaving validate` and the tables agree.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from weaving.evaluation.evaluate import Evaluator, Tally, mean_accuracy
+from weaving.evaluation.evaluate import Evaluator, Request, Tally, WeightSet
 from weaving.evaluation.search_spaces import default_search_space
 from weaving.evaluation.setups import Setup
 
@@ -29,6 +34,28 @@ ANALYSIS_NOTE = (
 )
 
 StateDict = Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scored row: its `fields` in results.json (method, weave, lam, lambdas, pooling, ...) and the
+    weight set that fills each group of columns (`requests`). `kind` is "row" (a results row),
+    "reference" (zeroshot / individual) or "analysis" (a point of a lambda curve)."""
+
+    fields: Mapping[str, Any]
+    requests: tuple[Request, ...]
+    kind: str = "row"
+    key: tuple = field(default=())
+
+
+def job_requests(setup: Setup, weights: Sequence[WeightSet]) -> tuple[Request, ...]:
+    """One request per merge job of `setup`: job j's columns scored with `weights[j]`."""
+    return tuple(Request(w, job.columns) for w, job in zip(weights, setup.jobs, strict=True))
+
+
+def tau_name(task_vector: str) -> str:
+    """Name under which a comparison stores task vector tau in the bank (theta_pre + scale * tau)."""
+    return f"tau:{task_vector}"
 
 
 def load_task_vectors(sources: Mapping[str, StateDict | str | os.PathLike], names: Sequence[str]) -> dict[str, StateDict]:
@@ -46,13 +73,8 @@ def load_task_vectors(sources: Mapping[str, StateDict | str | os.PathLike], name
 
 
 def add_scaled(pretrained: StateDict, delta: StateDict, scale: float = 1.0) -> dict[str, Tensor]:
-    """theta_pre + scale * delta, key by key, in the pretrained weights' dtype and device."""
-    return {key: value + scale * delta[key].to(value.device, value.dtype) for key, value in pretrained.items()}
-
-
-def merged_delta(pretrained: StateDict, merged: StateDict) -> dict[str, Tensor]:
-    """g = merged - theta_pre (CPU), so theta(lam) = theta_pre + lam * g for any lam without merging again."""
-    return {key: merged[key].detach().to("cpu", value.dtype) - value for key, value in pretrained.items()}
+    """theta_pre + scale * delta, key by key (the same fused op as `WeightBank.load`), in theta_pre's dtype."""
+    return {key: torch.add(value, delta[key].to(value.device, value.dtype), alpha=scale) for key, value in pretrained.items()}
 
 
 def resolve_lambdas(method: str, setup: str, lambdas: Mapping[str, Any] | str | Sequence[float] | None) -> list[float]:
@@ -66,32 +88,86 @@ def resolve_lambdas(method: str, setup: str, lambdas: Mapping[str, Any] | str | 
     return [float(v) for v in parse_lambdas(space)]
 
 
-def _row(method: str, tallies: Mapping[str, Tally], setup: Setup, *, lam: float | None = None,
-         lambdas: Sequence[float] | None = None, pooling: str | None = None) -> dict[str, Any]:
-    return {
-        "method": method,
-        "weave": lambdas is not None,
-        "lam": lam,
-        "lambdas": None if lambdas is None else [float(v) for v in lambdas],
-        "pooling": pooling,
-        "accuracy": {name: tallies[name].accuracy for name in setup.tasks},
-        "mean": mean_accuracy({name: tallies[name] for name in setup.tasks}, setup.mean),
-    }
+def result_row(fields: Mapping[str, Any], tallies: Mapping[str, Tally], setup: Setup) -> dict[str, Any]:
+    """A results.json row: `fields`, then the accuracy of each column and the setup's mean."""
+    return {**fields, "accuracy": {name: tallies[name].accuracy for name in setup.tasks}, "mean": setup.mean_of(tallies)}
 
 
-def reference_results(setup: Setup, evaluator: Evaluator, task_vectors: Mapping[str, StateDict]) -> dict[str, Any]:
-    """Zero-shot (theta_pre) and individual (theta_pre + tau of each column's own task vector) accuracies."""
-    zeroshot = evaluator.evaluate(setup.columns, None)
-    individual: dict[str, Tally] = {}
-    for name in dict.fromkeys(setup.individual.values()):
-        columns = [c for c in setup.columns if setup.individual[c.name] == name]
-        individual.update(evaluator.evaluate(columns, add_scaled(evaluator.pretrained, task_vectors[name])))
-    return {
-        "zeroshot": {c: zeroshot[c].accuracy for c in setup.tasks},
-        "individual": {c: individual[c].accuracy for c in setup.tasks},
-        "zeroshot_mean": mean_accuracy(zeroshot, setup.mean),
-        "individual_mean": mean_accuracy(individual, setup.mean),
-    }
+def reference_rows(setup: Setup) -> list[Row]:
+    """Zero-shot (theta_pre) and individual (each column scored with theta_pre + its own tau)."""
+    missing = [c.name for c in setup.columns if c.name not in setup.individual]
+    if missing:
+        raise ValueError(f"columns {missing} have no task vector of their own for the individual reference")
+    individual = tuple(Request(WeightSet(tau_name(name)), tuple(c for c in setup.columns if setup.individual[c.name] == name))
+                       for name in dict.fromkeys(setup.individual[c.name] for c in setup.columns))
+    return [Row({}, (Request(WeightSet(), setup.columns),), "reference", ("zeroshot",)),
+            Row({}, individual, "reference", ("individual",))]
+
+
+def method_rows(setup: Setup, method: str, space: Sequence[float], *, lam: float, poolings: Sequence[str],
+                analysis: bool) -> list[Row]:
+    """The rows of one method: lam, one weaving row per pooling, and (analysis) one point per lambda.
+
+    Weight names: "<method>/<job>/g" holds the merged delta g, "<method>/<job>/weave:<pooling>" the woven
+    weights (see `store_method`).
+    """
+    jobs = range(len(setup.jobs))
+    rows = [Row({"method": method, "weave": False, "lam": float(lam), "lambdas": None, "pooling": None},
+                job_requests(setup, [WeightSet(f"{method}/{j}/g", float(lam)) for j in jobs]), "row", (method, "lam"))]
+    for pooling in poolings:
+        rows.append(Row({"method": method, "weave": True, "lam": None, "lambdas": [float(v) for v in space],
+                         "pooling": pooling},
+                        job_requests(setup, [WeightSet(f"{method}/{j}/weave:{pooling}") for j in jobs]), "row",
+                        (method, "weave", pooling)))
+    if analysis:
+        for i, value in enumerate(space):
+            rows.append(Row({}, job_requests(setup, [WeightSet(f"{method}/{j}/g", float(value)) for j in jobs]),
+                            "analysis", (method, i)))
+    return rows
+
+
+def store_method(evaluator: Evaluator, setup: Setup, vectors: Mapping[str, StateDict], method: str,
+                 space: Sequence[float], *, args: Mapping[str, Any], poolings: Sequence[str], include_deltas: bool,
+                 device: torch.device | str, seed: int) -> list[str]:
+    """Merge once per job (g = merge(lam=1) - theta_pre) and weave once per pooling; keep them in the bank."""
+    import weaving
+
+    pretrained, names = evaluator.pretrained, []
+    for j, job in enumerate(setup.jobs):
+        members = [vectors[name] for name in job.task_vectors]
+        merged = weaving.merge(pretrained, members, method, lam=1.0, device=device, seed=seed, **args)
+        evaluator.bank.delta_between(f"{method}/{j}/g", merged)
+        names.append(f"{method}/{j}/g")
+        del merged
+        for pooling in poolings:
+            state = weaving.weave(pretrained, members, method, space, pooling=pooling, include_deltas=include_deltas,
+                                  device=device, seed=seed, **args)
+            evaluator.bank.add(f"{method}/{j}/weave:{pooling}", state, full=True)
+            names.append(f"{method}/{j}/weave:{pooling}")
+    return names
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes the stored weights may take: half the free GPU memory, or half the available host memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def score_rows(evaluator: Evaluator, rows: Sequence[Row], desc: str = "scoring") -> list[dict[str, Tally]]:
+    """Tallies of every row's columns, all rows scored in one pass over each test set."""
+    requests = [request for row in rows for request in row.requests]
+    tallies = iter(evaluator.score(requests, desc=desc))
+    out = []
+    for row in rows:
+        merged: dict[str, Tally] = {}
+        for _ in row.requests:
+            merged.update(next(tallies))
+        out.append(merged)
+    return out
 
 
 def run_comparison(
@@ -108,13 +184,15 @@ def run_comparison(
     analysis: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
+    memory_budget: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Score every method at `lam` and with weaving (one row per pooling) in `setup`.
 
     Returns (results, analysis): results follow the results.json schema; analysis (None when
     `analysis=False`) holds, per method, every task's accuracy at each lambda of the search space and
-    the best lambda per task. Merges run on `device` (default: the evaluator's).
+    the best lambda per task. Merges run on `device` (default: the evaluator's). `memory_budget` (bytes;
+    default `default_memory_budget`) bounds the merged weights kept on the device at once.
     """
     import weaving
 
@@ -123,41 +201,70 @@ def run_comparison(
     unknown = [m for m in methods if m not in weaving.METHODS]
     if unknown:
         raise ValueError(f"unknown merge methods {unknown}; expected names from: {', '.join(sorted(weaving.METHODS))}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"merge methods repeat in {list(methods)}; give each method once")
     method_args = dict(method_args or {})
     device = evaluator.device if device is None else device
     vectors = load_task_vectors(task_vectors, setup.task_vectors)
-    pretrained = evaluator.pretrained
+    spaces = {method: resolve_lambdas(method, setup.name, lambdas) for method in methods}
+    bank = evaluator.bank
+    state_bytes = sum(t.numel() * t.element_size() for t in bank.pretrained.values())
+    budget = default_memory_budget(evaluator.device) if memory_budget is None else memory_budget
+    per_method = state_bytes * len(setup.jobs) * (1 + len(poolings))
 
-    results: dict[str, Any] = {"setup": setup.name, "tasks": setup.tasks}
-    results.update(reference_results(setup, evaluator, vectors))
-    results["rows"] = []
-    curves: dict[str, Any] = {}
+    stored = []
+    for name in dict.fromkeys(setup.individual.values()):
+        bank.add(tau_name(name), vectors[name])
+        stored.append(tau_name(name))
+    passes: list[list[str]] = [[]]
+    used = bank.nbytes()
+    for method in methods:
+        if passes[-1] and used + per_method > budget:
+            passes.append([])
+            used = 0
+        passes[-1].append(method)
+        used += per_method
 
+    scored: dict[tuple, dict[str, Tally]] = {}
     bar = tqdm(methods, desc=f"{setup.name}: methods", disable=not progress)
-    for method in bar:
-        bar.set_postfix_str(method)
-        args = dict(method_args.get(method, {}))
-        space = resolve_lambdas(method, setup.name, lambdas)
-        plain: dict[str, Tally] = {}
-        woven: dict[str, dict[str, Tally]] = {pooling: {} for pooling in poolings}
-        per_lambda: list[dict[str, Tally]] = [{} for _ in space]
-        for job in setup.jobs:
-            members = [vectors[name] for name in job.task_vectors]
-            merged = weaving.merge(pretrained, members, method, lam=1.0, device=device, seed=seed, **args)
-            delta = merged_delta(pretrained, merged)
-            plain.update(evaluator.evaluate(job.columns, add_scaled(pretrained, delta, lam)))
-            if analysis:
-                for i, value in enumerate(space):
-                    per_lambda[i].update(evaluator.evaluate(job.columns, add_scaled(pretrained, delta, value)))
-            for pooling in poolings:
-                state = weaving.weave(pretrained, members, method, space, pooling=pooling,
-                                      include_deltas=include_deltas, device=device, seed=seed, **args)
-                woven[pooling].update(evaluator.evaluate(job.columns, state))
-        results["rows"].append(_row(method, plain, setup, lam=float(lam)))
-        for pooling in poolings:
-            results["rows"].append(_row(method, woven[pooling], setup, lambdas=space, pooling=pooling))
+    try:
+        for number, group in enumerate(passes):
+            rows = reference_rows(setup) if number == 0 else []
+            for method in group:
+                bar.set_postfix_str(method)
+                stored += store_method(evaluator, setup, vectors, method, spaces[method],
+                                       args=dict(method_args.get(method, {})), poolings=poolings,
+                                       include_deltas=include_deltas, device=device, seed=seed)
+                rows += method_rows(setup, method, spaces[method], lam=lam, poolings=poolings, analysis=analysis)
+            for row, tallies in zip(rows, score_rows(evaluator, rows, desc=f"{setup.name}: scoring")):
+                scored[row.key] = tallies
+            for name in stored:
+                bank.remove(name)
+            stored = []
+            bar.update(len(group))
+    finally:
+        bar.close()
+        for name in stored:
+            bank.remove(name)
+
+    zeroshot, individual = scored[("zeroshot",)], scored[("individual",)]
+    results: dict[str, Any] = {
+        "setup": setup.name,
+        "tasks": setup.tasks,
+        "zeroshot": {c: zeroshot[c].accuracy for c in setup.tasks},
+        "individual": {c: individual[c].accuracy for c in setup.tasks},
+        "zeroshot_mean": setup.mean_of(zeroshot),
+        "individual_mean": setup.mean_of(individual),
+        "rows": [],
+    }
+    curves: dict[str, Any] = {}
+    for method in methods:
+        rows = method_rows(setup, method, spaces[method], lam=lam, poolings=poolings, analysis=analysis)
+        for row in rows:
+            if row.kind == "row":
+                results["rows"].append(result_row(row.fields, scored[row.key], setup))
         if analysis:
-            curves[method] = lambda_curves(setup, space, per_lambda)
+            curves[method] = lambda_curves(setup, spaces[method], [scored[(method, i)] for i in range(len(spaces[method]))])
 
     analysis_out = None
     if analysis:
@@ -175,7 +282,7 @@ def lambda_curves(setup: Setup, space: Sequence[float], per_lambda: Sequence[Map
     return {
         "lambdas": [float(v) for v in space],
         "accuracy": accuracy,
-        "mean": [mean_accuracy({n: t[n] for n in setup.tasks}, setup.mean) for t in per_lambda],
+        "mean": [setup.mean_of(t) for t in per_lambda],
         "best_lambda": best,
     }
 

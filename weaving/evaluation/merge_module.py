@@ -2,34 +2,61 @@
 
 Configured with task vectors (a fine-tuning run dir, its task_vectors/ folder, or files), a merge method
 and its hyper-parameters, and either `lam` or Weight Weaving (search space, pooling, include_deltas).
-Before validation starts it merges on the module's device (the accelerator) and loads the merged
-weights; then it validates one dataloader per evaluated task (from the datamodule, e.g.
-`weaving.data.datamodule.MultiTaskDataModule`), each with that task's zero-shot head, and logs
-torchmetrics accuracy per task as `val/acc/<task>` and their mean as `val/acc/mean`.
+Before validation starts it merges on the module's device (the accelerator) and keeps the merged weights
+there (`WeightBank`); then it validates one dataloader per evaluated task (from the datamodule, e.g.
+`weaving.data.datamodule.MultiTaskDataModule`), each with that task's zero-shot head, and logs the
+accuracy of each column as `val/acc/<column>` (under its own dataloader) and the setup's mean as
+`val/acc/mean` (once, under the last dataloader: it is computed over all of them at the epoch's end).
 
-The `setup` decides what is merged for which dataloader (see `weaving.evaluation.setups`):
-- multi_task: all task vectors, once, for every dataloader;
+What is merged for which dataloader is the setup (`weaving.evaluation.setups.setup_for_loaders`, the
+same definitions the comparison runner uses), and the mean is the setup's rule (`Setup.mean_of`):
+- multi_task: all task vectors, once, for every dataloader; mean over tasks;
 - continual: all task vectors (the parts of a task), scored task-agnostically: each dataloader's full test
   set with the head over all its classes (`val/acc/<task>`) and each part's classes (`val/acc/<part>`);
-- domain_generalization: for the dataloader of task t, all task vectors but t's (merged when it starts).
+  mean over the parts' samples;
+- domain_generalization: for the dataloader of task t, all task vectors but t's; mean over tasks.
+Batches are scored with `weaving.evaluation.evaluate.score_batch`, the comparison runner's function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
-from torchmetrics import SumMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor, nn
+from torchmetrics import Metric
 
-from weaving.evaluation.evaluate import column_mask, predict
+from weaving.evaluation.evaluate import WeightBank, WeightSet, autocast_for, score_batch
 from weaving.evaluation.report import check_results
 from weaving.evaluation.runs import find_task_vectors
 from weaving.evaluation.search_spaces import check_setup, default_search_space
-from weaving.evaluation.setups import Column, MergeJob, part_classes
+from weaving.evaluation.setups import MergeJob, Setup, Tally, mean_accuracy, setup_for_loaders
+
+
+class TallyMetric(Metric):
+    """Correct/total counts of some columns (summed across batches and processes); computes their mean by
+    `rule` (`weaving.evaluation.setups.mean_accuracy`): one column's accuracy, or a setup's mean."""
+
+    full_state_update = False
+
+    def __init__(self, columns: list[str], rule: str = "columns") -> None:
+        super().__init__()
+        self.columns, self.rule = list(columns), rule
+        self.add_state("correct", torch.zeros(len(columns), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(len(columns), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, index: int, counts: Tensor) -> None:
+        """Add [correct, total] of one batch to column `index`."""
+        self.correct[index] += counts[0]
+        self.total[index] += counts[1]
+
+    def tallies(self) -> dict[str, Tally]:
+        correct, total = self.correct.tolist(), self.total.tolist()
+        return {name: Tally(int(c), int(t)) for name, c, t in zip(self.columns, correct, total)}
+
+    def compute(self) -> Tensor:
+        return torch.tensor(mean_accuracy(self.tallies(), self.rule), dtype=torch.float64)
 
 
 class MergeModule(pl.LightningModule):
@@ -49,6 +76,7 @@ class MergeModule(pl.LightningModule):
         seed: seed of random methods and poolings (dare, random pooling).
         head_cache_dir: where zero-shot heads are cached (None: recompute).
         output_dir: when set, also write results.json/csv/md there (one row) after validation.
+        precision: "auto" (bf16 autocast on CUDA, float32 on the CPU), "bf16" or "32".
     """
 
     def __init__(
@@ -69,6 +97,7 @@ class MergeModule(pl.LightningModule):
         seed: int = 0,
         head_cache_dir: str | None = None,
         output_dir: str | None = None,
+        precision: str = "auto",
     ) -> None:
         super().__init__()
         import weaving
@@ -92,38 +121,12 @@ class MergeModule(pl.LightningModule):
         self.head_cache_dir, self.output_dir = head_cache_dir, output_dir
         self.heads = nn.ModuleDict()
         self.metrics = nn.ModuleDict()
-        self.counts = nn.ModuleDict()
-        self._loaded_job: int | None = None
+        self.eval_precision = precision
+        autocast_for(torch.device("cpu"), precision)  # checks the name
+        self.plan: Setup | None = None
+        self.bank: WeightBank | None = None
 
     # ----------------------------------------------------------------------------------- what to score
-    def _plan(self, loader_tasks: Sequence[str]) -> tuple[list[MergeJob], list[int], list[list[Column]], list[Column]]:
-        """Jobs, the job of each dataloader, the columns of each dataloader, and the columns averaged."""
-        vectors = list(self.files.paths)
-        if self.setup_name == "domain_generalization":
-            missing = [t for t in loader_tasks if t not in vectors]
-            if missing:
-                raise ValueError(f"domain generalization holds out each evaluated task, but there are no task vectors "
-                                 f"for {missing}; available: {', '.join(vectors)}")
-            columns = [[Column(t, t)] for t in loader_tasks]
-            jobs = [MergeJob(tuple(v for v in vectors if v != t), tuple(cols)) for t, cols in zip(loader_tasks, columns)]
-            if any(not job.task_vectors for job in jobs):
-                raise ValueError("domain generalization needs at least two task vectors (one is held out)")
-            return jobs, list(range(len(jobs))), columns, [c for cols in columns for c in cols]
-        columns, averaged = [], []
-        for task in loader_tasks:
-            own = [Column(task, task)]
-            if self.setup_name == "continual":
-                parts = [Column(v, task, part_classes(task, v)) for v in vectors if v.startswith(f"{task}_part")]
-                if not parts:
-                    raise ValueError(f"continual setup: no task vectors named '{task}_part<i>of<n>' among {vectors}")
-                own += parts
-                averaged += parts
-            else:
-                averaged += own
-            columns.append(own)
-        jobs = [MergeJob(tuple(vectors), tuple(c for cols in columns for c in cols))]
-        return jobs, [0] * len(loader_tasks), columns, averaged
-
     def setup(self, stage: str) -> None:
         from weaving.data.tasks import get_task
         from weaving.models.heads import build_head
@@ -134,77 +137,74 @@ class MergeModule(pl.LightningModule):
             raise ValueError("MergeModule needs a datamodule with task_names, one dataloader per task "
                              "(e.g. data: class_path: weaving.data.datamodule.MultiTaskDataModule)")
         self.loader_tasks = loader_tasks
-        self.jobs, self.job_of_loader, self.loader_columns, self.averaged = self._plan(loader_tasks)
+        self.plan = setup_for_loaders(self.setup_name, loader_tasks, list(self.files.paths))
         for task in loader_tasks:
             spec = get_task(task)
             self.heads[task] = build_head(self.clip, spec.classnames, spec.templates, cache_dir=self.head_cache_dir, task=spec.name)
         self.column_keys = {}
-        for task, cols in zip(loader_tasks, self.loader_columns):
-            for column in cols:
-                key = f"c{len(self.column_keys)}"
-                self.column_keys[column.name] = key
-                self.metrics[key] = MulticlassAccuracy(num_classes=len(get_task(task).classnames), average="micro")
-                self.counts[key] = SumMetric()
+        for column in (*self.plan.columns, *self.plan.extra):
+            self.column_keys[column.name] = f"c{len(self.column_keys)}"
+            self.metrics[self.column_keys[column.name]] = TallyMetric([column.name])
+        self.metrics["mean"] = TallyMetric(self.plan.tasks, self.plan.mean)
 
     # ------------------------------------------------------------------------------------------ merging
     def merged_weights(self, job: MergeJob) -> dict[str, torch.Tensor]:
-        """Full merged visual weights of one job, computed on this module's device."""
+        """Full merged visual weights of one job (weaving, or the merge at lam = 1), computed on this module's device."""
         import weaving
 
         members = [self.files.paths[name] for name in job.task_vectors]
         if self.weave:
             return weaving.weave(self.theta_pre, members, self.method, self.lambdas, pooling=self.pooling,
                                  include_deltas=self.include_deltas, device=self.device, seed=self.seed, **self.method_args)
-        return weaving.merge(self.theta_pre, members, self.method, lam=self.lam, device=self.device, seed=self.seed,
+        return weaving.merge(self.theta_pre, members, self.method, lam=1.0, device=self.device, seed=self.seed,
                              **self.method_args)
 
-    def _load_job(self, index: int) -> None:
-        from weaving.models.clip import load_visual_state_dict
-
-        if self._loaded_job != index:
-            load_visual_state_dict(self.clip_model, self.merged_weights(self.jobs[index]))
-            self._loaded_job = index
-
     def on_validation_start(self) -> None:
-        for metric in [*self.metrics.values(), *self.counts.values()]:
+        """Merge every job once and keep it on the device: g (theta = theta_pre + lam * g), or the woven weights."""
+        self.bank = WeightBank(self.clip_model, self.theta_pre)
+        self.job_weights = []
+        for j, job in enumerate(self.plan.jobs):
+            if self.weave:
+                self.bank.add(f"job{j}", self.merged_weights(job), full=True)
+                self.job_weights.append(WeightSet(f"job{j}"))
+            else:
+                self.bank.delta_between(f"job{j}", self.merged_weights(job))
+                self.job_weights.append(WeightSet(f"job{j}", self.lam))
+        self.bank.load(self.job_weights[0])
+        for metric in self.metrics.values():
             metric.reset()
-        self._loaded_job = None
-        self._load_job(self.job_of_loader[0])
-
-    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._load_job(self.job_of_loader[dataloader_idx])
 
     # --------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         images, labels = batch
-        preds = predict(self.clip_model, self.heads[self.loader_tasks[dataloader_idx]], images)
-        for column in self.loader_columns[dataloader_idx]:
-            mask = column_mask(labels, column)
-            if mask.any():
-                key = self.column_keys[column.name]
-                self.metrics[key].update(preds[mask], labels[mask])
-                self.counts[key].update(mask.sum().float())
-                # logged as a metric object from its own dataloader: Lightning computes it at epoch end
+        task = self.loader_tasks[dataloader_idx]
+        needs = []
+        for weights, job in zip(self.job_weights, self.plan.jobs):
+            columns = [c for c in job.columns if c.task == task]
+            if columns:
+                needs.append((weights, columns, torch.zeros(len(columns), 2, dtype=torch.long, device=labels.device)))
+        score_batch(self.clip_model, self.heads[task], self.bank, images, labels, needs, self.eval_precision)
+        averaged = self.metrics["mean"].columns
+        for _, columns, counts in needs:
+            for column, count in zip(columns, counts):
+                metric = self.metrics[self.column_keys[column.name]]
+                metric.update(0, count)
+                if column.name in averaged:
+                    self.metrics["mean"].update(averaged.index(column.name), count)
+                # a metric object logged from its own dataloader: Lightning computes it at the epoch's end
                 # and shows it under that dataloader only
-                self.log(f"val/acc/{column.name}", self.metrics[key], on_step=False, on_epoch=True,
-                         add_dataloader_idx=False, batch_size=int(mask.sum()))
+                self.log(f"val/acc/{column.name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False,
+                         batch_size=len(labels))
+        if dataloader_idx == len(self.loader_tasks) - 1:  # the mean over all dataloaders, shown once
+            self.log("val/acc/mean", self.metrics["mean"], on_step=False, on_epoch=True, add_dataloader_idx=False,
+                     batch_size=len(labels))
 
     def on_validation_epoch_end(self) -> None:
-        accuracy, counts = {}, {}
-        for name, key in self.column_keys.items():
-            counts[name] = float(self.counts[key].compute())
-            accuracy[name] = float(self.metrics[key].compute()) if counts[name] else float("nan")
-            self.counts[key].reset()  # the accuracy metrics are reset by Lightning, which logged them
-        names = [c.name for c in self.averaged]
-        if self.setup_name == "continual":  # over samples: the task-agnostic accuracy on the full test sets
-            total = sum(counts[n] for n in names)
-            mean = sum(accuracy[n] * counts[n] for n in names) / total if total else float("nan")
-        else:
-            mean = sum(accuracy[n] for n in names) / len(names)
-        self.log("val/acc/mean", mean, add_dataloader_idx=False)
-        self.last_accuracy = {"accuracy": {n: accuracy[n] for n in names}, "mean": mean, "all": accuracy}
+        accuracy = {name: float(self.metrics[key].compute()) for name, key in self.column_keys.items()}
+        mean = float(self.metrics["mean"].compute())
+        self.last_accuracy = {"accuracy": {n: accuracy[n] for n in self.plan.tasks}, "mean": mean, "all": accuracy}
         if self.output_dir and self.trainer.is_global_zero:
-            self._write_results(names)
+            self._write_results(self.plan.tasks)
 
     def _write_results(self, names: list[str]) -> None:
         from weaving.evaluation.report import write_results
