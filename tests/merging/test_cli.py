@@ -31,7 +31,7 @@ def test_weave_from_finetuned_files(files):
     tmp, pretrained, tvs, finetuned = files
     out = tmp / "out" / "merged.safetensors"
     merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "ties",
-                "--k", "0.5", "--lambdas", "0.1:1.0:0.1", "--pooling", "mean", "--output", str(out)])
+                "--method_args", "{k: 0.5}", "--lambdas", "0.1:1.0:0.1", "--pooling", "mean", "--output", str(out)])
     expected = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", k=0.5)
     got = load_file(out)
     for key in pretrained:
@@ -45,7 +45,7 @@ def test_plain_merge_from_task_vectors_and_config(files):
     config = tmp / "merge.yaml"
     tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
     config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
-                      f"method: dare\np: 0.2\nlam: 0.5\nseed: 3\noutput: {tmp / 'dare.safetensors'}\n")
+                      f"method: dare\nmethod_args: {{p: 0.2}}\nlam: 0.5\nseed: 3\noutput: {tmp / 'dare.safetensors'}\n")
     merge_main(["--config", str(config)])
     expected = weaving.merge(pretrained, tvs, "dare", lam=0.5, seed=3, p=0.2)
     got = load_file(tmp / "dare.safetensors")
@@ -69,14 +69,17 @@ def test_errors_are_one_line_without_traceback_and_leave_no_output(files):
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "tie"], "known methods"),
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lambdas", "1:0.5:0.1"], "search space"),
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lambdas", "0.5", "--pooling", "max"], "unknown pooling"),
-        (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--p", "0.1"], "not a hyper-parameter of 'ties'"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--method_args", "{p: 0.1}"],
+         "method 'ties' has no hyper-parameter 'p'; its hyper-parameters: k"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lambdas", "0.1:100000000:0.1"],
+         "has 1000000000 points; at most 10000 are allowed"),
         (["--method", "ties"], "exactly one of --finetuned"),
     ]
     for args, message in cases:
         result = run_cli("--pretrained", str(tmp / "pre.safetensors"), *args, "--output", str(out))
-        assert result.returncode != 0, args
+        assert result.returncode == 2, args
         assert message in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert not out.exists()
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
 
@@ -90,3 +93,34 @@ def test_hyphenated_options_as_in_the_usage_line(files):
     expected = weaving.weave(pretrained, tvs, "magmax", [0.5, 1.0], include_deltas=False)
     got = load_file(out)
     assert all(torch.equal(got[k], expected[k]) for k in pretrained)
+
+
+def test_output_path_is_checked_before_any_work(files, monkeypatch):
+    import weaving.merging.cli as cli
+
+    tmp, _, _, _ = files
+    (tmp / "a_file").write_text("x")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the merge ran before the output path was checked")
+
+    monkeypatch.setattr(cli, "task_vector_from_finetuned", never)
+    monkeypatch.setattr(cli, "run_merge", never)
+    args = ["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", str(tmp / "ft0.safetensors"), "--method", "ties"]
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        merge_main(args + ["--output", str(tmp)])
+    with pytest.raises(ValueError, match="is a file, so it cannot hold a folder"):
+        merge_main(args + ["--output", str(tmp / "a_file" / "merged.safetensors")])
+
+
+def test_yaml_accepts_one_file_and_a_list_of_lambdas(files):
+    tmp, pretrained, tvs, _ = files
+    config = tmp / "one.yaml"
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {tmp / 'tv0.safetensors'}\n"
+                      f"method: ties\nmethod_args: {{k: 0.5}}\nlambdas: [0.5, 1.0]\noutput: {tmp / 'one.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    expected = weaving.weave(pretrained, tvs[:1], "ties", [0.5, 1.0], k=0.5)
+    got = load_file(tmp / "one.safetensors")
+    assert all(torch.equal(got[k], expected[k]) for k in pretrained)
+    recipe = json.loads(read_metadata(tmp / "one.safetensors")["weaving_recipe"])
+    assert recipe["lambdas"] == [0.5, 1.0] and recipe["inputs"] == [str(tmp / "tv0.safetensors")]

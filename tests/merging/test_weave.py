@@ -104,3 +104,13 @@ def test_bad_search_spaces(inputs, space):
 def test_unknown_pooling_lists_the_known_ones(inputs):
     with pytest.raises(ValueError, match=r"unknown pooling 'median'.*mean, random, magmax.*ties"):
         weaving.weave(*inputs, "ties", [1.0], pooling="median")
+
+
+def test_search_space_size_is_capped_with_one_line():
+    from weaving.merging.weave import MAX_SEARCH_POINTS
+
+    assert len(parse_lambdas(f"1:{MAX_SEARCH_POINTS}:1")) == MAX_SEARCH_POINTS
+    for space in (f"1:{MAX_SEARCH_POINTS + 1}:1", "0.1:100000000:0.1", [0.5] * (MAX_SEARCH_POINTS + 1)):
+        with pytest.raises(ValueError, match=f"at most {MAX_SEARCH_POINTS} are allowed") as info:
+            parse_lambdas(space)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200

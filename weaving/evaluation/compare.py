@@ -195,12 +195,12 @@ def run_comparison(
     default `default_memory_budget`) bounds the merged weights kept on the device at once.
     """
     import weaving
+    from weaving.merging.registry import get_method
 
     if not methods:
         raise ValueError("no merge methods given; name at least one of weaving.METHODS")
-    unknown = [m for m in methods if m not in weaving.METHODS]
-    if unknown:
-        raise ValueError(f"unknown merge methods {unknown}; expected names from: {', '.join(sorted(weaving.METHODS))}")
+    for method in methods:
+        get_method(method)
     if len(set(methods)) != len(methods):
         raise ValueError(f"merge methods repeat in {list(methods)}; give each method once")
     method_args = dict(method_args or {})

@@ -252,13 +252,12 @@ def demo_main(argv: list[str]) -> None:
 
 def _check_config(config: DemoConfig) -> None:
     import weaving
-    from weaving.merging.weave import check_pooling
+    from weaving.merging.registry import get_method, get_pooling
 
     for method in (config.methods or ()) + tuple(config.analysis_methods or ()):
-        if method not in weaving.METHODS:
-            raise ValueError(f"unknown merge method {method!r}; expected one of: {', '.join(sorted(weaving.METHODS))}")
+        get_method(method)
     for pooling in config.poolings:
-        check_pooling(pooling)
+        get_pooling(pooling)
     if config.lambdas is not None:
         try:
             weaving.parse_lambdas(config.lambdas)

@@ -101,12 +101,12 @@ class MergeModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         import weaving
+        from weaving.merging.registry import get_method
         from weaving.models.clip import load_clip, visual_state_dict
 
         self.save_hyperparameters()
         self.setup_name = check_setup(setup)
-        if method not in weaving.METHODS:
-            raise ValueError(f"unknown merge method {method!r}; expected one of: {', '.join(sorted(weaving.METHODS))}")
+        get_method(method).resolve(dict(method_args or {}))  # unknown method or hyper-parameter: fail before loading
         self.files = find_task_vectors(task_vectors).select(tasks)
         if model is None:
             if self.files.model is None:

@@ -1,51 +1,49 @@
 """`weaving merge`: merge safetensors checkpoints from the command line (jsonargparse, `--config` works).
 
     weaving merge --pretrained base.safetensors --finetuned a.safetensors b.safetensors \
-        --method ties --k 0.2 --lambdas 0.1:1.5:0.1 --pooling mean --output merged.safetensors
+        --method ties --method_args '{k: 0.2}' --lambdas 0.1:1.5:0.1 --pooling mean --output merged.safetensors
+
+A method's hyper-parameters are one dictionary, `--method_args` (YAML: `method_args: {k: 0.2}`), checked
+against that method's signature by the registry, the same spelling as MergeModule's configs.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from weaving.atomic import check_writable
 from weaving.merging.engine import run_merge
-from weaving.merging.registry import METHODS, get_method
+from weaving.merging.registry import METHODS, get_method, get_pooling
 from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
-from weaving.merging.weave import run_weave
+from weaving.merging.weave import parse_lambdas, run_weave
 
-
-def method_hparams() -> dict[str, Any]:
-    """Every hyper-parameter name of every registered method, with its default (names are unique)."""
-    get_method("task_arithmetic")  # fills the registry
-    names: dict[str, Any] = {}
-    for method in METHODS.values():
-        names.update(method.defaults)
-    return names
+LIST_OPTIONS = ("finetuned", "task_vectors")
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="weaving merge", description="Merge fine-tuned checkpoints or task vectors, "
-                            "with a fixed lambda (--lam) or with Weight Weaving (--lambdas).")
+    import weaving.merging.methods  # noqa: F401  (fills the registry for the help text)
+
+    parser = ArgumentParser(prog="weaving merge", exit_on_error=False,
+                            description="Merge fine-tuned checkpoints or task vectors, with a fixed lambda (--lam) "
+                            "or with Weight Weaving (--lambdas).")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_argument("--pretrained", type=str, required=True, help="Pretrained weights (safetensors).")
-    parser.add_argument("--finetuned", type=str, nargs="+", default=None,
+    parser.add_argument("--finetuned", type=Optional[str], nargs="+", default=None,
                         help="Fine-tuned checkpoints (safetensors); task vectors are computed from them.")
-    parser.add_argument("--task_vectors", type=str, nargs="+", default=None,
+    parser.add_argument("--task_vectors", type=Optional[str], nargs="+", default=None,
                         help="Task vectors theta_t - theta_pre (safetensors), instead of --finetuned.")
     parser.add_argument("--method", type=str, required=True, help=f"Merge method: {', '.join(sorted(METHODS))}.")
-    for name, default in method_hparams().items():
-        users = [m.name for m in METHODS.values() if name in m.defaults]
-        kind = Optional[bool] if isinstance(default, bool) else Optional[float]
-        parser.add_argument(f"--{name}", type=kind, default=None,
-                            help=f"Hyper-parameter of {', '.join(users)} (default {default}).")
+    parser.add_argument("--method_args", type=Optional[dict[str, Any]], default=None,
+                        help="The method's hyper-parameters, e.g. '{k: 0.2}' for ties (docs/methods.md lists them).")
     parser.add_argument("--lam", type=Optional[float], default=None,
                         help="Scale of the merged delta: theta_pre + lam * g (default 1.0).")
-    parser.add_argument("--lambdas", type=Optional[str], default=None,
-                        help="Weight Weaving search space: 'start:stop:step' (inclusive) or '0.1,0.5,1.0'.")
+    parser.add_argument("--lambdas", type=Optional[Union[list[float], float, str]], default=None,
+                        help="Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0' or a YAML list.")
     parser.add_argument("--pooling", type=str, default="mean",
                         help="Weaving pooling: mean, random, magmax, or any merge method name.")
     parser.add_argument("--include_deltas", type=bool, default=True,
@@ -56,18 +54,32 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def output_size(pretrained: TensorSource) -> int:
+    """Bytes of the merged file's tensors (it has the pretrained model's names, shapes and dtypes)."""
+    import torch
+
+    total = 0
+    for key in pretrained.keys():
+        count = 1
+        for size in pretrained.shape(key):
+            count *= size
+        total += count * torch.empty((), dtype=pretrained.dtype(key)).element_size()
+    return total
+
+
 def run(cfg) -> str:
+    """Check every input and the output path, then merge and write the output (see module docstring)."""
     if bool(cfg.finetuned) == bool(cfg.task_vectors):
         raise ValueError("give exactly one of --finetuned FILE... or --task_vectors FILE...")
     if cfg.lam is not None and cfg.lambdas is not None:
         raise ValueError("give --lam (one merge) or --lambdas (Weight Weaving), not both")
-    method = get_method(cfg.method)
-    hparams = {name: getattr(cfg, name) for name in method_hparams() if getattr(cfg, name) is not None}
-    foreign = sorted(set(hparams) - set(method.defaults))
-    if foreign:
-        raise ValueError(f"--{foreign[0]} is not a hyper-parameter of {cfg.method!r} "
-                         f"(its hyper-parameters: {', '.join(method.defaults) or 'none'})")
+    hparams = get_method(cfg.method).resolve(dict(cfg.method_args or {}))
+    hparams = {name: hparams[name] for name in (cfg.method_args or {})}  # what the user set, for the recipe
+    if cfg.lambdas is not None:
+        parse_lambdas(cfg.lambdas)
+        get_pooling(cfg.pooling)
     pretrained = TensorSource(cfg.pretrained)
+    check_writable(cfg.output, expected_bytes=output_size(pretrained))
     if cfg.finetuned:
         task_vectors = [task_vector_from_finetuned(pretrained, TensorSource(path)) for path in cfg.finetuned]
     else:
@@ -87,22 +99,51 @@ def run(cfg) -> str:
     return cfg.output
 
 
-def underscore_options(argv: list[str]) -> list[str]:
-    """Accept `--task-vectors` as well as `--task_vectors` (and so on): option names use underscores."""
+def normalize_options(argv: list[str]) -> list[str]:
+    """Accept `--task-vectors` as well as `--task_vectors` (option names use underscores), and a single
+    file where a config expects a list (`task_vectors: one.safetensors`)."""
     normalized = []
+    expect_config = False
     for arg in argv:
         if arg.startswith("--"):
             name, sep, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + sep + value
+            name = name.replace("-", "_")
+            if name == "config" and sep:
+                arg = "--config=" + _config_with_lists(value)
+            else:
+                arg = "--" + name + sep + value
+            expect_config = name == "config" and not sep
+        elif expect_config:
+            arg, expect_config = _config_with_lists(arg), False
         normalized.append(arg)
     return normalized
 
 
-def merge_main(argv: list[str]) -> None:
-    cfg = build_parser().parse_args(underscore_options(argv))
+def _config_with_lists(config: str) -> str:
+    """A config file whose list options hold one string, rewritten (as YAML text) with one-element lists.
+    jsonargparse cannot read a single string into a multi-value option; other files pass unchanged."""
+    path = Path(config)
+    if not path.is_file():
+        return config
     try:
-        output = run(cfg)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"weaving merge: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    print(f"wrote {output}")
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: not a readable YAML file ({error})".replace("\n", " ")) from None
+    if not isinstance(content, dict) or not any(isinstance(content.get(key), str) for key in LIST_OPTIONS):
+        return config
+    for key in LIST_OPTIONS:
+        if isinstance(content.get(key), str):
+            content[key] = [content[key]]
+    return json.dumps(content)
+
+
+def merge_main(argv: list[str]) -> None:
+    """Parse, merge, write; user errors propagate as ValueError/FileNotFoundError (`weaving` prints them)."""
+    from jsonargparse import ArgumentError
+
+    parser = build_parser()
+    try:
+        cfg = parser.parse_args(normalize_options(argv))
+    except ArgumentError as error:  # `weaving` reduces jsonargparse's report to its cause
+        raise ValueError(str(error).strip()) from None
+    print(f"wrote {run(cfg)}")

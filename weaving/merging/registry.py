@@ -73,11 +73,26 @@ def register_method(name: str, *, prepare: Callable[..., Any] | None = None, ran
 
 
 def get_method(name: str) -> MergeMethod:
+    """The registered method called `name`; the one place that decides whether a method name is known."""
     import weaving.merging.methods  # noqa: F401  (fills the registry)
 
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown merge method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def get_pooling(name: str) -> MergeMethod | None:
+    """None for an elementwise pooling of weaving.merging.pooling (mean, random, magmax), else the merge
+    method used as pooling; an unknown name raises a ValueError listing both kinds."""
+    import weaving.merging.methods  # noqa: F401
+    from weaving.merging.pooling import POOLINGS
+
+    if isinstance(name, str) and name in POOLINGS:
+        return None
+    if isinstance(name, str) and name in METHODS:
+        return METHODS[name]
+    raise ValueError(f"unknown pooling {name!r}; known poolings: {', '.join(POOLINGS)}, "
+                     f"or any merge method: {', '.join(sorted(METHODS))}")
 
 
 def derive_seed(seed: int, *parts: object) -> int:

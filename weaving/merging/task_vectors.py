@@ -14,9 +14,8 @@ from typing import Union
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from weaving.atomic import atomic_write, atomic_write_text
+from weaving.atomic import atomic_save_safetensors, atomic_write_text
 
 StateDictLike = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 
@@ -147,7 +146,7 @@ def save_state_dict(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
     """Write tensors to a safetensors file atomically (temporary file in the same folder, then rename)."""
     contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     text_metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
-    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=text_metadata))
+    return atomic_save_safetensors(path, contiguous, text_metadata)
 
 
 def save_task_vector(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
@@ -159,9 +158,6 @@ def load_task_vector(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a whole task vector (or any safetensors state dict) into memory."""
     source = TensorSource(path)
     return {key: source.get(key) for key in source.keys()}
-
-
-load_state_dict = load_task_vector
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

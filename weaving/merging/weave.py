@@ -18,14 +18,23 @@ import torch
 from weaving.merging.engine import MergeInputs, assemble, method_seed, open_inputs, prepare_method
 from weaving.merging.methods.magmax import max_magnitude
 from weaving.merging.pooling import POOLINGS, random_choice
-from weaving.merging.registry import METHODS, MergeMethod, derive_seed, get_method
+from weaving.merging.registry import MergeMethod, derive_seed, get_method, get_pooling
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import StateDictLike
 from weaving.merging.tensor_ops import sequential_sum
 
 
+MAX_SEARCH_POINTS = 10_000  # each lambda is one member of the augmented set; more is a typo, not a search
+
+
+def _too_many(space: object, count: int) -> ValueError:
+    return ValueError(f"search space {space!r} has {count} points; at most {MAX_SEARCH_POINTS} are allowed "
+                      "(use a larger step)")
+
+
 def parse_lambdas(space: str | float | Sequence[float]) -> list[float]:
-    """A search space as a list of numbers, 'a,b,c', or 'start:stop:step' (stop inclusive)."""
+    """A search space as a list of numbers, 'a,b,c', or 'start:stop:step' (stop inclusive), of at most
+    MAX_SEARCH_POINTS points."""
     if isinstance(space, str):
         text = space.strip()
         try:
@@ -34,11 +43,15 @@ def parse_lambdas(space: str | float | Sequence[float]) -> list[float]:
                 if len(parts) != 3:
                     raise ValueError
                 start, stop, step = parts
+                if not all(math.isfinite(p) for p in parts):
+                    raise ValueError(f"search space {space!r}: start, stop and step must be finite numbers")
                 if not step > 0:
                     raise ValueError(f"search space {space!r}: step must be positive")
                 if stop < start:
                     raise ValueError(f"search space {space!r}: stop is below start, so it is empty")
                 count = int(math.floor((stop - start) / step + 1e-9)) + 1
+                if count > MAX_SEARCH_POINTS:
+                    raise _too_many(space, count)
                 values = [round(start + i * step, 12) for i in range(count)]
             else:
                 values = [float(p) for p in text.replace(",", " ").split()]
@@ -55,19 +68,12 @@ def parse_lambdas(space: str | float | Sequence[float]) -> list[float]:
             raise ValueError(f"search space {space!r}: expected numbers") from None
     if not values:
         raise ValueError(f"search space {space!r} is empty; give at least one lambda, e.g. '0.1:1.0:0.1'")
+    if len(values) > MAX_SEARCH_POINTS:
+        raise _too_many(space if len(str(space)) < 60 else f"{str(space)[:57]}...", len(values))
     for value in values:
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"search space {space!r} holds {value}; every lambda must be a finite positive number")
     return values
-
-
-def check_pooling(pooling: str) -> None:
-    import weaving.merging.methods  # noqa: F401
-
-    if pooling not in POOLINGS and pooling not in METHODS:
-        raise ValueError(
-            f"unknown pooling {pooling!r}; known poolings: {', '.join(POOLINGS)}, or any merge method: {', '.join(sorted(METHODS))}"
-        )
 
 
 class AugmentedSet(TaskVectorSet):
@@ -127,17 +133,17 @@ def run_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, incl
     spec = get_method(method)
     hparams = spec.resolve(hparams)
     values = parse_lambdas(lambdas)
-    check_pooling(pooling)
+    pooling_method = get_pooling(pooling)
     if not isinstance(include_deltas, bool):
         raise ValueError(f"include_deltas must be true or false, got {include_deltas!r}")
     inputs = open_inputs(pretrained, task_vectors, device)
     with torch.no_grad():
         stats = prepare_method(spec, inputs.task_set, hparams)
         augmented = AugmentedSet(inputs, spec, hparams, stats, values, include_deltas, seed)
-        if pooling in POOLINGS:
+        if pooling_method is None:
             delta_for = _elementwise_pooling(augmented, pooling)
         else:
-            delta_for = _method_pooling(augmented, get_method(pooling))
+            delta_for = _method_pooling(augmented, pooling_method)
         description = f"weave[{method}, {len(values)} lambdas, {pooling}]"
         return assemble(inputs, delta_for, description, progress)
 

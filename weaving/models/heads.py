@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from weaving.atomic import atomic_write
+from weaving.atomic import atomic_save_safetensors
 from weaving.models.clip import CLIPBundle
 
 HEAD_FORMAT_VERSION = "1"  # bump when the head formula changes, so old cache files are not reused
@@ -112,7 +112,7 @@ def zero_shot_weights(clip: CLIPBundle, classnames: Sequence[str], templates: Se
 
 def _save_atomic(path: Path, weight: Tensor, metadata: dict[str, str]) -> None:
     tensors = {"weight": weight.detach().cpu().contiguous()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_save_safetensors(path, tensors, metadata)
 
 
 def _load_cached(path: Path, num_classes: int) -> Tensor:
