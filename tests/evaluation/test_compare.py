@@ -86,7 +86,7 @@ def test_write_comparison_writes_results_analysis_and_plots(evaluator, domain_ru
 
 def test_bad_inputs_are_one_line_errors(evaluator, domain_run):
     vectors = find_task_vectors(domain_run).paths
-    with pytest.raises(ValueError, match="unknown merge methods"):
+    with pytest.raises(ValueError, match="unknown merge method 'tie'; known methods: breadcrumbs"):
         run_comparison(setups.multi_task(DOMAINS), evaluator, vectors, ["tie"], progress=False)
     with pytest.raises(ValueError, match="needed by the setup"):
         run_comparison(setups.multi_task(["digits", "digits_mirrored"]), evaluator, vectors, ["ties"], progress=False)

@@ -1,8 +1,45 @@
+"""Model Breadcrumbs (Davari & Belilovsky, 2024) against a reference written from the definition."""
+
 import pytest
 import torch
 
 import weaving
 from weaving.merging.methods.breadcrumbs import breadcrumbs, breadcrumbs_mask
+
+from .conftest import assert_float64_close
+
+
+def breadcrumbs_reference(tensor: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """Per row of the last dimension (length n): zero the int(n*gamma) largest |x|, then keep only the
+    int(n*beta) largest |x| of the rest. Plain Python on each row; 0-dim tensors pass unchanged."""
+    if tensor.dim() == 0:
+        return tensor.clone()
+    rows = tensor.reshape(-1, tensor.shape[-1]).tolist()
+    out = []
+    for row in rows:
+        n = len(row)
+        by_magnitude = sorted(range(n), key=lambda i: -abs(row[i]))
+        kept = set(by_magnitude[int(n * gamma):][:int(n * beta)])
+        out.append([row[i] if i in kept else 0.0 for i in range(n)])
+    return torch.tensor(out, dtype=tensor.dtype).reshape(tensor.shape)
+
+
+@pytest.mark.parametrize("beta, gamma", [(0.2, 0.1), (0.15, 0.006), (0.5, 0.25), (1.0, 0.0)])
+def test_matches_the_reference_in_float64(inputs, beta, gamma):
+    pretrained, tvs = inputs
+    merged = weaving.merge(pretrained, tvs, "breadcrumbs", beta=beta, gamma=gamma)
+    for key in pretrained:
+        expected = sum(breadcrumbs_reference(tv[key], beta, gamma) for tv in tvs)
+        assert_float64_close(merged[key] - pretrained[key], expected)
+
+
+def test_long_rows_with_the_default_fractions():
+    g = torch.Generator().manual_seed(0)
+    taus = [torch.randn(3, 700, generator=g, dtype=torch.float64) for _ in range(2)]
+    out = breadcrumbs(taus, key="w", stats=None)
+    assert_float64_close(out, sum(breadcrumbs_reference(t, 0.15, 0.006) for t in taus))
+    # each task keeps int(700 * 0.15) = 105 entries per row, after dropping its int(700 * 0.006) = 4 largest
+    assert (breadcrumbs([taus[0]], key="w", stats=None) != 0).sum(dim=1).tolist() == [105, 105, 105]
 
 
 def test_drops_top_gamma_then_keeps_next_beta_per_row():
@@ -18,12 +55,6 @@ def test_sum_over_tasks_and_scalars_pass_unchanged():
     # a: drop 5, keep 4 and -3; b: drop 5, keep 4 and 3
     torch.testing.assert_close(merged["w"], torch.tensor([[0.0, 0.0, 7.0, 4.0, -3.0]]))
     torch.testing.assert_close(merged["s"], torch.tensor(0.5))
-
-
-def test_per_tensor_function_on_matrix_rows():
-    value = torch.arange(1.0, 11.0).reshape(1, 10)
-    out = breadcrumbs([value], key="w", stats=None, beta=0.2, gamma=0.1)
-    assert out.tolist() == [[0.0] * 7 + [8.0, 9.0, 0.0]]
 
 
 def test_bad_fractions(inputs):

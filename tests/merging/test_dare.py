@@ -43,3 +43,19 @@ def test_each_task_gets_its_own_mask():
 def test_bad_p(inputs):
     with pytest.raises(ValueError, match=r"p is the drop probability"):
         weaving.merge(*inputs, "dare", p=1.0)
+
+
+def test_float64_each_element_is_a_rescaled_subset_sum_of_the_tasks():
+    """g = sum_t m_t * tau_t / (1 - p) with m_t in {0, 1}: each output element is one of the 2^T subset sums."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(3000, generator=g, dtype=torch.float64) for _ in range(2))
+    out = weaving.merge({"w": torch.zeros(3000, dtype=torch.float64)}, [{"w": a}, {"w": b}], "dare", p=0.4, seed=5)["w"]
+    assert out.dtype == torch.float64
+    candidates = torch.stack([torch.zeros_like(a), a, b, a + b]) / 0.6
+    distance = (candidates - out).abs().min(dim=0).values
+    assert distance.max().item() < 1e-12
+    chosen = (candidates - out).abs().argmin(dim=0)
+    kept_a = (chosen == 1) | (chosen == 3)
+    kept_b = (chosen == 2) | (chosen == 3)
+    assert abs(kept_a.double().mean().item() - 0.6) < 0.04 and abs(kept_b.double().mean().item() - 0.6) < 0.04
+    assert (kept_a != kept_b).any()  # independent masks per task

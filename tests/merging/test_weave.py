@@ -6,7 +6,7 @@ from weaving.merging.pooling import POOLINGS
 from weaving.merging.registry import derive_seed
 from weaving.merging.weave import parse_lambdas
 
-from .conftest import delta
+from .conftest import assert_float64_close, delta
 
 DETERMINISTIC = ["task_arithmetic", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts"]
 LAMBDAS = [0.1, 0.4, 0.7, 1.0, 1.5]
@@ -27,7 +27,7 @@ def test_closed_form_mean_equals_pooling_the_augmented_set(inputs, method, inclu
     members = augmented_set(pretrained, tvs, method, LAMBDAS, include_deltas)
     for key in pretrained:
         expected = pretrained[key] + torch.stack([m[key] for m in members]).mean(0)
-        torch.testing.assert_close(woven[key], expected, atol=1e-6, rtol=1e-5)
+        assert_float64_close(woven[key], expected)
 
 
 @pytest.mark.parametrize("pooling", ["magmax", "random"])
@@ -38,7 +38,7 @@ def test_fast_paths_equal_the_explicit_pooling(inputs, pooling, include_deltas):
     members = augmented_set(pretrained, tvs, "ties", LAMBDAS, include_deltas)
     for key in pretrained:
         pooled = POOLINGS[pooling]([m[key] for m in members], seed=derive_seed(5, "pooling", key))
-        torch.testing.assert_close(woven[key], pretrained[key] + pooled)
+        assert_float64_close(woven[key], pretrained[key] + pooled)
 
 
 def test_magmax_pooling_without_deltas_picks_the_largest_lambda(inputs):
@@ -46,7 +46,7 @@ def test_magmax_pooling_without_deltas_picks_the_largest_lambda(inputs):
     woven = weaving.weave(pretrained, tvs, "task_arithmetic", LAMBDAS, pooling="magmax", include_deltas=False)
     plain = weaving.merge(pretrained, tvs, "task_arithmetic", lam=max(LAMBDAS))
     for key in pretrained:
-        torch.testing.assert_close(woven[key], plain[key])
+        assert_float64_close(woven[key], plain[key])
 
 
 def test_random_pooling_takes_each_element_from_one_member():
@@ -65,7 +65,7 @@ def test_method_as_pooling_is_that_method_over_the_augmented_set(inputs):
     members = augmented_set(pretrained, tvs, "task_arithmetic", LAMBDAS)
     expected = weaving.merge(pretrained, members, "ties")
     for key in pretrained:
-        torch.testing.assert_close(woven[key], expected[key], atol=1e-6, rtol=1e-5)
+        assert_float64_close(woven[key], expected[key])
 
 
 def test_random_method_draws_fresh_masks_per_lambda_and_is_seeded(inputs):
