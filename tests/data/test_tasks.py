@@ -223,3 +223,16 @@ def test_torchvision_task_on_fake_mnist(tmp_path):
     assert tensor.shape == (3, 28, 28) and torch.equal(tensor[0], tensor[2])
     part = get_task("mnist_part2of2").dataset(tmp_path, "test")
     assert len(part) == 10 and {part[j][1] for j in range(len(part))} == {0, 1, 2, 3, 4}
+
+
+def test_imagenet_prompts_come_from_open_clip():
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    from weaving.data import prompts
+
+    assert len(prompts.IMAGENET_TEMPLATES) == 80 and prompts.IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+    assert [t.format("dog") for t in prompts.IMAGENET_TEMPLATES] == [t("dog") for t in OPENAI_IMAGENET_TEMPLATES]
+    indices = prompts.IMAGENET_R_IMAGENET_INDICES
+    assert len(indices) == len(set(indices)) == 200 and list(indices) == sorted(indices)  # wnid order = label order
+    assert prompts.IMAGENET_R_CLASSNAMES[0] == IMAGENET_CLASSNAMES[1] == "goldfish"
+    assert prompts.IMAGENET_R_CLASSNAMES[-1] == "acorn"

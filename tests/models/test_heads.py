@@ -1,4 +1,4 @@
-"""Zero-shot heads: the DESIGN.md formula, freezing, and the on-disk cache."""
+"""Zero-shot heads: the formula (per class: normalize, average, normalize, scale), freezing, the on-disk cache."""
 
 from __future__ import annotations
 
@@ -120,3 +120,26 @@ def test_corrupt_cache_file_is_a_clear_error(clip, tmp_path):
 def test_bad_prompts_are_rejected(clip, classnames, templates, match):
     with pytest.raises(ValueError, match=match):
         build_head(clip, classnames, templates)
+
+
+def test_many_classes_are_batched_like_one_pass(clip):
+    """More classes than one text batch holds: every row still equals its own per-class computation."""
+    import weaving.models.heads as heads
+
+    names = [f"class {i}" for i in range(12)]
+    templates = TEMPLATES[:2]
+    small_batches = heads.TEXT_BATCH_SIZE
+    try:
+        heads.TEXT_BATCH_SIZE = 4  # 2 classes per forward pass
+        batched = build_head(clip, names, templates).weight
+    finally:
+        heads.TEXT_BATCH_SIZE = small_batches
+    one_pass = build_head(clip, names, templates).weight
+    torch.testing.assert_close(batched, one_pass)
+    row = build_head(clip, names[7:8], templates).weight[0]
+    torch.testing.assert_close(batched[7], row)
+
+
+def test_template_with_stray_braces_is_a_clear_error(clip):
+    with pytest.raises(ValueError, match="braces other than"):
+        build_head(clip, CLASSNAMES, ["a {} of {kind}"])

@@ -2,11 +2,15 @@
 
 Class names are listed in label order: index i is the name of label i as the dataset loader in
 `weaving.data.tasks` produces it. Names and templates follow OpenAI CLIP's `data/prompts.md` and the
-task-vectors code base (Ilharco et al., 2023), so zero-shot heads match the literature; ImageNet-R uses
-the ImageNet class names of its 200 WordNet ids, CUB-200 the species names of its `classes.txt`.
+task-vectors code base (Ilharco et al., 2023), so zero-shot heads match the literature. Where open_clip
+ships them (ImageNet class names and OpenAI's ImageNet templates, `open_clip.zero_shot_metadata`) they are
+taken from open_clip: ImageNet-R uses the ImageNet class names of its 200 WordNet ids; CUB-200 the species
+names of its `classes.txt`.
 """
 
 from __future__ import annotations
+
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
 # Class names ----------------------------------------------------------------------------------------
 
@@ -300,35 +304,21 @@ IMAGENET_R_WNIDS = (
     "n07768694", "n07873807", "n07880968", "n07920052", "n09472597", "n09835506", "n10565667", "n12267677",
 )
 
-IMAGENET_R_CLASSNAMES = (
-    "goldfish", "great white shark", "hammerhead shark", "stingray", "hen", "ostrich", "goldfinch", "junco",
-    "bald eagle", "vulture", "smooth newt", "axolotl", "tree frog", "green iguana", "chameleon",
-    "Indian cobra", "scorpion", "tarantula", "centipede", "peafowl", "lorikeet", "hummingbird", "toucan",
-    "duck", "goose", "black swan", "koala", "jellyfish", "snail", "American lobster", "hermit crab",
-    "flamingo", "great egret", "pelican", "king penguin", "grey whale", "killer whale", "sea lion",
-    "Chihuahua", "Shih Tzu", "Afghan Hound", "Basset Hound", "Beagle", "Bloodhound", "Italian Greyhound",
-    "Whippet", "Weimaraner", "Yorkshire Terrier", "Boston Terrier", "Scottish Terrier",
-    "West Highland White Terrier", "Golden Retriever", "Labrador Retriever", "Cocker Spaniel", "collie",
-    "Border Collie", "Rottweiler", "German Shepherd Dog", "Boxer", "French Bulldog", "St. Bernard",
-    "Siberian Husky", "Dalmatian", "pug", "Pomeranian", "Chow Chow", "Pembroke Welsh Corgi", "Toy Poodle",
-    "Standard Poodle", "grey wolf", "hyena", "red fox", "tabby cat", "leopard", "snow leopard", "lion",
-    "tiger", "cheetah", "polar bear", "meerkat", "ladybug", "fly", "bee", "ant", "grasshopper", "cockroach",
-    "praying mantis", "dragonfly", "monarch butterfly", "starfish", "cottontail rabbit", "porcupine",
-    "fox squirrel", "beaver", "guinea pig", "zebra", "pig", "hippopotamus", "bison", "gazelle", "llama",
-    "skunk", "badger", "orangutan", "gorilla", "chimpanzee", "gibbon", "baboon", "giant panda", "eel",
-    "clownfish", "pufferfish", "accordion", "ambulance", "assault rifle", "backpack", "barn", "wheelbarrow",
-    "basketball", "bathtub", "lighthouse", "beer glass", "binoculars", "birdhouse", "bow tie", "broom",
-    "bucket", "cauldron", "candle", "cannon", "canoe", "carousel", "castle", "mobile phone", "cowboy hat",
-    "electric guitar", "fire truck", "flute", "gas mask or respirator", "grand piano", "guillotine", "hammer",
-    "harmonica", "harp", "hatchet", "jeep", "joystick", "lab coat", "lawn mower", "lipstick", "mailbox",
-    "missile", "mitten", "parachute", "pickup truck", "pirate ship", "revolver", "rugby ball", "sandal",
-    "saxophone", "school bus", "schooner", "shield", "soccer ball", "space shuttle", "spider web",
-    "steam locomotive", "scarf", "submarine", "tank", "tennis ball", "tractor", "trombone", "vase", "violin",
-    "military aircraft", "wine bottle", "ice cream", "bagel", "pretzel", "cheeseburger", "hot dog", "cabbage",
-    "broccoli", "cucumber", "bell pepper", "mushroom", "Granny Smith apple", "strawberry", "lemon",
-    "pineapple", "banana", "pomegranate", "pizza", "burrito", "espresso", "volcano", "baseball player",
-    "scuba diver", "acorn",
+# The ImageNet-1k label (0..999) of each ImageNet-R class, in IMAGENET_R_WNIDS order (ImageNet-R's own
+# class mask); the names themselves are open_clip's ImageNet class names.
+IMAGENET_R_IMAGENET_INDICES = (
+    1, 2, 4, 6, 8, 9, 11, 13, 22, 23, 26, 29, 31, 39, 47, 63, 71, 76, 79, 84, 90, 94, 96, 97, 99, 100, 105, 107,
+    113, 122, 125, 130, 132, 144, 145, 147, 148, 150, 151, 155, 160, 161, 162, 163, 171, 172, 178, 187, 195, 199,
+    203, 207, 208, 219, 231, 232, 234, 235, 242, 245, 247, 250, 251, 254, 259, 260, 263, 265, 267, 269, 276, 277,
+    281, 288, 289, 291, 292, 293, 296, 299, 301, 308, 309, 310, 311, 314, 315, 319, 323, 327, 330, 334, 335, 337,
+    338, 340, 341, 344, 347, 353, 355, 361, 362, 365, 366, 367, 368, 372, 388, 390, 393, 397, 401, 407, 413, 414,
+    425, 428, 430, 435, 437, 441, 447, 448, 457, 462, 463, 469, 470, 471, 472, 476, 483, 487, 515, 546, 555, 558,
+    570, 579, 583, 587, 593, 594, 596, 609, 613, 617, 621, 629, 637, 657, 658, 701, 717, 724, 763, 768, 774, 776,
+    779, 780, 787, 805, 812, 815, 820, 824, 833, 847, 852, 866, 875, 883, 889, 895, 907, 928, 931, 932, 933, 934,
+    936, 937, 943, 945, 947, 948, 949, 951, 953, 954, 957, 963, 965, 967, 980, 981, 983, 988,
 )
+
+IMAGENET_R_CLASSNAMES = tuple(IMAGENET_CLASSNAMES[i] for i in IMAGENET_R_IMAGENET_INDICES)
 
 # Templates (format strings with one "{}") ------------------------------------------------------------
 
@@ -382,30 +372,8 @@ CIFAR100_TEMPLATES = (
     "a photo of the small {}.", "a photo of the big {}.",
 )
 
-IMAGENET_TEMPLATES = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.",
-    "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.",
-    "a photo of a hard to see {}.", "a bright photo of a {}.", "a photo of a clean {}.",
-    "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.", "a photo of my {}.",
-    "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.",
-    "a black and white photo of the {}.", "a painting of the {}.", "a painting of a {}.",
-    "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.",
-    "a good photo of the {}.", "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.",
-    "a doodle of a {}.", "a close-up photo of the {}.", "a photo of a {}.", "the origami {}.",
-    "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.", "a origami {}.",
-    "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.", "a photo of the clean {}.",
-    "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.", "a photo of a weird {}.",
-    "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-    "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
-    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
-    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.",
-    "a dark photo of a {}.", "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.",
-    "a photo of a cool {}.", "a photo of a small {}.", "a tattoo of the {}.",
-)
+# OpenAI CLIP's 80 ImageNet templates, as open_clip ships them (callables), turned into format strings.
+IMAGENET_TEMPLATES = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
 CUB200_TEMPLATES = (
     "a photo of a {}, a type of bird.",

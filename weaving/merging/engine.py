@@ -94,7 +94,7 @@ def merge(
     """Merge task vectors with `method` and return the full weights `pretrained + lam * g`.
 
     `pretrained` is a mapping name -> tensor or a safetensors path; `task_vectors` a sequence of such
-    (deltas theta_t - theta_pre). `hparams` are the method's hyper-parameters (DESIGN.md section 4).
+    (deltas theta_t - theta_pre). `hparams` are the method's hyper-parameters (docs/methods.md).
     """
     return run_merge(pretrained, task_vectors, method, lam, device=device, seed=seed, progress=None, hparams=hparams)
 

@@ -1,9 +1,10 @@
 """Zero-shot classification heads: class names x prompt templates through the CLIP text tower.
 
 For each class every template is embedded and L2-normalized, the embeddings are averaged and normalized
-again; the rows are stacked and multiplied by `logit_scale.exp()` (DESIGN.md section 6, as in the task
-vectors code of Ilharco et al.). The head is frozen: only the image encoder is fine-tuned, and every task
-keeps its own head for evaluation. Heads are cached on disk so training and evaluation reuse one computation.
+again (open_clip's `build_zero_shot_classifier`); the rows are stacked and multiplied by
+`logit_scale.exp()`, as in the task-vectors code of Ilharco et al. The head is frozen: only the image
+encoder is fine-tuned, and every task keeps its own head for evaluation. Heads are cached on disk so
+training and evaluation reuse one computation.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from weaving.atomic import atomic_save_safetensors
 from weaving.models.clip import CLIPBundle
@@ -55,6 +56,10 @@ def _check_prompts(classnames: Sequence[str], templates: Sequence[str]) -> None:
     for template in templates:
         if not isinstance(template, str) or template.count("{}") != 1:
             raise ValueError(f"template {template!r} must be a string with exactly one '{{}}' for the class name")
+        try:
+            template.format("x")
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(f"template {template!r}: braces other than the one '{{}}' must be doubled ('{{{{')") from None
 
 
 def _weights_source(clip: CLIPBundle) -> dict[str, str]:
@@ -90,24 +95,22 @@ def head_cache_path(cache_dir: str | os.PathLike, clip: CLIPBundle, classnames: 
 
 @torch.no_grad()
 def zero_shot_weights(clip: CLIPBundle, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """The head's weight [C, D]: per class, mean of normalized template embeddings, normalized, times scale."""
+    """The head's weight [C, D]: open_clip's zero-shot classifier (per class, mean of normalized template
+    embeddings, normalized), transposed to rows per class and multiplied by the logit scale."""
     _check_prompts(classnames, templates)
     model = clip.model
     device = model.logit_scale.device
-    texts = [template.replace("{}", name) for name in classnames for template in templates]
+    classes_per_batch = max(1, TEXT_BATCH_SIZE // len(templates))
     was_training = model.training
     model.eval()
     try:
-        batches = range(0, len(texts), TEXT_BATCH_SIZE)
-        embeddings = []
-        for start in tqdm(batches, desc="zero-shot head", leave=False, disable=len(batches) <= 1):
-            tokens = clip.tokenizer(texts[start : start + TEXT_BATCH_SIZE]).to(device)
-            embeddings.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        weight = open_clip.build_zero_shot_classifier(
+            model, clip.tokenizer, list(classnames), list(templates), num_classes_per_batch=classes_per_batch,
+            device=device, use_tqdm=len(classnames) > classes_per_batch,
+        )
     finally:
         model.train(was_training)
-    per_template = torch.cat(embeddings).reshape(len(classnames), len(templates), -1)
-    weight = F.normalize(per_template.mean(dim=1), dim=-1)
-    return weight * model.logit_scale.float().exp()
+    return weight.float().T.contiguous() * model.logit_scale.float().exp()
 
 
 def _save_atomic(path: Path, weight: Tensor, metadata: dict[str, str]) -> None:

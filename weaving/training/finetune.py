@@ -6,7 +6,7 @@ the task's head, restarts AdamW (state cleared) and the warmup + cosine schedule
 `stream="independent"` reloads theta_pre into the encoder (`"sequential"` goes on from the previous task).
 Everything a resumed run needs is derivable from the epoch counter or stored in the checkpoint, so
 `weaving fit --ckpt_path last` continues a killed stream exactly (epoch-end checkpoints; see docs/training.md).
-Recipe defaults (DESIGN.md section 6, as in the task-vectors code of Ilharco et al.): AdamW lr 1e-5,
+Recipe defaults (as in the task-vectors code of Ilharco et al.): AdamW lr 1e-5,
 weight decay 0.1, 500 warmup steps then cosine; grad-norm clipping is the trainer's `gradient_clip_val: 1.0`.
 """
 

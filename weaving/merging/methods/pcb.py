@@ -1,6 +1,6 @@
 """PCB-Merging (Du et al., 2024): parameter competition balancing with intra- and inter-task scores.
 
-Follows the reference implementation's quantile conventions (see DESIGN.md section 4), but computes every
+Follows the reference implementation's quantile conventions (docs/methods.md), but computes every
 statistic per task vector, streamed over tensors, instead of on one dense T x d matrix.
 """
 
