@@ -129,5 +129,10 @@ def test_signatures_are_a_yaml_schema():
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
     init = instantiate(config)
     assert init.data.task_names[-1] == "digits_part5of5"
-    for cls in (TaskDataModule, MultiTaskDataModule):
-        ArgumentParser().add_class_arguments(cls, "data")
+    for cls, key, value in ((TaskDataModule, "task", "digits_rot90"), (MultiTaskDataModule, "tasks", ["digits", "digits_rot90"])):
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "data")
+        config = parser.parse_string(f"data:\n  {key}: {value}\n  batch_size: 8\n")
+        assert config.data[key] == value and config.data.batch_size == 8, cls
+        with pytest.raises(Exception, match="batch_size"):  # a typed schema: a wrong type is refused
+            parser.parse_string(f"data:\n  {key}: {value}\n  batch_size: many\n")
