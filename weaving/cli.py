@@ -4,6 +4,7 @@
   (configs name them by `class_path`, e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`).
 - `weaving merge ...`: merge safetensors files from the command line (no Lightning involved).
 - `weaving demo ...`: the offline end-to-end demo on the embedded digits tasks.
+- `weaving import ...`: public CLIP checkpoints (Hugging Face, open_clip, task_vectors .pt) -> a run folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a comm
 commands:
   demo       fine-tune, merge and evaluate offline on the embedded digits tasks (CPU, minutes)
   merge      merge safetensors checkpoints or task vectors (a method at one lambda, or Weight Weaving)
+  import     import public CLIP checkpoints (Hugging Face, open_clip, task_vectors .pt) as a run folder
   fit        fine-tune with a LightningCLI config (writes task vectors), e.g. configs/finetune/*.yaml
   validate   evaluate merged models with a LightningCLI config, e.g. configs/merge/*.yaml
   test       like validate, on the test loop
@@ -75,6 +77,10 @@ def dispatch(argv: list[str] | None = None) -> None:
         from weaving.merging.cli import merge_main
 
         merge_main(argv[1:])
+    elif command == "import":
+        from weaving.formats.importer import import_main
+
+        import_main(argv[1:])
     elif command == "demo":
         from weaving.evaluation.demo import demo_main
 
@@ -82,7 +88,7 @@ def dispatch(argv: list[str] | None = None) -> None:
     elif command in LIGHTNING_SUBCOMMANDS:
         lightning_main(None if from_sys_argv else argv)
     else:
-        known = ", ".join(("merge", "demo") + LIGHTNING_SUBCOMMANDS)
+        known = ", ".join(("merge", "import", "demo") + LIGHTNING_SUBCOMMANDS)
         print(f"weaving: unknown command {command!r}; expected one of: {known}", file=sys.stderr)
         sys.exit(2)
 

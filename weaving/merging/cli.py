@@ -32,11 +32,12 @@ def build_parser() -> ArgumentParser:
                             description="Merge fine-tuned checkpoints or task vectors, with a fixed lambda (--lam) "
                             "or with Weight Weaving (--lambdas).")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
-    parser.add_argument("--pretrained", type=str, required=True, help="Pretrained weights (safetensors).")
+    parser.add_argument("--pretrained", type=str, required=True,
+                        help="Pretrained weights (safetensors), or a run folder (its pretrained.safetensors).")
     parser.add_argument("--finetuned", type=Optional[str], nargs="+", default=None,
                         help="Fine-tuned checkpoints (safetensors); task vectors are computed from them.")
     parser.add_argument("--task_vectors", type=Optional[str], nargs="+", default=None,
-                        help="Task vectors theta_t - theta_pre (safetensors), instead of --finetuned.")
+                        help="Task vectors theta_t - theta_pre (safetensors or run folders), instead of --finetuned.")
     parser.add_argument("--method", type=str, required=True, help=f"Merge method: {', '.join(sorted(METHODS))}.")
     parser.add_argument("--method_args", type=Optional[dict[str, Any]], default=None,
                         help="The method's hyper-parameters, e.g. '{k: 0.2}' for ties (docs/methods.md lists them).")
@@ -51,6 +52,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--device", type=Optional[str], default=None, help="cpu (default), cuda or cuda:N.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of random methods and random pooling.")
     parser.add_argument("--output", type=str, required=True, help="Output safetensors file (written atomically).")
+    parser.add_argument("--format", type=Optional[str], default=None,
+                        help="Write a full checkpoint: open_clip (one file for open_clip.create_model) or hf "
+                        "(a transformers CLIP folder); default: the merged tensors as they are.")
+    parser.add_argument("--model", type=Optional[str], default=None,
+                        help="open_clip model name for --format (default: the one the inputs record).")
     return parser
 
 
@@ -78,8 +84,20 @@ def run(cfg) -> str:
     if cfg.lambdas is not None:
         parse_lambdas(cfg.lambdas)
         get_pooling(cfg.pooling)
+    from weaving.formats.run_inputs import pretrained_path, recorded_model, task_vector_paths
+
+    cfg.pretrained = pretrained_path(cfg.pretrained)
+    cfg.task_vectors = task_vector_paths(cfg.task_vectors) if cfg.task_vectors else cfg.task_vectors
+    model = cfg.model or recorded_model(cfg.pretrained, cfg.task_vectors or [])
+    if cfg.format is not None:
+        from weaving.formats.export import check_export
+
+        check_export(cfg.output, cfg.format)
+        if model is None:
+            raise ValueError(f"--format {cfg.format} needs the open_clip model name: pass --model NAME")
     pretrained = TensorSource(cfg.pretrained)
-    check_writable(cfg.output, expected_bytes=output_size(pretrained))
+    if cfg.format != "hf":  # an hf export is a folder, checked by check_export
+        check_writable(cfg.output, expected_bytes=output_size(pretrained))
     if cfg.finetuned:
         task_vectors = [task_vector_from_finetuned(pretrained, TensorSource(path)) for path in cfg.finetuned]
     else:
@@ -95,6 +113,11 @@ def run(cfg) -> str:
         recipe = {"method": cfg.method, "lambdas": cfg.lambdas, "pooling": cfg.pooling,
                   "include_deltas": cfg.include_deltas}
     recipe.update(hparams=hparams, seed=cfg.seed, inputs=list(cfg.finetuned or cfg.task_vectors))
+    if cfg.format is not None:
+        from weaving.formats.export import export_checkpoint, input_hashes
+
+        recipe.update(pretrained=cfg.pretrained, input_sha256=input_hashes([cfg.pretrained, *recipe["inputs"]]))
+        return str(export_checkpoint(cfg.output, merged, cfg.format, model, recipe))
     save_state_dict(cfg.output, merged, {"weaving_recipe": json.dumps(recipe)})
     return cfg.output
 

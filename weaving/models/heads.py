@@ -118,6 +118,11 @@ def _save_atomic(path: Path, weight: Tensor, metadata: dict[str, str]) -> None:
     atomic_save_safetensors(path, tensors, metadata)
 
 
+def imported_head_path(cache_dir: str | os.PathLike, task: str) -> Path:
+    """Where `weaving import --heads` puts a published head; `build_head` prefers it to computing one."""
+    return Path(cache_dir) / f"{task}.imported.safetensors"
+
+
 def _load_cached(path: Path, num_classes: int) -> Tensor:
     try:
         weight = load_file(path)["weight"]
@@ -140,7 +145,10 @@ def build_head(clip: CLIPBundle, classnames: Sequence[str], templates: Sequence[
     _check_prompts(classnames, templates)
     device = clip.model.logit_scale.device
     path = None if cache_dir is None else head_cache_path(cache_dir, clip, classnames, templates, task)
-    if path is not None and path.is_file():
+    imported = None if cache_dir is None or not task else imported_head_path(cache_dir, task)
+    if imported is not None and imported.is_file():
+        weight = _load_cached(imported, len(classnames))
+    elif path is not None and path.is_file():
         weight = _load_cached(path, len(classnames))
     else:
         weight = zero_shot_weights(clip, classnames, templates)

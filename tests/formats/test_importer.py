@@ -1,0 +1,109 @@
+"""`weaving import` as a user types it: the run layout, and one line with nothing written for bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from weaving.cli import main
+from weaving.evaluation.runs import find_task_vectors
+from weaving.formats.importer import state_dict_hash
+
+from .conftest import hf_configs
+
+
+def run_cli(args, capsys):
+    """`weaving ...` in-process: (exit code, last stderr line; progress bars come before it)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    lines = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()
+    return code, lines[-1] if lines else ""
+
+
+def test_import_writes_the_run_layout(tiny_hf, tmp_path, capsys):
+    root, pre, tuned, name = tiny_hf
+    run = tmp_path / "run"
+    code, err = run_cli(["import", "--pretrained", str(root / "pre"), "--finetuned", f"taskA={root / 'ft'}",
+                         f"taskB={root / 'ft'}", "--output", str(run)], capsys)
+    assert code == 0, err
+    index = json.loads((run / "task_vectors" / "index.json").read_text())
+    theta_pre = load_file(run / "pretrained.safetensors")
+    assert index["model"] == name and index["tasks"] == ["taskA", "taskB"]
+    assert index["pretrained_file"] == "pretrained.safetensors" and index["pretrained_hash"] == state_dict_hash(theta_pre)
+    assert [e["source"] for e in index["task_vectors"]] == [str(root / "ft")] * 2
+    delta = load_file(run / "task_vectors" / "taskA.safetensors")
+    assert set(delta) == {k for k in theta_pre if k.startswith("visual.")}
+    assert torch.count_nonzero(delta["visual.proj"]) == 0  # a CLIPVisionModel: projection taken from theta_pre
+    conv = tuned.state_dict()["embeddings.patch_embedding.weight"]
+    torch.testing.assert_close(delta["visual.conv1.weight"], conv - theta_pre["visual.conv1.weight"])
+    files = find_task_vectors(str(run))  # what `weaving validate` / MergeModule reads
+    assert list(files.paths) == ["taskA", "taskB"] and files.model == name
+    assert files.pretrained == str((run / "pretrained.safetensors").resolve())
+    assert state_dict_hash(theta_pre) != state_dict_hash({**theta_pre, "logit_scale": theta_pre["logit_scale"] + 1})
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tiny_hf, tmp_path_factory):
+    import transformers
+
+    root = tmp_path_factory.mktemp("bad")
+    other_full, other_vision = hf_configs(width=32, layers=1, patch=8, image=32, heads=2, embed=16)
+    transformers.CLIPVisionModel(other_vision).save_pretrained(root / "other_arch")
+    _, tiny_vision = hf_configs(width=64, layers=2, patch=8, image=32, heads=2, embed=16)
+    transformers.CLIPVisionModel(tiny_vision).save_pretrained(root / "vision_only")
+    transformers.CLIPTextModel(other_full.text_config).save_pretrained(root / "text_only")
+    save_file({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 2)}, root / "text_only.safetensors")
+    (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\"")
+    (root / "mystery.bin").write_bytes(b"not a checkpoint at all")
+    (root / "empty_folder").mkdir()
+    save_file({"visual.conv1.weight": torch.zeros(1), "vision_model.pre_layrnorm.weight": torch.zeros(1)},
+              root / "mixed.safetensors")
+    return root
+
+
+@pytest.mark.parametrize("case, pretrained, finetuned, message", [
+    ("wrong architecture", "pre", "other_arch", "architecture .* differs from the pretrained"),
+    ("vision model without projection as theta_pre", "vision_only", "ft", "without its projection"),
+    ("text-only fine-tuned folder", "pre", "text_only", "text-only"),
+    ("text-only fine-tuned file", "pre", "text_only.safetensors", "without their config.json|no image encoder"),
+    ("corrupt file", "pre", "corrupt.safetensors", "corrupt safetensors"),
+    ("unknown format", "pre", "mystery.bin", "unknown format.*--format"),
+    ("unknown folder", "pre", "empty_folder", "unknown format.*--format"),
+    ("ambiguous names", "pre", "mixed.safetensors", "--format"),
+    ("missing file", "pre", "nowhere.pt", "no such file"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case, pretrained, finetuned, message, tiny_hf, bad_inputs,
+                                                   tmp_path, capsys):
+    root = tiny_hf[0]
+    where = {"pre": root / "pre", "ft": root / "ft"}
+    source = lambda key: str(where.get(key, bad_inputs / key))  # noqa: E731
+    run = tmp_path / "run"
+    code, err = run_cli(["import", "--pretrained", source(pretrained), "--finetuned", f"t={source(finetuned)}",
+                         "--output", str(run)], capsys)
+    assert code == 2 and err.startswith("weaving: error: "), (case, err)
+    assert __import__("re").search(message, err), (case, err)
+    assert not run.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # no temporary folder left
+
+
+def test_existing_output_is_refused_before_work(tiny_hf, tmp_path, capsys):
+    root = tiny_hf[0]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    code, err = run_cli(["import", "--pretrained", "/nonexistent", "--finetuned", "t=/nonexistent",
+                         "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and "already exists" in err
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_forced_format_must_fit(tiny_hf, tmp_path, capsys):
+    root = tiny_hf[0]
+    code, err = run_cli(["import", "--pretrained", str(root / "pre"), "--finetuned", f"t={root / 'ft'}",
+                         "--format", "lineage", "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and "lineage" in err and not (tmp_path / "run").exists()
