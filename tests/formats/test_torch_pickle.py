@@ -105,3 +105,14 @@ def test_corrupt_archive_is_one_line(tmp_path):
         archive.writestr("x/other.txt", "hi")
     with pytest.raises(ValueError, match="not a torch.save archive"):
         read_torch_file(tmp_path / "nodata.pt")
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x02ctorch\nSize\n]\x85R(K\x01e.",       # APPENDS onto a tuple
+    b"\x80\x02cnowhere\nthing\n(K\x01e.",            # APPENDS onto a global reference
+])
+def test_malformed_pickles_are_one_line_errors(tmp_path, data):
+    with zipfile.ZipFile(tmp_path / "bad.pt", "w") as archive:
+        archive.writestr("bad/data.pkl", data)
+    with pytest.raises(ValueError, match="corrupt pickle"):
+        read_torch_file(tmp_path / "bad.pt")

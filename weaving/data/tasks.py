@@ -21,6 +21,9 @@ data is expected and how to get it.
 | stanford_cars | the same data as "cars"         | stanford_cars/...                             | train/test     |
 
 "80/20 hold-out": datasets without an official test split get a fixed random 20% test split (seed 0).
+SUN397, DTD, EuroSAT and RESISC45 are read from the task_vectors lineage's prepared train/val/test folders
+instead when those are under root (`weaving.data.lineage_layout`; the recommended layout: the published
+checkpoints' own test sets, while the hold-out may contain images those checkpoints were trained on).
 Datasets without a validation split get `splits.validation_split` of their training split (10%, at most
 5000 images, seed 0), and "train" is the rest, so validation images are never trained on.
 Images are converted to RGB before the transform.
@@ -300,6 +303,20 @@ def _load_cub200(root: Path, split: str, transform: Callable | None, download: b
 # --- the registry ------------------------------------------------------------------------------------------
 
 
+def _prefer_lineage(task: str, classnames: tuple[str, ...], factory: Factory) -> Factory:
+    """Read the task_vectors lineage's prepared folders when they are under root (weaving.data.lineage_layout)."""
+
+    def load(root: Path, split: str, transform: Callable | None, download: bool) -> Dataset:
+        from weaving.data.lineage_layout import lineage_dataset, lineage_root
+
+        folder = lineage_root(task, root)
+        if folder is None:
+            return factory(root, split, transform, download)
+        return lineage_dataset(task, folder, split, tuple(classnames), transform)
+
+    return load
+
+
 def _register_builtin_tasks() -> None:
     cars = partial(_with_validation, _load_cars)
     builtin = [
@@ -327,6 +344,9 @@ def _register_builtin_tasks() -> None:
          "torchvision StanfordCars (manual download)"),
     ]
     for name, classnames, templates, factory, source in builtin:
+        if name in ("sun397", "dtd", "eurosat", "resisc45"):
+            factory = _prefer_lineage(name, classnames, factory)
+            source += "; or the task_vectors lineage's prepared folders"
         register_task(Task(name, classnames, templates, factory, source))
 
 

@@ -1,5 +1,6 @@
 """Evaluation: MergeModule (`weaving validate`), the three setups, comparison tables, plots and the demo."""
 
+from weaving.evaluation.checkpoint_module import CheckpointModule
 from weaving.evaluation.compare import Row, run_comparison, write_comparison
 from weaving.evaluation.evaluate import Evaluator, Request, WeightBank, WeightSet
 from weaving.evaluation.merge_module import MergeModule
@@ -20,6 +21,7 @@ from weaving.evaluation.setups import (
 
 __all__ = [
     "SETUPS",
+    "CheckpointModule",
     "Column",
     "Evaluator",
     "MergeJob",

@@ -77,6 +77,9 @@ class MergeModule(pl.LightningModule):
         head_cache_dir: where zero-shot heads are cached (None: recompute).
         output_dir: when set, also write results.json/csv/md there (one row) after validation.
         precision: "auto" (bf16 autocast on CUDA, float32 on the CPU), "bf16" or "32".
+        export: when set, also write the merged model there as a full checkpoint in `export_format` ("open_clip"
+            file for `open_clip.create_model(model, pretrained=FILE)`, or "hf" folder for transformers), with
+            the recipe in its metadata (multi_task and continual setups: one merged model).
     """
 
     def __init__(
@@ -98,6 +101,8 @@ class MergeModule(pl.LightningModule):
         head_cache_dir: str | None = None,
         output_dir: str | None = None,
         precision: str = "auto",
+        export: str | None = None,
+        export_format: str = "open_clip",
     ) -> None:
         super().__init__()
         import weaving
@@ -107,6 +112,12 @@ class MergeModule(pl.LightningModule):
         self.save_hyperparameters()
         self.setup_name = check_setup(setup)
         get_method(method).resolve(dict(method_args or {}))  # unknown method or hyper-parameter: fail before loading
+        if export is not None:
+            from weaving.formats.export import check_export
+
+            if setup == "domain_generalization":
+                raise ValueError("export writes one merged model; domain_generalization merges one per held-out task")
+            check_export(export, export_format)
         self.files = find_task_vectors(task_vectors).select(tasks)
         if model is None:
             if self.files.model is None:
@@ -171,8 +182,20 @@ class MergeModule(pl.LightningModule):
                 self.bank.delta_between(f"job{j}", self.merged_weights(job))
                 self.job_weights.append(WeightSet(f"job{j}", self.lam))
         self.bank.load(self.job_weights[0])
+        if self.hparams.export and not getattr(self, "_exported", False) and self.trainer.is_global_zero:
+            self._export()
         for metric in self.metrics.values():
             metric.reset()
+
+    def _export(self) -> None:
+        """Write the merged model (one job: multi_task or continual) as a full checkpoint, recipe in its metadata."""
+        from weaving.formats.export import export_checkpoint, input_hashes
+
+        self._exported = True
+        recipe = {k: v for k, v in self.hparams.items() if k not in ("export", "export_format")}
+        recipe["input_sha256"] = input_hashes([str(p) for p in self.files.paths.values()])
+        export_checkpoint(self.hparams.export, self.clip_model.state_dict(), self.hparams.export_format,
+                          self.clip.name, recipe)
 
     # --------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

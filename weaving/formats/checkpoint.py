@@ -251,3 +251,43 @@ def resolve_model(checkpoint: Checkpoint, model: str | None) -> str:
 
 def describe_source(checkpoint: Checkpoint) -> str:
     return json.dumps({"source": checkpoint.source, "format": checkpoint.format, **checkpoint.notes})
+
+
+def full_state(checkpoint: str, pretrained: str | None = None, *, model: str | None = None,
+               format: str | None = None) -> tuple[str, dict[str, torch.Tensor], str]:
+    """A whole open_clip model from one checkpoint: (model name, state dict, label).
+
+    `checkpoint` is any readable source, or a run folder (its theta_pre). Parts it lacks (the text tower of a
+    fine-tuned image encoder, the projection of a CLIPVisionModel) come from `pretrained` (a run folder or
+    any checkpoint); without it they are a one-line error. The result loads strictly into the model.
+    """
+    from weaving.formats.run_inputs import pretrained_path
+    from weaving.models.clip import load_clip
+
+    def read(source: str, fmt: str | None) -> Checkpoint:
+        is_run = Path(source).is_dir() and (Path(source) / "pretrained.safetensors").is_file()
+        return read_checkpoint(pretrained_path(source) if is_run else source, None if is_run else fmt, model)
+
+    main = read(checkpoint, format)
+    if not main.has_image_encoder:
+        raise ValueError(f"{checkpoint}: has no image encoder (a text-only checkpoint?); nothing to score")
+    state = dict(main.state)
+    base = read(pretrained, None) if pretrained else None
+    if base is not None:
+        state = {**{k: v for k, v in base.state.items() if not k.startswith("visual.")}, **state}
+        state.setdefault("visual.proj", base.state.get("visual.proj"))
+        if state["visual.proj"] is None:
+            del state["visual.proj"]
+    if "visual.proj" not in state or not arch_lib.has_text_tower(state):
+        lacks = "its projection" if "visual.proj" not in state else "a text tower (needed for the zero-shot heads)"
+        raise ValueError(f"{checkpoint}: lacks {lacks}; pass the pretrained model it came from as `pretrained`")
+    whole = Checkpoint(state, checkpoint, main.format, arch_lib.architecture(state), model=main.model or (base.model if base else None))
+    if whole.arch.get("quick_gelu") is None:
+        whole.arch["quick_gelu"] = (main.arch or {}).get("quick_gelu", (base.arch or {}).get("quick_gelu") if base else None)
+    name = resolve_model(whole, model)
+    clip_model = load_clip(name, None).model
+    try:
+        clip_model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint}: does not load into open_clip {name} ({' '.join(str(error).split())[:240]})") from None
+    return name, {k: v.detach().clone() for k, v in clip_model.state_dict().items()}, checkpoint

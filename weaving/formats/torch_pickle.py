@@ -335,5 +335,6 @@ def read_torch_file(path: str | Path) -> Any:
             return restricted_loads(data, _zip_storages(archive, prefix, byteorder))
         except UnsafePickleError as error:
             raise UnsafePickleError(f"{path}: {error}") from None
-        except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as error:
+        except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError,
+                RuntimeError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: corrupt pickle in torch.save archive ({type(error).__name__}: {error})") from None
