@@ -33,12 +33,13 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def state_dict_hash(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the sorted names, dtypes, shapes and bytes of a state dict ("sha256:<hex>")."""
+    """sha256 over the sorted names, dtypes, shapes and bytes of a state dict ("sha256:<hex>"), byte for byte
+    the run contract's theta_pre hash."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{list(tensors[name].shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensors[name].shape)}\0".encode())
+        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
     return f"sha256:{digest.hexdigest()}"
 
 
