@@ -184,7 +184,7 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
 def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog="weaving import", description="Import public CLIP checkpoints (Hugging Face, "
+    parser = ArgumentParser(prog="weaving import", exit_on_error=False, description="Import public CLIP checkpoints (Hugging Face, "
                             "open_clip, task_vectors .pt) into a weaving run folder: theta_pre + task vectors.")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
     parser.add_argument("--pretrained", type=str, required=True,
@@ -204,9 +204,14 @@ def build_parser():
 
 
 def import_main(argv: list[str]) -> None:
-    from weaving.merging.cli import underscore_options
+    from jsonargparse import ArgumentError
 
-    cfg = build_parser().parse_args(underscore_options(argv))
+    from weaving.merging.cli import normalize_options
+
+    try:
+        cfg = build_parser().parse_args(normalize_options(argv))
+    except ArgumentError as error:  # `weaving` reduces jsonargparse's report to its cause
+        raise ValueError(str(error).strip()) from None
     output = import_run(cfg.pretrained, parse_named(cfg.finetuned, "--finetuned"), cfg.output, model=cfg.model,
                         format=cfg.format, heads=parse_named(cfg.heads, "--heads"), text_from=cfg.text_from)
     index = json.loads((output / "task_vectors" / "index.json").read_text())
