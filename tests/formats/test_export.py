@@ -12,7 +12,7 @@ import weaving
 from weaving.formats.export import file_sha256
 from weaving.formats.importer import import_run
 from weaving.merging.cli import merge_main
-from weaving.merging.task_vectors import read_metadata
+from weaving.merging.task_vectors import load_task_vector, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def run(tiny_hf, tmp_path_factory):
 
 def merged_open_clip(run, name):
     """weaving's own merged model: theta_pre + TIES of the run's task vectors, loaded into open_clip."""
-    theta_pre = weaving.merging.task_vectors.load_state_dict(run / "pretrained.safetensors")
+    theta_pre = load_task_vector(run / "pretrained.safetensors")
     tvs = [run / "task_vectors" / f"{t}.safetensors" for t in ("a", "b")]
     merged = weaving.merge(theta_pre, tvs, "ties", lam=0.7, k=0.5)
     model = open_clip.create_model(name)
