@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from weaving.merging.tensor_ops import kth_smallest, sorted_value, sorted_values
+from weaving.merging.tensor_ops import kth_smallest, select_sorted, sorted_value, sorted_values
 
 
 @pytest.mark.parametrize("k", [1, 2, 9, 500, 1000])
@@ -20,3 +20,28 @@ def test_sorted_value_follows_python_index_rules():
 def test_sorted_values_gives_each_index_of_one_order():
     values = torch.tensor([5.0, 1.0, 4.0, 1.0, 9.0])
     assert [v.item() for v in sorted_values(values, [0, 1, 2, -1, -2])] == [1.0, 1.0, 4.0, 9.0, 5.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_select_sorted_over_parts_equals_a_full_sort(dtype, absolute):
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(s, generator=g).to(dtype) * 10.0 ** e for s, e in (((40, 30), -3), ((30,), 0), ((7, 3, 5), 2), ((), -1))]
+    parts[0][:5] = 0.0
+    parts[1][:4] = -0.0
+    parts[2][0] = parts[2][1]  # a repeated value
+    parts.append(torch.full((50,), 0.25, dtype=dtype))  # one bucket holding many equal values
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    ordered = torch.sort(flat.abs() if absolute else flat).values
+    d = flat.numel()
+    indices = [0, 1, 4, 5, 6, d // 3, d // 2, d - 60, d - 51, d - 2, -1, int(d * 1e-4), int(d * 0.9)]
+    got = select_sorted(parts, indices, absolute=absolute)
+    assert [v.item() for v in got] == [ordered[i].item() for i in indices]
+    assert all(v.dtype == dtype and v.dim() == 0 for v in got)
+
+
+def test_select_sorted_orders_negative_numbers_across_magnitudes():
+    values = torch.tensor([-1e30, -3.0, -2.5, -1e-30, 0.0, 1e-30, 2.5, 3.0, 1e30])
+    shuffled = values[torch.randperm(9, generator=torch.Generator().manual_seed(0))]
+    assert [v.item() for v in select_sorted([shuffled[:4], shuffled[4:]], list(range(9)))] == values.tolist()
+    assert [v.item() for v in select_sorted([shuffled], [0, 8], absolute=True)] == [0.0, values[-1].item()]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 import torch
 
 
@@ -33,17 +36,60 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def sorted_values(values: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
-    """[sorted(values)[i] for i in indices] for a 1-D tensor (Python index rules, negative wraps).
+    """[sorted(values)[i] for i in indices] for a 1-D tensor (Python index rules, negative wraps)."""
+    return select_sorted([values], indices)
 
-    On the CPU, `kthvalue` selects each one without sorting. On a GPU, `kthvalue` works on one slice with
-    one thread block and takes seconds for a whole task vector, while one device-wide sort takes
-    milliseconds and serves every index; both give the same values.
+
+def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: bool = False) -> list[torch.Tensor]:
+    """[sorted(v)[i] for i in indices], v = all entries of `parts` flattened together (abs values when
+    `absolute`), without concatenating them. Python index rules (negative wraps).
+
+    On the CPU: one histogram of the values' top 16 bits (their order as floats) over every part finds the
+    bucket holding each rank; a second pass gathers only those buckets' entries, and `kthvalue` on them gives
+    the exact value. On a GPU, `kthvalue` works on one slice with one thread block and takes seconds for a
+    whole task vector, while one device-wide sort takes milliseconds and serves every index. Both return
+    exactly the value a full sort puts at that index.
     """
-    d = values.numel()
-    if values.device.type == "cpu":
-        return [torch.kthvalue(values, i % d + 1).values for i in indices]
-    ordered = torch.sort(values).values
-    return [ordered[i % d] for i in indices]
+    d = sum(p.numel() for p in parts)
+    if d == 0:
+        raise ValueError("cannot select from an empty tensor")
+    positions = [i % d for i in indices]
+    dtype = parts[0].dtype
+    if parts[0].device.type != "cpu" or dtype not in (torch.float32, torch.float64) or sys.byteorder != "little":
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        ordered = torch.sort(flat.abs() if absolute else flat).values
+        return [ordered[i] for i in positions]
+    bins = 2**15 if absolute else 2**16
+    counts = torch.zeros(bins, dtype=torch.int64)
+    for part in parts:
+        counts += torch.bincount(_order_bucket(part, absolute), minlength=bins)
+    ends = counts.cumsum(0)
+    buckets = torch.searchsorted(ends, torch.tensor(positions, dtype=torch.int64), right=True).tolist()
+    members = {}
+    for bucket in dict.fromkeys(buckets):
+        chosen = torch.cat([p.reshape(-1)[_order_bucket(p, absolute) == bucket] for p in parts])
+        members[bucket] = chosen.abs_() if absolute else chosen
+    result = []
+    for position, bucket in zip(positions, buckets):
+        before = int(ends[bucket - 1]) if bucket > 0 else 0
+        result.append(torch.kthvalue(members[bucket], position - before + 1).values)
+    return result
+
+
+def _order_bucket(part: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """The top 16 bits of each float as a non-negative integer that grows with the value (or its abs value).
+
+    A float's bits (sign, exponent, mantissa) order non-negative floats like integers; negative floats are
+    ordered by flipping their magnitude bits. -0.0 falls just below +0.0 (any order of equal values is one
+    that a sort may give).
+    """
+    halves = part.detach().contiguous().reshape(-1).view(torch.int16)
+    step = part.element_size() // 2
+    high = halves[step - 1::step]  # little-endian: the most significant 16 bits of each element
+    if absolute:
+        return high & 0x7FFF
+    flipped = high ^ ((high >> 15) & 0x7FFF)  # negative: reverse the magnitude's order
+    return flipped.to(torch.int32) + 2**15
 
 
 def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:

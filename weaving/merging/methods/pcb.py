@@ -12,7 +12,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import sorted_values
+from weaving.merging.tensor_ops import select_sorted
 
 CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
 
@@ -25,17 +25,18 @@ class PcbStats:
     high: list[torch.Tensor]
 
 
-def _minmax(value: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+def _minmax_(value: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(value - lo) / (hi - lo) in place (0 where hi == lo)."""
     span = hi - lo
     if float(span) == 0.0:
-        return torch.zeros_like(value)
-    return (value - lo) / span
+        return value.zero_()
+    return value.sub_(lo).div_(span)
 
 
 def score(x: torch.Tensor, total: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
     """intra * inter for one task's tensor: exp(n * minmax(clip|x|)^2) * tanh(x * sum_j x_j)."""
-    a = x.abs().clamp(lo, hi)
-    return torch.exp(n * _minmax(a, lo, hi) ** 2) * torch.tanh(x * total)
+    intra = _minmax_(x.abs().clamp_(lo, hi), lo, hi).square_().mul_(n).exp_()
+    return intra.mul_(torch.mul(x, total).tanh_())
 
 
 def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
@@ -45,17 +46,15 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
     stats = PcbStats([], [], [], [])
     totals = {key: torch.stack(task_set.tensors(key)).sum(dim=0) for key in task_set.keys}  # sum_j x_j, one model's size
     for t in range(n):
-        flat_abs = task_set.flat(t).abs_()
-        d = flat_abs.numel()
-        lo, hi = sorted_values(flat_abs, [int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1])
-        del flat_abs
-        scores = torch.cat([
-            score(task_set.tensor(t, key), totals[key], lo, hi, n).reshape(-1)
-            for key in task_set.keys
-        ])
+        parts = [task_set.tensor(t, key) for key in task_set.keys]
+        d = sum(p.numel() for p in parts)
+        lo, hi = select_sorted(parts, [int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1], absolute=True)
+        scores = [score(x, totals[key], lo, hi, n) for x, key in zip(parts, task_set.keys)]
+        del parts
+        low, high = select_sorted(scores, [int(d * (1 - ratio)), int(d * (1 - 0)) - 1])
+        del scores
         stats.lo.append(lo)
         stats.hi.append(hi)
-        low, high = sorted_values(scores, [int(d * (1 - ratio)), int(d * (1 - 0)) - 1])
         stats.low.append(low)
         stats.high.append(high)
     return stats
@@ -69,8 +68,7 @@ def pcb(tensors: list[torch.Tensor], *, key: str, stats: PcbStats, ratio: float 
     denominator = torch.zeros_like(total)
     for t, x in enumerate(tensors):
         lo, hi = stats.lo[t], stats.hi[t]
-        clipped = torch.sign(x) * x.abs().clamp(lo, hi)
-        s = _minmax(score(x, total, lo, hi, n).clamp(stats.low[t], stats.high[t]), stats.low[t], stats.high[t])
-        numerator += clipped * s
+        s = _minmax_(score(x, total, lo, hi, n).clamp_(stats.low[t], stats.high[t]), stats.low[t], stats.high[t])
         denominator += s
-    return numerator / denominator.clamp(min=1e-12)
+        numerator += s.mul_(x.abs().clamp_(lo, hi).mul_(torch.sign(x)))
+    return numerator / denominator.clamp_(min=1e-12)

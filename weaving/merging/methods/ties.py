@@ -8,7 +8,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import kth_smallest
+from weaving.merging.tensor_ops import select_sorted
 
 
 @dataclass
@@ -17,37 +17,42 @@ class TiesStats:
     majority_sign: float
 
 
-def trim(value: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
-    return value if threshold is None else torch.where(value.abs() >= threshold, value, torch.zeros_like(value))
-
-
-def trim_threshold(flat_abs: torch.Tensor, k: float) -> torch.Tensor | None:
-    """The (d - int(d*k))-th smallest abs value over all d entries of one task vector (original TIES rule)."""
-    d = flat_abs.numel()
+def trim_threshold(task_vector: list[torch.Tensor], k: float) -> torch.Tensor | None:
+    """The (d - int(d*k))-th smallest abs value over all d entries of one task vector's tensors (original
+    TIES rule), selected without flattening them into one vector."""
+    d = sum(value.numel() for value in task_vector)
     kth = d - int(d * k)
     if kth < 1:
         return None
-    return kth_smallest(flat_abs, kth)
+    return select_sorted(task_vector, [kth - 1], absolute=True)[0]
 
 
 def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
     if not 0.0 < k <= 1.0:
         raise ValueError(f"method 'ties': k is the kept fraction and must be in (0, 1], got {k}")
     # One task vector flattened at a time: never a dense T x d matrix.
-    thresholds = [trim_threshold(task_set.flat(t).abs_(), k) for t in range(task_set.num_tasks)]
+    thresholds = [trim_threshold([task_set.tensor(t, key) for key in task_set.keys], k) for t in range(task_set.num_tasks)]
     # Where the elected sign is 0, the original code uses the sign of the sum of all elected signs.
     total = 0
     for key in task_set.keys:
-        trimmed = [trim(v, th) for v, th in zip(task_set.tensors(key), thresholds)]
-        total += int(torch.sign(torch.stack(trimmed).sum(dim=0)).sum().item())
+        total += int(torch.sign(trimmed_stack(task_set.tensors(key), thresholds).sum(dim=0)).sum().item())
     return TiesStats(thresholds, float((total > 0) - (total < 0)))
+
+
+def trimmed_stack(tensors: list[torch.Tensor], thresholds: list[torch.Tensor | None]) -> torch.Tensor:
+    """The T trimmed tensors stacked (T, ...), trimmed in place in the one stacked copy."""
+    stacked = torch.stack(tensors)
+    for row, threshold in zip(stacked, thresholds):
+        if threshold is not None:
+            row.masked_fill_(row.abs() < threshold, 0.0)
+    return stacked
 
 
 @register_method("ties", prepare=prepare_ties)
 def ties(tensors: list[torch.Tensor], *, key: str, stats: TiesStats, k: float = 0.2) -> torch.Tensor:
-    stacked = torch.stack([trim(v, th) for v, th in zip(tensors, stats.thresholds)])
+    stacked = trimmed_stack(tensors, stats.thresholds)
     sign = torch.sign(stacked.sum(dim=0))
-    sign = torch.where(sign == 0, torch.full_like(sign, stats.majority_sign), sign)
-    selected = torch.where((torch.sign(stacked) == sign) & (stacked != 0), stacked, torch.zeros_like(stacked))
-    count = (selected != 0).sum(dim=0).clamp(min=1)
-    return selected.sum(dim=0) / count
+    sign.masked_fill_(sign == 0, stats.majority_sign)
+    agree = torch.sign(stacked) == sign  # the elected sign is never 0, so zero entries never agree
+    count = agree.sum(dim=0).clamp_(min=1)
+    return stacked.masked_fill_(~agree, 0.0).sum(dim=0) / count
