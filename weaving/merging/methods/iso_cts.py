@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from weaving.merging.registry import register_method
-from weaving.merging.tensor_ops import is_svd_matrix, polar_factor, running_mean, sequential_sum
+from weaving.merging.spectral import polar_factors, top_singular_triplets
+from weaving.merging.tensor_ops import is_svd_matrix, running_mean, sequential_sum
 
 
 def check_iso_cts(task_set, *, common_fraction: float) -> None:
@@ -33,18 +34,20 @@ def iso_cts(tensors: list[torch.Tensor], *, key: str, stats: None, common_fracti
     common, rank = subspace_sizes(k, num_tasks, common_fraction)
     u, s, vh = torch.linalg.svd(sequential_sum(tensors), full_matrices=False)
     u_common = u[:, :common]
-    u_cat = tensors[0].new_zeros(m, k)
-    s_cat = tensors[0].new_zeros(k)
-    v_cat = tensors[0].new_zeros(k, n)
-    for i, value in enumerate(tensors):
-        specific = value - u_common @ (u_common.T @ value)  # project the common subspace out
-        u_t, s_t, vh_t = torch.linalg.svd(specific, full_matrices=False)
-        block = slice(i * rank, (i + 1) * rank)
-        u_cat[:, block] = u_t[:, :rank]
-        s_cat[block] = s_t[:rank]
-        v_cat[block, :] = vh_t[:rank, :]
-    tail = slice(num_tasks * rank, num_tasks * rank + common)  # task blocks first, common block last
-    u_cat[:, tail] = u_common
-    s_cat[tail] = s[:common]
-    v_cat[tail, :] = vh[:common, :]
-    return (polar_factor(u_cat) * s_cat.mean()) @ polar_factor(v_cat)
+    u_blocks, s_blocks, v_blocks = [], [], []
+    if rank > 0:
+        stack = torch.stack(tensors)
+        if m <= n:  # u is square: the common subspace's complement is spanned by u's other k - c columns
+            complement = u[:, common:]
+            u_t, s_t, vh_t = top_singular_triplets(complement.T @ stack, rank)
+            u_t = complement @ u_t
+        else:  # project the common subspace out of each task matrix (all T at once)
+            u_t, s_t, vh_t = top_singular_triplets(stack - u_common @ (u_common.T @ stack), rank)
+        u_blocks.append(u_t.permute(1, 0, 2).reshape(m, num_tasks * rank))
+        s_blocks.append(s_t.reshape(-1))
+        v_blocks.append(vh_t.reshape(num_tasks * rank, n))
+    u_cat = torch.cat(u_blocks + [u_common], dim=1)  # task blocks first, common block last
+    s_cat = torch.cat(s_blocks + [s[:common]])
+    v_cat = torch.cat(v_blocks + [vh[:common, :]], dim=0)
+    u_orth, v_orth_t = polar_factors(u_cat, v_cat.T)
+    return (u_orth * s_cat.mean()) @ v_orth_t.T

@@ -5,24 +5,24 @@ from __future__ import annotations
 import torch
 
 from weaving.merging.registry import register_method
-from weaving.merging.tensor_ops import is_svd_matrix, polar_factor, running_mean
+from weaving.merging.spectral import polar_factors, top_singular_triplets
+from weaving.merging.tensor_ops import is_svd_matrix, running_mean
 
 
 @register_method("tsv")
 def tsv(tensors: list[torch.Tensor], *, key: str, stats: None) -> torch.Tensor:
+    """Each task's top r = int(min(m, n) / T) singular triplets, concatenated task by task; U and V are
+    replaced by their polar factors. Slots left unused when T does not divide min(m, n) hold zero singular
+    values, so they add nothing and are not formed."""
     if not is_svd_matrix(key, tensors[0]):
         return running_mean(tensors)
     num_tasks = len(tensors)
     m, n = tensors[0].shape
-    k = min(m, n)
-    rank = int(k * (1 / num_tasks))  # the reference code's int(k * sv_reduction), sv_reduction = 1/T
-    u_cat = tensors[0].new_zeros(m, k)
-    s_cat = tensors[0].new_zeros(k)
-    v_cat = tensors[0].new_zeros(k, n)
-    for i, value in enumerate(tensors):
-        u, s, vh = torch.linalg.svd(value, full_matrices=False)
-        block = slice(i * rank, (i + 1) * rank)
-        u_cat[:, block] = u[:, :rank]
-        s_cat[block] = s[:rank]
-        v_cat[block, :] = vh[:rank, :]
-    return (polar_factor(u_cat) * s_cat) @ polar_factor(v_cat)
+    rank = int(min(m, n) * (1 / num_tasks))  # the reference code's int(k * sv_reduction), sv_reduction = 1/T
+    if rank == 0:
+        return torch.zeros_like(tensors[0])
+    u, s, vh = top_singular_triplets(torch.stack(tensors), rank)  # (T, m, r), (T, r), (T, r, n)
+    u_cat = u.permute(1, 0, 2).reshape(m, num_tasks * rank)  # task blocks side by side
+    v_cat = vh.reshape(num_tasks * rank, n)
+    u_orth, v_orth_t = polar_factors(u_cat, v_cat.T)
+    return (u_orth * s.reshape(-1)) @ v_orth_t.T
