@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
+from weaving.merging.staging import make_task_set
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, check_finite, validate_inputs
 
@@ -47,7 +48,7 @@ def open_inputs(
     base = as_source(pretrained, "pretrained")
     sources = [as_source(tv, f"task_vectors[{i}]") for i, tv in enumerate(task_vectors)]
     keys = validate_inputs(base, sources)
-    return MergeInputs(base, TaskVectorSet(sources, keys, resolve_device(device)))
+    return MergeInputs(base, make_task_set(sources, keys, resolve_device(device)))
 
 
 def method_seed(method: MergeMethod, seed: int, *parts: object) -> dict[str, int]:

@@ -37,12 +37,14 @@ class TensorSource:
                     raise ValueError(f"{label or 'state dict'}: key {key!r} is a {type(value).__name__}, not a tensor")
             self._tensors: Mapping[str, torch.Tensor] | None = source
             self._file = None
+            self.path: Path | None = None  # a safetensors file's path (staged reads go straight to it)
             self.label = label or "state dict"
             self._shapes = {k: tuple(v.shape) for k, v in source.items()}
             self._dtypes = {k: v.dtype for k, v in source.items()}
             self.metadata: dict[str, str] = {}
             return
         path = Path(source)
+        self.path = path
         self.label = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file (expected a safetensors state dict)")
