@@ -9,6 +9,14 @@ fresh subprocess, so its peak memory is its own; on CUDA the cases share one pro
     python benchmarks/merge.py --models ViT-L-14 --device cuda --modes merge weave
     python benchmarks/merge.py --case ViT-B-32 ties weave cpu                 # one case, prints JSON
     python benchmarks/merge.py --methods iso_c --modes merge weave --repeats 3  # keep the fastest of 3
+    git worktree add /tmp/weaving-before <commit>                              # today's path, side by side:
+    python benchmarks/merge.py --methods ties tsv --modes merge --baseline /tmp/weaving-before
+    python benchmarks/merge.py --methods ties --from-files --staging 0 1       # plain vs staged reads
+
+With --baseline DIR every case also runs with the `weaving` package found in DIR (another checkout), in
+the same alternation, and a second table gives both times and their ratio. With --staging the cases run
+once per WEAVING_STAGING value (see weaving/merging/staging.py); --from-files writes the inputs as
+safetensors files first, so reading them is part of the time (as with real runs).
 
 Peak memory is the process's peak resident memory above its baseline on the CPU (inputs, pretrained and
 output included), or torch's peak allocated memory on CUDA (inputs stay on the CPU and stream in).
@@ -70,14 +78,44 @@ def naive_weave(pretrained, task_vectors, method, lambdas, device):
     return {k: pretrained[k] + torch.stack([m[k] for m in members]).mean(dim=0) for k in pretrained}
 
 
+def write_inputs(model: str, folder: str) -> tuple[str, list[str]]:
+    """The random inputs as safetensors files in `folder` (written once, reused by every case)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    paths = [os.path.join(folder, f"{model}-pretrained.safetensors")] + [
+        os.path.join(folder, f"{model}-task{t}.safetensors") for t in range(NUM_TASKS)]
+    if not all(os.path.exists(p) for p in paths):
+        pretrained, task_vectors = make_inputs(model)
+        for path, tensors in zip(paths, [pretrained] + task_vectors):
+            save_file(tensors, path + ".tmp")
+            os.replace(path + ".tmp", path)
+    return paths[0], paths[1:]
+
+
 def run_case(model: str, method: str, mode: str, device: str, inputs=None) -> dict:
     """Time one case. On the CPU it must run in a fresh process (the peak is the process's); on CUDA the
     peak is torch's, so cases can share one process and one set of `inputs`."""
     import weaving
 
+    import os
+
     baseline = rss_bytes("VmRSS")
-    pretrained, task_vectors = inputs if inputs is not None else make_inputs(model)
-    tv_bytes = sum(t.numel() * t.element_size() for tv in task_vectors for t in tv.values())
+    files = os.environ.get("WEAVING_BENCH_FILES")
+    if files:
+        pretrained, task_vectors = write_inputs(model, files)
+        from safetensors import safe_open
+
+        tv_bytes = 0
+        for path in task_vectors:
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    shape = handle.get_slice(key).get_shape()
+                    tv_bytes += 4 * int(torch.tensor(shape).prod()) if shape else 4
+    else:
+        pretrained, task_vectors = inputs if inputs is not None else make_inputs(model)
+        tv_bytes = sum(t.numel() * t.element_size() for tv in task_vectors for t in tv.values())
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -95,7 +133,7 @@ def run_case(model: str, method: str, mode: str, device: str, inputs=None) -> di
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = rss_bytes("VmHWM") - baseline
-    params = sum(t.numel() for t in pretrained.values())
+    params = tv_bytes // 4 // NUM_TASKS
     return {"model": model, "method": method, "mode": mode, "device": device, "seconds": seconds,
             "peak_gib": peak / 2**30, "peak_over_task_vectors": peak / tv_bytes, "params": params,
             "task_vectors_gib": tv_bytes / 2**30}
@@ -111,7 +149,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per case: the fastest time and the largest peak are kept")
     parser.add_argument("--output", help="append the Markdown table to this file")
+    parser.add_argument("--baseline", help="a checkout of weaving to time side by side with this one (ratio table)")
+    parser.add_argument("--staging", nargs="+", choices=["auto", "0", "1"], help="WEAVING_STAGING values to compare")
+    parser.add_argument("--from-files", action="store_true", help="read the inputs from safetensors files")
     args = parser.parse_args()
+    if args.baseline or args.staging or args.from_files:
+        compare(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.case:
@@ -149,11 +193,61 @@ def main() -> None:
             handle.write(table + "\n")
 
 
-def run_in_subprocess(model: str, method: str, mode: str, device: str, threads: int) -> dict | None:
+def compare(args) -> None:
+    """CPU cases in fresh processes, once per variant (this tree, --baseline's tree, each --staging value),
+    alternating variants within each repeat; the fastest run of each is kept."""
+    import os
+    import tempfile
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = [("now", here)] + ([("baseline", os.path.abspath(args.baseline))] if args.baseline else [])
+    stagings = args.staging or [None]
+    variants = [(name, tree, staging) for name, tree in trees for staging in stagings]
+    folder = tempfile.mkdtemp(prefix="weaving-bench-") if args.from_files else None
+    rows = []
+    for model in args.models:
+        if folder:
+            write_inputs(model, folder)
+        for method in args.methods:
+            for mode in args.modes:
+                best: dict[tuple, dict] = {}
+                for _ in range(args.repeats):
+                    for name, tree, staging in variants:
+                        env = dict(os.environ, PYTHONPATH=tree)
+                        if staging is not None:
+                            env["WEAVING_STAGING"] = staging
+                        if folder:
+                            env["WEAVING_BENCH_FILES"] = folder
+                        row = run_in_subprocess(model, method, mode, args.device, args.threads, env)
+                        if row is None:
+                            continue
+                        label = name + (f", staging={staging}" if staging is not None else "")
+                        print(f"{model:9s} {method:16s} {mode:6s} {label:22s} {row['seconds']:8.2f} s  peak "
+                              f"{row['peak_over_task_vectors']:.2f}x task vectors", flush=True)
+                        key = (name, staging)
+                        if key not in best or row["seconds"] < best[key]["seconds"]:
+                            best[key] = row
+                rows.append((model, method, mode, best))
+    lines = ["| model | method | mode | " + " | ".join(
+        f"{n}{f', staging={s}' if s is not None else ''} (s)" for n, _, s in variants) + " | ratio (first / others) |",
+        "|---|---|---|" + "---|" * (len(variants) + 1)]
+    for model, method, mode, best in rows:
+        times = [best.get((n, s), {}).get("seconds") for n, _, s in variants]
+        cells = " | ".join("-" if t is None else f"{t:.2f}" for t in times)
+        ratios = ", ".join("-" if t is None or times[0] is None else f"{t / times[0]:.2f}x" for t in times[1:])
+        lines.append(f"| {model} | {method} | {mode} | {cells} | {ratios} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        with open(args.output, "a") as handle:
+            handle.write(table + "\n")
+
+
+def run_in_subprocess(model: str, method: str, mode: str, device: str, threads: int, env=None) -> dict | None:
     command = [sys.executable, __file__, "--case", model, method, mode, device]
     if threads:
         command += ["--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         print(f"{model} {method} {mode}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
         return None
