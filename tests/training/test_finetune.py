@@ -105,3 +105,10 @@ def test_needs_a_task_stream(tmp_path):
                          enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0)
     with pytest.raises(ValueError, match="FineTuner needs a task stream"):
         trainer.fit(FineTuner(), TaskDataModule("digits", batch_size=8))
+
+
+@pytest.mark.parametrize("setting, fused", [(None, None), (True, True), (False, None)])
+def test_fused_adamw_switch(setting, fused):
+    # None picks the fused kernel only on CUDA; on this CPU module it stays the default implementation
+    optimizer = FineTuner(fused_adamw=setting).configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is fused

@@ -91,6 +91,8 @@ class FineTuner(pl.LightningModule):
         warmup_steps: linear warmup steps at the start of each task, then cosine decay to 0.
         label_smoothing: cross-entropy label smoothing.
         compile: `torch.compile` the image encoder (state dict keys are unchanged).
+        fused_adamw: AdamW's fused kernel (one kernel for all parameters); None: fused on CUDA, the
+            default for-each implementation elsewhere.
         head_cache_dir: folder caching the zero-shot heads (None: recompute each run).
     """
 
@@ -106,6 +108,7 @@ class FineTuner(pl.LightningModule):
         warmup_steps: int = 500,
         label_smoothing: float = 0.0,
         compile: bool = False,
+        fused_adamw: bool | None = None,
         head_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -268,7 +271,11 @@ class FineTuner(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.visual.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        fused = self.hparams.get("fused_adamw")
+        if fused is None:
+            fused = bool(params) and params[0].is_cuda
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                      fused=fused or None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
