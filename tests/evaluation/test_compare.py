@@ -90,3 +90,22 @@ def test_bad_inputs_are_one_line_errors(evaluator, domain_run):
         run_comparison(setups.multi_task(DOMAINS), evaluator, vectors, ["tie"], progress=False)
     with pytest.raises(ValueError, match="needed by the setup"):
         run_comparison(setups.multi_task(["digits", "digits_mirrored"]), evaluator, vectors, ["ties"], progress=False)
+
+
+def test_extra_rows_are_scored_with_the_others(evaluator, domain_run):
+    from weaving.evaluation.compare import Row, job_requests, tau_name
+    from weaving.evaluation.evaluate import WeightSet
+
+    setup = setups.multi_task(["digits", "digits_rot90"])
+    fields = {"method": "seq_ft", "weave": False, "lam": 1.0, "lambdas": None, "pooling": None}
+    rows = [Row(fields, job_requests(setup, [WeightSet(tau_name("digits"))]), key=("seq_ft",)),
+            Row({**fields, "method": "zero"}, job_requests(setup, [WeightSet()]), key=("zero",))]
+    results, _ = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["ties"], lambdas=[1.0],
+                                analysis=False, extra_rows=rows, progress=False)
+    seq_ft, zero = results["rows"][-2:]
+    assert [r["method"] for r in results["rows"]] == ["ties", "ties", "seq_ft", "zero"]
+    assert seq_ft["accuracy"]["digits"] == results["individual"]["digits"]
+    assert zero["accuracy"] == results["zeroshot"] and zero["mean"] == results["zeroshot_mean"]
+    with pytest.raises(ValueError, match="its own non-empty key"):
+        run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["ties"], extra_rows=rows[:1] * 2,
+                       progress=False)

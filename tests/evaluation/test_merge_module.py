@@ -96,3 +96,14 @@ def test_each_column_and_the_mean_are_shown_once(domain_run, head_cache):
     accuracies = [per_loader[i][f"val/acc/{t}"] for i, t in enumerate(DOMAINS)]
     assert per_loader[-1]["val/acc/mean"] == pytest.approx(sum(accuracies) / 3)
     assert module.last_accuracy["mean"] == pytest.approx(per_loader[-1]["val/acc/mean"])
+
+
+def test_validate_from_the_decoded_cache_gives_the_same_numbers(domain_run, head_cache, tmp_path):
+    module = MergeModule(str(domain_run), method="ties", lam=0.8, head_cache_dir=head_cache)
+    plain = validate(module, DOMAINS)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    data = MultiTaskDataModule(DOMAINS, batch_size=128, decoded_cache=True, cache_dir=str(tmp_path))
+    trainer.validate(module, data, verbose=False)
+    assert {k: float(v) for k, v in trainer.callback_metrics.items()} == plain
+    assert len(list(tmp_path.iterdir())) == len(DOMAINS)

@@ -235,6 +235,21 @@ class DecodedTestSet:
             yield normalize(images, self.mean, self.std), labels
 
 
+class DecodedDataset(Dataset):
+    """A `DecodedTestSet` as a map-style Dataset of (normalized float32 [3, H, W], label), for DataLoaders
+    (e.g. `MultiTaskDataModule(decoded_cache=True)` under `weaving validate`)."""
+
+    def __init__(self, test_set: DecodedTestSet) -> None:
+        self.test_set = test_set
+
+    def __len__(self) -> int:
+        return len(self.test_set)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = torch.from_numpy(np.array(self.test_set.images[index]))
+        return normalize(image[None], self.test_set.mean, self.test_set.std)[0], int(self.test_set.labels[index])
+
+
 class StreamedTestSet:
     """A test set that is not cached: decoded and transformed through a DataLoader on every pass."""
 

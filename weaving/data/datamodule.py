@@ -199,6 +199,8 @@ class MultiTaskDataModule(_TaskData):
         download: bool = False,
         eval_split: str = "test",
         seed: int = 0,
+        decoded_cache: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -211,8 +213,12 @@ class MultiTaskDataModule(_TaskData):
             download: fetch torchvision datasets that are missing (in prepare_data).
             eval_split: the split val_dataloader() serves ("val" for model selection, "test" to report).
             seed: seed of the loaders' generators (evaluation is not shuffled).
+            decoded_cache: read the evaluation splits from the decoded uint8 cache (`weaving.data.cache`;
+                decoded once, on first use, then memory-mapped), in `cache_dir` (default $WEAVING_CACHE_DIR
+                or ~/.cache/weaving/test_sets).
         """
         super().__init__(root, model, pretrained, batch_size, num_workers, download, seed)
+        self.decoded_cache, self.cache_dir = decoded_cache, cache_dir
         if not tasks:
             raise ValueError("tasks is empty: list at least one task name")
         if eval_split not in SPLITS:
@@ -226,11 +232,21 @@ class MultiTaskDataModule(_TaskData):
     def prepare_data(self) -> None:
         self._download(self.tasks)
 
+    def eval_dataset(self, task: Task, split: str) -> Dataset:
+        """The evaluation split, decoded once into the cache when `decoded_cache` is set."""
+        if not self.decoded_cache:
+            return self.dataset(task, split)
+        from weaving.data.cache import DecodedDataset, DecodedTestSet, open_test_set
+
+        test_set = open_test_set(task.name, root=self.root, split=split, transform=self.transforms()[1],
+                                 image_size=self.model, cache_dir=self.cache_dir, num_workers=self.num_workers)
+        return DecodedDataset(test_set) if isinstance(test_set, DecodedTestSet) else test_set.dataset
+
     def val_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.dataset(task, self.eval_split), train=False) for task in self.tasks]
+        return [self.loader(self.eval_dataset(task, self.eval_split), train=False) for task in self.tasks]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.dataset(task, "test"), train=False) for task in self.tasks]
+        return [self.loader(self.eval_dataset(task, "test"), train=False) for task in self.tasks]
 
 
 class TaskStreamDataModule(_TaskData):

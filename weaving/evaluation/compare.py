@@ -185,6 +185,7 @@ def run_comparison(
     seed: int = 0,
     device: torch.device | str | None = None,
     memory_budget: int | None = None,
+    extra_rows: Sequence[Row] = (),
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Score every method at `lam` and with weaving (one row per pooling) in `setup`.
@@ -193,6 +194,10 @@ def run_comparison(
     `analysis=False`) holds, per method, every task's accuracy at each lambda of the search space and
     the best lambda per task. Merges run on `device` (default: the evaluator's). `memory_budget` (bytes;
     default `default_memory_budget`) bounds the merged weights kept on the device at once.
+    `extra_rows` (kind "row", each with a distinct `key`) are scored in the first pass with the references
+    and appended to the results rows; their weight sets may name theta_pre (`WeightSet()`), a task vector
+    (`WeightSet(tau_name(name), scale)`, for the setup's task vectors) or weights the caller stored in
+    `evaluator.bank` beforehand.
     """
     import weaving
     from weaving.merging.registry import get_method
@@ -203,6 +208,9 @@ def run_comparison(
         get_method(method)
     if len(set(methods)) != len(methods):
         raise ValueError(f"merge methods repeat in {list(methods)}; give each method once")
+    keys = [row.key for row in extra_rows]
+    if any(row.kind != "row" for row in extra_rows) or len(set(keys)) != len(keys) or () in keys:
+        raise ValueError("extra_rows must be rows of kind 'row', each with its own non-empty key")
     method_args = dict(method_args or {})
     device = evaluator.device if device is None else device
     vectors = load_task_vectors(task_vectors, setup.task_vectors)
@@ -229,7 +237,7 @@ def run_comparison(
     bar = tqdm(methods, desc=f"{setup.name}: methods", disable=not progress)
     try:
         for number, group in enumerate(passes):
-            rows = reference_rows(setup) if number == 0 else []
+            rows = reference_rows(setup) + list(extra_rows) if number == 0 else []
             for method in group:
                 bar.set_postfix_str(method)
                 stored += store_method(evaluator, setup, vectors, method, spaces[method],
@@ -265,6 +273,9 @@ def run_comparison(
                 results["rows"].append(result_row(row.fields, scored[row.key], setup))
         if analysis:
             curves[method] = lambda_curves(setup, spaces[method], [scored[(method, i)] for i in range(len(spaces[method]))])
+
+    for row in extra_rows:
+        results["rows"].append(result_row(row.fields, scored[row.key], setup))
 
     analysis_out = None
     if analysis:
