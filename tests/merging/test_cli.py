@@ -74,6 +74,9 @@ def test_errors_are_one_line_without_traceback_and_leave_no_output(files):
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lambdas", "0.1:100000000:0.1"],
          "has 1000000000 points; at most 10000 are allowed"),
         (["--method", "ties"], "exactly one of --finetuned"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "abc"], "--lam: expected float, got abc"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--method_args", "k"],
+         "--method_args: expected dict, got k"),
     ]
     for args, message in cases:
         result = run_cli("--pretrained", str(tmp / "pre.safetensors"), *args, "--output", str(out))

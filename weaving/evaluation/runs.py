@@ -38,28 +38,21 @@ def _none(value: Any) -> Any:
     return None if value is None or str(value).strip().lower() in ("", "none", "null") else value
 
 
-def _index_entries(index: Any) -> list[Mapping[str, Any]]:
-    entries = index.get("task_vectors", index.get("entries", [])) if isinstance(index, Mapping) else index
-    if not isinstance(entries, list):
-        raise ValueError("index.json: expected a list of entries (or {'task_vectors': [...]})")
-    return entries
-
-
 def _from_index(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Entries of the index.json that TaskVectorWriter writes: {"task_vectors": [{"task", "file", ...}]}."""
     path = folder / "index.json"
     try:
-        entries = _index_entries(json.loads(path.read_text()))
+        index = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error}); delete it or rerun the fine-tuning") from None
+    entries = index.get("task_vectors") if isinstance(index, Mapping) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected {{\"task_vectors\": [...]}} as `weaving fit` writes it; delete it or rerun the fine-tuning")
     found = {}
     for entry in entries:
-        name = entry.get("task") or entry.get("name")
-        file = entry.get("path") or entry.get("file") or f"{name}.safetensors"
-        file = Path(file)
-        file = file if file.is_absolute() else folder / file.name
-        if not name:
-            raise ValueError(f"{path}: an entry has no 'task' name: {entry}")
-        found[str(name)] = (file, dict(entry))
+        if not isinstance(entry, Mapping) or not entry.get("task") or not entry.get("file"):
+            raise ValueError(f"{path}: every entry needs a 'task' and a 'file', got {entry!r}")
+        found[str(entry["task"])] = (folder / Path(entry["file"]).name, dict(entry))
     return found
 
 

@@ -10,6 +10,7 @@ against that method's signature by the registry, the same spelling as MergeModul
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -167,6 +168,18 @@ def merge_main(argv: list[str]) -> None:
     parser = build_parser()
     try:
         cfg = parser.parse_args(normalize_options(argv))
-    except ArgumentError as error:  # `weaving` reduces jsonargparse's report to its cause
-        raise ValueError(str(error).strip()) from None
+    except ArgumentError as error:
+        raise ValueError(option_error_line(str(error))) from None
     print(f"wrote {run(cfg)}")
+
+
+def option_error_line(report: str) -> str:
+    """jsonargparse's multi-line type report as one line: '--lam: expected float, got abc'."""
+    lines = [line.strip() for line in report.strip().splitlines() if line.strip()] or ["invalid options"]
+    key = re.match(r'Parser key "([^"]+)"', lines[0])
+    if key is None:
+        return lines[0]
+    types = [t for t in re.findall(r"Expected a <class '(\w+)'>", report) if t != "NoneType"]
+    value = re.search(r"(?:Given|Got) value: (.*)", report)
+    expected = f"expected {' or '.join(dict.fromkeys(types))}" if types else "invalid value"
+    return f"--{key.group(1)}: {expected}" + (f", got {value.group(1).strip()}" if value else "")
