@@ -120,3 +120,15 @@ def test_a_signal_during_a_write_leaves_no_temporary_file(tmp_path, signum):
         assert list(out.parent.iterdir()) == []
     else:  # the write finished before the signal: the complete file and nothing else
         assert [p.name for p in out.parent.iterdir()] == ["merged.safetensors"]
+
+
+def test_an_ignored_signal_stays_ignored_during_a_write(tmp_path):
+    """Under nohup SIGHUP is ignored: a write must not turn it into an abort."""
+    out = tmp_path / "merged.safetensors"
+    code = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + WRITER.format(numel=5_000_000)
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGHUP)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "done" in stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["merged.safetensors"]

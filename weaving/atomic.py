@@ -78,6 +78,8 @@ def _signals_unwind() -> Iterator[None]:
     previous: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in TERMINATION_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:  # e.g. SIGHUP under nohup: stays ignored
+                continue
             try:
                 previous[signum] = signal.signal(signum, _raise_terminated)
             except (OSError, ValueError):  # not allowed here (embedded interpreter): leave it alone
