@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weaving.cli import main
-from weaving.evaluation.runs import find_task_vectors
 from weaving.formats.importer import state_dict_hash
+from weaving.formats.run_inputs import pretrained_path, task_vector_paths
+from weaving.merging.task_vectors import read_metadata
 
 from .conftest import hf_configs
 
@@ -42,9 +43,10 @@ def test_import_writes_the_run_layout(tiny_hf, tmp_path, capsys):
     assert torch.count_nonzero(delta["visual.proj"]) == 0  # a CLIPVisionModel: projection taken from theta_pre
     conv = tuned.state_dict()["embeddings.patch_embedding.weight"]
     torch.testing.assert_close(delta["visual.conv1.weight"], conv - theta_pre["visual.conv1.weight"])
-    files = find_task_vectors(str(run))  # what `weaving validate` / MergeModule reads
-    assert list(files.paths) == ["taskA", "taskB"] and files.model == name
-    assert files.pretrained == str((run / "pretrained.safetensors").resolve())
+    assert task_vector_paths([str(run)]) == [str(run / "task_vectors" / f"task{t}.safetensors") for t in "AB"]
+    assert pretrained_path(str(run)) == str(run / "pretrained.safetensors")
+    meta = read_metadata(run / "task_vectors" / "taskA.safetensors")
+    assert meta["model"] == name and meta["pretrained"] == str((run / "pretrained.safetensors").resolve())
     assert state_dict_hash(theta_pre) != state_dict_hash({**theta_pre, "logit_scale": theta_pre["logit_scale"] + 1})
 
 
@@ -107,3 +109,35 @@ def test_forced_format_must_fit(tiny_hf, tmp_path, capsys):
     code, err = run_cli(["import", "--pretrained", str(root / "pre"), "--finetuned", f"t={root / 'ft'}",
                          "--format", "lineage", "--output", str(tmp_path / "run")], capsys)
     assert code == 2 and "lineage" in err and not (tmp_path / "run").exists()
+
+
+def test_validate_takes_an_imported_run_directly(tmp_path):
+    """MergeModule reads the run (model and theta_pre from it) and scores what merge writes."""
+    import lightning.pytorch as pl
+
+    import weaving
+    from weaving.data.datamodule import MultiTaskDataModule
+    from weaving.evaluation.merge_module import MergeModule
+    from weaving.merging.task_vectors import load_task_vector
+    from weaving.models import visual_state_dict
+
+    import transformers
+
+    from .conftest import TINY, register_config
+
+    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}  # CLIP's tokenizer
+    register_config(tmp_path, "test-tiny-hf-fullvocab-quickgelu", **TINY, text=text)
+    full_cfg, vision_cfg = hf_configs(**TINY, text=text)
+    torch.manual_seed(2)
+    transformers.CLIPModel(full_cfg).save_pretrained(tmp_path / "pre")
+    transformers.CLIPVisionModel(vision_cfg).save_pretrained(tmp_path / "ft")
+    run = tmp_path / "run"
+    main(["import", "--pretrained", str(tmp_path / "pre"), "--finetuned", f"a={tmp_path / 'ft'}", "--output", str(run)])
+    module = MergeModule(str(run), method="task_arithmetic", lam=0.5)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, MultiTaskDataModule(["digits"], batch_size=256), verbose=False)
+    want = weaving.merge(load_task_vector(run / "pretrained.safetensors"), [run / "task_vectors" / "a.safetensors"],
+                         "task_arithmetic", lam=0.5)
+    got = visual_state_dict(module.clip_model)
+    assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
+    assert 0.0 <= float(trainer.callback_metrics["val/acc/mean"]) <= 1.0

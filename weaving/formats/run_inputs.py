@@ -21,7 +21,10 @@ def pretrained_path(source: str) -> str:
 
 def task_vector_paths(sources: Sequence[str]) -> list[str]:
     """Folders (a run or its task_vectors/) expand to their task vector files, in the run's order."""
-    from weaving.evaluation.runs import find_task_vectors
+    try:  # the run contract's reader (weaving/runs.py) once it is there
+        from weaving.runs import read_run as find_task_vectors
+    except ImportError:
+        from weaving.evaluation.runs import find_task_vectors
 
     paths: list[str] = []
     for source in sources:
