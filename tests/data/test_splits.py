@@ -70,7 +70,7 @@ def test_get_task_rejects_bad_parts(name):
 
 
 def test_split_task_by_name_and_bad_count():
-    assert split_task("cifar100", 10, 9).classnames[-1] == "worm"
+    assert split_task("cifar100", 10, 9, "sorted").classnames[-1] == "worm"
     with pytest.raises(ValueError, match="n=101"):
         split_task("cifar100", 101, 0)
 

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from weaving.data.splits import parse_split_name
+from weaving.data.class_orders import check_class_order
+from weaving.data.splits import parse_split_name, split_name
 from weaving.data.tasks import SPLITS, Task, get_task
 
 
@@ -265,6 +266,7 @@ class TaskStreamDataModule(_TaskData):
         model: str = "weaving-tiny-vit",
         pretrained: str | None = None,
         splits: int | None = None,
+        class_order: str | int | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
         download: bool = False,
@@ -279,6 +281,8 @@ class TaskStreamDataModule(_TaskData):
             model: open_clip model name whose image transforms are used.
             pretrained: the model's pretrained tag (it can change the normalization), or None.
             splits: split the single task into this many class-incremental parts (None: no split).
+            class_order: class order of the split: "sorted", "magmax" (MagMax's published order) or a seed;
+                None: the task's default (magmax for cifar100, imagenet_r, cub200, cars; sorted otherwise).
             batch_size: images per batch.
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
@@ -290,7 +294,10 @@ class TaskStreamDataModule(_TaskData):
         if not tasks:
             raise ValueError("tasks is empty: list at least one task name")
         self.splits = splits
+        self.class_order = check_class_order(class_order)
         if splits is None:
+            if class_order is not None:
+                raise ValueError(f"class_order={class_order!r} needs splits (the number of class-incremental parts)")
             self.base_task: Task | None = None
             self.task_names = [get_task(name).name for name in tasks]
         else:
@@ -302,7 +309,7 @@ class TaskStreamDataModule(_TaskData):
                     f"splits={splits} is invalid for {self.base_task.name} with {self.base_task.num_classes} "
                     f"classes: use 1 <= splits <= {self.base_task.num_classes}"
                 )
-            self.task_names = [f"{self.base_task.name}_part{i + 1}of{splits}" for i in range(splits)]
+            self.task_names = [split_name(self.base_task.name, splits, i, class_order) for i in range(splits)]
         if len(set(self.task_names)) != len(self.task_names):
             raise ValueError(f"tasks lists a task twice: {self.task_names}")
         self._tasks = [get_task(name) for name in self.task_names]

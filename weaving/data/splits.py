@@ -1,8 +1,14 @@
 """Class-incremental splits of a task, and deterministic validation / hold-out splits of a dataset.
 
-Class-incremental rule (used by the continual setup): a task's classes keep a fixed order, the sorted class
-indices 0..C-1, and part i of n (0-based) holds the classes at positions floor(C*i/n) .. floor(C*(i+1)/n)-1.
-The parts are disjoint, cover every class, and differ in size by at most one class.
+Class-incremental rule (used by the continual setup), as MagMax builds its splits: a task's classes follow a
+fixed class order (`weaving.data.class_orders`: MagMax's published order for CIFAR100, ImageNet-R, CUB200 and
+StanfordCars, sorted labels for the others, or a seeded permutation), part i of n (0-based) holds the
+classes at positions floor(C/n*i) .. floor(C/n*(i+1))-1 of that order, sorted by label. The parts are
+disjoint, cover every class, and differ in size by at most one class.
+
+Names: "<task>_part<i>of<n>" (i from 1) is part i in the task's default order; "<task>_part<i>of<n>_sorted",
+"..._magmax" and "..._seed<k>" name another order explicitly, so task vectors of different orders never
+share a name.
 """
 
 from __future__ import annotations
@@ -11,28 +17,46 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset
+
+from weaving.data import class_orders
+from weaving.data.class_orders import check_class_order, default_class_order, part_bounds, part_of_order
 
 if TYPE_CHECKING:
     from weaving.data.tasks import Task
 
 VAL_FRACTION = 0.1
 MAX_VAL_SIZE = 5000
-SPLIT_NAME = re.compile(r"^(?P<base>.+)_part(?P<i>\d+)of(?P<n>\d+)$")
+SPLIT_NAME = re.compile(r"^(?P<base>.+)_part(?P<i>\d+)of(?P<n>\d+)(?:_(?P<order>sorted|magmax|seed\d+))?$")
 
 
-def split_classes(num_classes: int, n: int, i: int) -> list[int]:
-    """The class indices of part `i` (0-based) of `n` class-incremental parts of `num_classes` classes."""
-    if num_classes < 1:
-        raise ValueError(f"split_classes: num_classes must be >= 1, got {num_classes}")
-    if not 1 <= n <= num_classes:
-        raise ValueError(f"split count n={n} is invalid for {num_classes} classes: use 1 <= n <= {num_classes}")
-    if not 0 <= i < n:
-        raise ValueError(f"split index i={i} is out of range for n={n} parts: use 0 <= i < {n} (part {i + 1} of {n})")
-    return list(range(num_classes * i // n, num_classes * (i + 1) // n))
+class SplitName(NamedTuple):
+    """A parsed "<task>_part<i>of<n>[_<order>]": i is 0-based; order is None (the task's default) or explicit."""
+
+    base: str
+    n: int
+    i: int
+    order: str | int | None = None
+
+
+def split_classes(num_classes: int, n: int, i: int, order: Sequence[int] | None = None) -> list[int]:
+    """The labels of part `i` (0-based) of `n` class-incremental parts of `num_classes` classes in `order`
+    (default: sorted labels), sorted by label."""
+    if order is not None and sorted(order) != list(range(num_classes)):
+        raise ValueError(f"split_classes: the class order must hold each of the {num_classes} labels once")
+    part_bounds(num_classes, n, i)  # checks n and i
+    return part_of_order(list(range(num_classes)) if order is None else list(order), n, i)
+
+
+def split_name(task: str, n: int, i: int, class_order: str | int | None = None) -> str:
+    """f"{task}_part{i+1}of{n}", with "_<order>" when `class_order` is not the task's default order."""
+    order = check_class_order(class_order)
+    if order is None or order == default_class_order(task):
+        return f"{task}_part{i + 1}of{n}"
+    return f"{task}_part{i + 1}of{n}_{order if isinstance(order, str) else f'seed{order}'}"
 
 
 def dataset_targets(dataset: Dataset) -> list[int]:
@@ -89,30 +113,34 @@ def _split_factory(
     return ClassSubset(dataset, classes)
 
 
-def split_task(task: Task | str, n: int, i: int) -> Task:
-    """Part `i` (0-based) of `n` class-incremental parts of `task`, named f"{task}_part{i+1}of{n}".
+def split_task(task: Task | str, n: int, i: int, class_order: str | int | None = None) -> Task:
+    """Part `i` (0-based) of `n` class-incremental parts of `task` in `class_order` (None: the task's default).
 
-    The part keeps the classes `split_classes(C, n, i)` (labels remapped to 0..k-1, class names subset in
-    the same order) and the task's templates; its datasets hold only the images of those classes.
+    The part keeps the classes `split_classes(C, n, i, order)`, sorted by label (labels remapped to 0..k-1 in
+    that order, which is also the order of its head's classes, as MagMax's per-part head), and the task's
+    templates; its datasets hold only the images of those classes. Named by `split_name`.
     """
     from weaving.data.tasks import get_task
 
     base = get_task(task) if isinstance(task, str) else task
-    classes = tuple(split_classes(len(base.classnames), n, i))
+    order = class_orders.class_order(base.name, len(base.classnames), class_order)
+    classes = tuple(split_classes(len(base.classnames), n, i, order))
     return replace(
         base,
-        name=f"{base.name}_part{i + 1}of{n}",
+        name=split_name(base.name, n, i, class_order),
         classnames=tuple(base.classnames[c] for c in classes),
         factory=partial(_split_factory, base, classes),
     )
 
 
-def parse_split_name(name: str) -> tuple[str, int, int] | None:
-    """("cifar100", 2, 5) for "cifar100_part3of5" (i returned 0-based), None for a name without a part suffix."""
+def parse_split_name(name: str) -> SplitName | None:
+    """SplitName("cifar100", 5, 2, None) for "cifar100_part3of5" (i 0-based), order "sorted", "magmax" or a
+    seed for "..._sorted", "..._magmax", "..._seed<k>"; None for a name without a part suffix."""
     match = SPLIT_NAME.match(name)
     if match is None:
         return None
-    return match["base"], int(match["n"]), int(match["i"]) - 1
+    order = match["order"]
+    return SplitName(match["base"], int(match["n"]), int(match["i"]) - 1, check_class_order(order))
 
 
 def holdout_split(dataset: Dataset, fraction: float, *, seed: int = 0, cap: int | None = None) -> tuple[Subset, Subset]:

@@ -106,16 +106,17 @@ def get_task(name: str) -> Task:
     if name in TASKS:
         return TASKS[name]
     parsed = parse_split_name(name)
-    if parsed is not None and parsed[0] in TASKS:
-        base, n, i = parsed
+    if parsed is not None and parsed.base in TASKS:
+        base, n, i, order = parsed
         if not 1 <= n <= TASKS[base].num_classes or not 0 <= i < n:
             raise ValueError(
                 f"task {name!r}: {base} has {TASKS[base].num_classes} classes, so '_part<i>of<n>' needs "
                 f"1 <= n <= {TASKS[base].num_classes} and 1 <= i <= n"
             )
-        return split_task(TASKS[base], n, i)
+        return split_task(TASKS[base], n, i, order)
     known = ", ".join(sorted(TASKS))
-    raise ValueError(f"unknown task {name!r}; known tasks: {known} (or '<task>_part<i>of<n>' for class splits)")
+    raise ValueError(f"unknown task {name!r}; known tasks: {known} (or '<task>_part<i>of<n>' for class splits, "
+                     "optionally with _sorted, _magmax or _seed<k> for the class order)")
 
 
 # --- helpers shared by the dataset factories ------------------------------------------------------------
