@@ -46,7 +46,30 @@ def test_configs_exist():
     assert {"finetune/digits_tiny.yaml", "continual/digits_tiny_5splits.yaml"} <= names
     assert {f"finetune/vit_b32_{t}.yaml" for t in
             ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")} <= names
-    assert {f"continual/cifar100_{n}splits.yaml" for n in (5, 10, 20, 50)} <= names
+    assert {f"continual/vit_b32/cifar100_{n}splits.yaml" for n in (5, 10, 20, 50)} <= names
+
+
+def output_dirs(path: Path) -> list[str]:
+    """Where a fit config writes: default_root_dir, and the checkpoint and log folders it names."""
+    trainer = yaml.safe_load(path.read_text())["trainer"]
+    dirs = [trainer["default_root_dir"]]
+    for callback in trainer.get("callbacks") or []:
+        dirpath = (callback.get("init_args") or {}).get("dirpath")
+        if dirpath:
+            dirs.append(dirpath)
+    return dirs
+
+
+def test_every_fit_config_writes_to_its_own_folder():
+    """No two shipped fit configs share an output folder (a second run would overwrite the first one's task
+    vectors, and `--ckpt_path last` would resume the wrong run)."""
+    seen: dict[str, Path] = {}
+    for path in CONFIG_FILES:
+        if subcommand_of(path) != "fit":
+            continue
+        for folder in output_dirs(path):
+            assert folder not in seen, f"{path} and {seen[folder]} both write to {folder}"
+            seen[folder] = path
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.relative_to(CONFIGS).as_posix())
