@@ -48,13 +48,14 @@ def fit_stream(
     augment: bool = True,
     callbacks: Sequence[Callback] = (),
     ckpt_path: str | None = None,
+    module_kwargs: dict | None = None,
     **trainer_kwargs,
 ) -> tuple[pl.Trainer, FineTuner]:
     """Fit a tiny FineTuner over a digits stream; writes task vectors and checkpoints under `root`."""
     pl.seed_everything(0, verbose=False)
     data = TaskStreamDataModule(list(tasks), splits=splits, batch_size=batch_size, shuffle=shuffle,
                                 augment=augment, seed=0)
-    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=1e-3, warmup_steps=1)
+    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=1e-3, warmup_steps=1, **(module_kwargs or {}))
     trainer_kwargs = {"limit_val_batches": 0, "num_sanity_val_steps": 0, **trainer_kwargs}
     trainer = pl.Trainer(
         default_root_dir=root, accelerator="cpu", devices=1, limit_train_batches=batches, logger=False,

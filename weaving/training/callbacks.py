@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import open_clip
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 import weaving
 from weaving.merging.task_vectors import save_task_vector, write_json_atomic
@@ -83,6 +84,7 @@ class TaskVectorWriter(Callback):
         if len(classnames) <= MAX_CLASSES_IN_METADATA:
             metadata["classes"] = json.dumps(classnames)
         save_task_vector(path, tensors, metadata)
+        rank_zero_info(f"wrote task vector {path}")
         self._update_index(folder, module, {
             "task": name, "file": path.name, "task_index": task_index, "steps": steps,
             "global_step": trainer.global_step, "classes_sha256": metadata["classes_sha256"],

@@ -94,6 +94,9 @@ class FineTuner(pl.LightningModule):
         fused_adamw: AdamW's fused kernel (one kernel for all parameters); None: fused on CUDA, the
             default for-each implementation elsewhere.
         head_cache_dir: folder caching the zero-shot heads (None: recompute each run).
+        validate_seen_tasks: after each task, score the model on the test sets of the tasks seen so far
+            (task-agnostic for a class-incremental stream) into `<run dir>/seen_tasks.json`
+            (`weaving.training.seen_tasks`): the sequential model's accuracy matrix, filled while training.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class FineTuner(pl.LightningModule):
         compile: bool = False,
         fused_adamw: bool | None = None,
         head_cache_dir: str | None = None,
+        validate_seen_tasks: bool = False,
     ) -> None:
         super().__init__()
         if stream not in STREAMS:
@@ -211,6 +215,10 @@ class FineTuner(pl.LightningModule):
             head = build_head(clip, task.classnames, task.templates, cache_dir=self.hparams.head_cache_dir,
                               task=name)
             self._heads.append(head.to(self.device).requires_grad_(False))
+        base = getattr(dm, "base_task", None)
+        if self.hparams.validate_seen_tasks and base is not None:  # the all-class head, for task-agnostic scores
+            self._base_head = build_head(clip, base.classnames, base.templates, cache_dir=self.hparams.head_cache_dir,
+                                         task=base.name).to(self.device).requires_grad_(False)
         self._clip = None  # the encoder stays alive as self.visual; the text tower is no longer needed
 
     def _activate(self, task: int) -> None:
@@ -283,6 +291,24 @@ class FineTuner(pl.LightningModule):
         self._build_heads()
         resume = getattr(self, "_resume_epoch", None)
         self._activate(self.task_of_epoch(self.trainer.current_epoch if resume is None else resume))
+        if resume is not None:
+            rank_zero_info(self._resume_line(resume))
+
+    def _resume_line(self, epoch: int) -> str:
+        """What a resumed fit keeps: the finished tasks (their task vectors are not written again)."""
+        task, total = self.task_of_epoch(epoch), len(self._task_names)
+        if epoch >= self.stream_epochs:
+            return f"resumed after the last epoch: all {total} tasks are finished; nothing to train"
+        done = self._task_names[:task]
+        kept = f"kept tasks 1-{task} ({', '.join(done)}) and their task vectors" if done else "no task was finished"
+        within = epoch - task * self.hparams.epochs_per_task
+        where = f" at epoch {within + 1}/{self.hparams.epochs_per_task} of it" if within else ""
+        return f"resumed at epoch {epoch}: {kept}; continuing with task {task + 1}/{total} {self._task_names[task]}{where}"
+
+    @property
+    def stream_epochs(self) -> int:
+        """Epochs of the whole stream: epochs_per_task x tasks."""
+        return self.hparams.epochs_per_task * len(self._task_names)
 
     def on_validation_start(self) -> None:
         if not self._heads:  # `weaving validate` with a FineTuner: evaluate the current task's head
@@ -305,15 +331,40 @@ class FineTuner(pl.LightningModule):
         self._activate(task)
         if self._schedule.task != task:
             self._start_task(task)
+            rank_zero_info(self._task_line(task))
         # Random crops and shuffling draw from RNGs seeded per (seed, epoch, rank): a run resumed at an epoch
         # boundary draws exactly what an unbroken run drew.
         base = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.seed))
         seed_all(epoch_seed(base, epoch, self.global_rank))
 
+    def _task_line(self, task: int) -> str:
+        """"task 3/5 digits_part3of5: 40 steps (10 epochs x 4 batches), from ..." for a task that starts."""
+        trainer, epochs = self.trainer, self.hparams.epochs_per_task
+        batches = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        origin = ("theta_pre" if task == 0 or self.hparams.stream == "independent"
+                  else f"the weights after task {task}")
+        return (f"task {task + 1}/{len(self._task_names)} {self._task_names[task]}: {epochs * batches} steps "
+                f"({epochs} epochs x {batches} batches), from {origin}")
+
     def on_train_epoch_end(self) -> None:
+        if self.hparams.validate_seen_tasks and (self.trainer.current_epoch + 1) % self.hparams.epochs_per_task == 0:
+            self._validate_seen_tasks(self.task_of_epoch(self.trainer.current_epoch))
         next_epoch = self.trainer.current_epoch + 1
         if next_epoch < (self.trainer.max_epochs or 0):
             self._activate(self.task_of_epoch(next_epoch))  # before Lightning reloads the dataloaders
+
+    def _validate_seen_tasks(self, task: int) -> None:
+        """Score the tasks seen so far (rank zero; see `weaving.training.seen_tasks`) and record the row."""
+        from weaving.training.seen_tasks import record_row, seen_tasks_row
+
+        if not self.trainer.is_global_zero:
+            return
+        dm = self._stream_datamodule()
+        row = seen_tasks_row(self.visual, self._heads, getattr(self, "_base_head", None), dm, task, self.device)
+        task_agnostic = getattr(dm, "base_task", None) is not None
+        path = record_row(self.trainer.default_root_dir, self._task_names, task, row, task_agnostic)
+        seen = ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in zip(self._task_names[:task + 1], row) if acc is not None)
+        rank_zero_info(f"after task {task + 1}/{len(self._task_names)}: accuracy on the seen tasks: {seen} ({path})")
 
     def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
         images, labels = batch
