@@ -75,3 +75,16 @@ def test_setup_for_loaders_is_the_comparison_setup_with_the_given_vectors():
         setups.setup_for_loaders("domain_generalization", ["a"], ["a"])
     with pytest.raises(ValueError, match="digits_part<i>of<n>"):
         setups.setup_for_loaders("continual", ["digits"], vectors)
+
+
+def test_continual_has_no_individual_reference_and_merges_incrementally():
+    from weaving.evaluation.setups import continual, incremental_stages, multi_task
+
+    setup = continual("digits", 3)
+    assert setup.individual == {}  # the parts' own models are different checkpoints: no such row
+    stages = incremental_stages(setup)
+    assert [stage.jobs[0].task_vectors for stage in stages] == [
+        ("digits_part1of3",), ("digits_part1of3", "digits_part2of3"), setup.jobs[0].task_vectors]
+    assert all(stage.columns == setup.columns and stage.mean == "samples" for stage in stages)
+    with pytest.raises(ValueError, match="incremental stages need a continual setup"):
+        incremental_stages(multi_task(["digits"]))

@@ -25,8 +25,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from weaving.evaluation.evaluate import Evaluator, Request, Tally, WeightSet
-from weaving.evaluation.search_spaces import default_search_space
-from weaving.evaluation.setups import Setup
+from weaving.evaluation.search_spaces import default_search_space, recommended_lambda
+from weaving.evaluation.setups import Setup, incremental_stages
+
+SEQUENTIAL_LABEL = "Seq-FT"  # the sequential model theta_pre + tau_i (MagMax's sequential fine-tuning)
 
 ANALYSIS_NOTE = (
     "Uses evaluation data: accuracy of every lambda of the search space on the test sets. For analysis "
@@ -94,41 +96,63 @@ def result_row(fields: Mapping[str, Any], tallies: Mapping[str, Tally], setup: S
 
 
 def reference_rows(setup: Setup) -> list[Row]:
-    """Zero-shot (theta_pre) and individual (each column scored with theta_pre + its own tau)."""
-    missing = [c.name for c in setup.columns if c.name not in setup.individual]
-    if missing:
-        raise ValueError(f"columns {missing} have no task vector of their own for the individual reference")
-    individual = tuple(Request(WeightSet(tau_name(name)), tuple(c for c in setup.columns if setup.individual[c.name] == name))
-                       for name in dict.fromkeys(setup.individual[c.name] for c in setup.columns))
-    return [Row({}, (Request(WeightSet(), setup.columns),), "reference", ("zeroshot",)),
-            Row({}, individual, "reference", ("individual",))]
+    """Zero-shot (theta_pre); individual (each column scored with theta_pre + its own tau) where the setup
+    has that reference; for continual, the sequential model after each task (theta_pre + tau_i)."""
+    rows = [Row({}, (Request(WeightSet(), setup.columns),), "reference", ("zeroshot",))]
+    if setup.individual:
+        missing = [c.name for c in setup.columns if c.name not in setup.individual]
+        if missing:
+            raise ValueError(f"columns {missing} have no task vector of their own for the individual reference")
+        individual = tuple(Request(WeightSet(tau_name(name)), tuple(c for c in setup.columns if setup.individual[c.name] == name))
+                           for name in dict.fromkeys(setup.individual[c.name] for c in setup.columns))
+        rows.append(Row({}, individual, "reference", ("individual",)))
+    for i, name in enumerate(sequential_vectors(setup)):
+        rows.append(Row({}, (Request(WeightSet(tau_name(name)), setup.columns),), "reference", ("sequential", i)))
+    return rows
+
+
+def sequential_vectors(setup: Setup) -> tuple[str, ...]:
+    """Continual: the task vectors in stream order (theta_pre + tau_i is the sequential model after task i)."""
+    return setup.jobs[0].task_vectors if setup.name == "continual" and len(setup.jobs) == 1 else ()
 
 
 def method_rows(setup: Setup, method: str, space: Sequence[float], *, lam: float, poolings: Sequence[str],
-                analysis: bool) -> list[Row]:
-    """The rows of one method: lam, one weaving row per pooling, and (analysis) one point per lambda.
+                analysis: bool, recommended: float | None = None, privileged: float | None = None,
+                stage: str = "") -> list[Row]:
+    """The rows of one method: lam, the authors' recommended lambda (when given and not `lam`), the
+    privileged lambda (when given), one weaving row per pooling, and (analysis) one point per lambda.
 
-    Weight names: "<method>/<job>/g" holds the merged delta g, "<method>/<job>/weave:<pooling>" the woven
-    weights (see `store_method`).
+    Weight names: "<method><stage>/<job>/g" holds the merged delta g, "<method><stage>/<job>/weave:<pooling>"
+    the woven weights (see `store_method`); `stage` tells apart the merges of the continual stages.
     """
     jobs = range(len(setup.jobs))
-    rows = [Row({"method": method, "weave": False, "lam": float(lam), "lambdas": None, "pooling": None},
-                job_requests(setup, [WeightSet(f"{method}/{j}/g", float(lam)) for j in jobs]), "row", (method, "lam"))]
+
+    def scaled(value: float, variant: str) -> Row:
+        return Row({"method": method, "weave": False, "lam": float(value), "lambdas": None, "pooling": None,
+                    "variant": variant},
+                   job_requests(setup, [WeightSet(f"{method}{stage}/{j}/g", float(value)) for j in jobs]), "row",
+                   (method, variant, stage))
+
+    rows = [scaled(lam, "lam")]
+    if recommended is not None and recommended != lam:
+        rows.append(scaled(recommended, "recommended"))
+    if privileged is not None:
+        rows.append(scaled(privileged, "privileged"))
     for pooling in poolings:
         rows.append(Row({"method": method, "weave": True, "lam": None, "lambdas": [float(v) for v in space],
-                         "pooling": pooling},
-                        job_requests(setup, [WeightSet(f"{method}/{j}/weave:{pooling}") for j in jobs]), "row",
-                        (method, "weave", pooling)))
+                         "pooling": pooling, "variant": "weave"},
+                        job_requests(setup, [WeightSet(f"{method}{stage}/{j}/weave:{pooling}") for j in jobs]), "row",
+                        (method, "weave", pooling, stage)))
     if analysis:
         for i, value in enumerate(space):
-            rows.append(Row({}, job_requests(setup, [WeightSet(f"{method}/{j}/g", float(value)) for j in jobs]),
+            rows.append(Row({}, job_requests(setup, [WeightSet(f"{method}{stage}/{j}/g", float(value)) for j in jobs]),
                             "analysis", (method, i)))
     return rows
 
 
 def store_method(evaluator: Evaluator, setup: Setup, vectors: Mapping[str, StateDict], method: str,
                  space: Sequence[float], *, args: Mapping[str, Any], poolings: Sequence[str], include_deltas: bool,
-                 device: torch.device | str, seed: int) -> list[str]:
+                 device: torch.device | str, seed: int, stage: str = "") -> list[str]:
     """Merge once per job (g = merge(lam=1) - theta_pre) and weave once per pooling; keep them in the bank."""
     import weaving
 
@@ -136,14 +160,14 @@ def store_method(evaluator: Evaluator, setup: Setup, vectors: Mapping[str, State
     for j, job in enumerate(setup.jobs):
         members = [vectors[name] for name in job.task_vectors]
         merged = weaving.merge(pretrained, members, method, lam=1.0, device=device, seed=seed, **args)
-        evaluator.bank.delta_between(f"{method}/{j}/g", merged)
-        names.append(f"{method}/{j}/g")
+        evaluator.bank.delta_between(f"{method}{stage}/{j}/g", merged)
+        names.append(f"{method}{stage}/{j}/g")
         del merged
         for pooling in poolings:
             state = weaving.weave(pretrained, members, method, space, pooling=pooling, include_deltas=include_deltas,
                                   device=device, seed=seed, **args)
-            evaluator.bank.add(f"{method}/{j}/weave:{pooling}", state, full=True)
-            names.append(f"{method}/{j}/weave:{pooling}")
+            evaluator.bank.add(f"{method}{stage}/{j}/weave:{pooling}", state, full=True)
+            names.append(f"{method}{stage}/{j}/weave:{pooling}")
     return names
 
 
@@ -186,9 +210,17 @@ def run_comparison(
     device: torch.device | str | None = None,
     memory_budget: int | None = None,
     extra_rows: Sequence[Row] = (),
+    recommended: bool = True,
+    privileged: bool = True,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Score every method at `lam` and with weaving (one row per pooling) in `setup`.
+    """Score every method at `lam`, at its authors' recommended lambda (`recommended`, where it is not
+    `lam`), at the privileged lambda (`privileged`: the single lambda of the search space with the best
+    mean on the evaluated test sets) and with weaving (one row per pooling) in `setup`.
+
+    For the continual setup the results also hold the sequential model (theta_pre + tau_T) and, for it and
+    every row, the accuracy matrix of the merges after each task (task vectors 1..i, as MagMax evaluates
+    them) with its continual-learning metrics (`weaving.evaluation.continual_metrics`).
 
     Returns (results, analysis): results follow the results.json schema; analysis (None when
     `analysis=False`) holds, per method, every task's accuracy at each lambda of the search space and
@@ -221,7 +253,7 @@ def run_comparison(
     per_method = state_bytes * len(setup.jobs) * (1 + len(poolings))
 
     stored = []
-    for name in dict.fromkeys(setup.individual.values()):
+    for name in dict.fromkeys([*setup.individual.values(), *sequential_vectors(setup)]):
         bank.add(tau_name(name), vectors[name])
         stored.append(tau_name(name))
     passes: list[list[str]] = [[]]
@@ -233,6 +265,9 @@ def run_comparison(
         passes[-1].append(method)
         used += per_method
 
+    def rec(method: str) -> float | None:
+        return recommended_lambda(method) if recommended else None
+
     scored: dict[tuple, dict[str, Tally]] = {}
     bar = tqdm(methods, desc=f"{setup.name}: methods", disable=not progress)
     try:
@@ -243,7 +278,8 @@ def run_comparison(
                 stored += store_method(evaluator, setup, vectors, method, spaces[method],
                                        args=dict(method_args.get(method, {})), poolings=poolings,
                                        include_deltas=include_deltas, device=device, seed=seed)
-                rows += method_rows(setup, method, spaces[method], lam=lam, poolings=poolings, analysis=analysis)
+                rows += method_rows(setup, method, spaces[method], lam=lam, poolings=poolings,
+                                    analysis=analysis or privileged, recommended=rec(method))
             for row, tallies in zip(rows, score_rows(evaluator, rows, desc=f"{setup.name}: scoring")):
                 scored[row.key] = tallies
             for name in stored:
@@ -255,24 +291,51 @@ def run_comparison(
         for name in stored:
             bank.remove(name)
 
-    zeroshot, individual = scored[("zeroshot",)], scored[("individual",)]
+    zeroshot = scored[("zeroshot",)]
     results: dict[str, Any] = {
         "setup": setup.name,
         "tasks": setup.tasks,
         "zeroshot": {c: zeroshot[c].accuracy for c in setup.tasks},
-        "individual": {c: individual[c].accuracy for c in setup.tasks},
         "zeroshot_mean": setup.mean_of(zeroshot),
-        "individual_mean": setup.mean_of(individual),
-        "rows": [],
     }
+    if setup.individual:
+        individual = scored[("individual",)]
+        results["individual"] = {c: individual[c].accuracy for c in setup.tasks}
+        results["individual_mean"] = setup.mean_of(individual)
+    results["rows"] = []
     curves: dict[str, Any] = {}
+    best: dict[str, float] = {}
     for method in methods:
-        rows = method_rows(setup, method, spaces[method], lam=lam, poolings=poolings, analysis=analysis)
+        space = spaces[method]
+        if privileged:  # the privileged row is the best point of the search space (first maximum)
+            means = [setup.mean_of(scored[(method, i)]) for i in range(len(space))]
+            index = max(range(len(space)), key=lambda i: (means[i], -i))
+            best[method] = space[index]
+            scored[(method, "privileged", "")] = scored[(method, index)]
+        rows = method_rows(setup, method, space, lam=lam, poolings=poolings, analysis=False,
+                           recommended=rec(method), privileged=best.get(method))
         for row in rows:
-            if row.kind == "row":
-                results["rows"].append(result_row(row.fields, scored[row.key], setup))
+            results["rows"].append(result_row(row.fields, scored[row.key], setup))
         if analysis:
-            curves[method] = lambda_curves(setup, spaces[method], [scored[(method, i)] for i in range(len(spaces[method]))])
+            curves[method] = lambda_curves(setup, space, [scored[(method, i)] for i in range(len(space))])
+
+    if sequential_vectors(setup):
+        stages = incremental_stages(setup)
+        for method in methods:  # the merges after each earlier task: one method at a time
+            merge_args = dict(args=dict(method_args.get(method, {})), poolings=poolings, include_deltas=include_deltas,
+                            device=device, seed=seed)
+            rows, names = [], []
+            for i, stage in enumerate(stages[:-1]):
+                names += store_method(evaluator, stage, vectors, method, spaces[method], stage=f"@{i}", **merge_args)
+                rows += method_rows(stage, method, spaces[method], lam=lam, poolings=poolings, analysis=False,
+                                    recommended=rec(method), privileged=best.get(method), stage=f"@{i}")
+            try:
+                for row, tallies in zip(rows, score_rows(evaluator, rows, desc=f"{setup.name}: {method} after each task")):
+                    scored[row.key] = tallies
+            finally:
+                for name in names:
+                    bank.remove(name)
+        add_continual_results(results, setup, scored)
 
     for row in extra_rows:
         results["rows"].append(result_row(row.fields, scored[row.key], setup))
@@ -282,6 +345,33 @@ def run_comparison(
         analysis_out = {"setup": setup.name, "uses_evaluation_data": True, "note": ANALYSIS_NOTE,
                         "tasks": setup.tasks, "methods": curves}
     return results, analysis_out
+
+
+def add_continual_results(results: dict[str, Any], setup: Setup, scored: Mapping[tuple, Mapping[str, Tally]]) -> None:
+    """Add "sequential" (theta_pre + tau_T) and "metrics" (per row label: the accuracy matrix over the
+    stages, row i = after task i, and its continual-learning metrics) to continual `results`."""
+    from weaving.evaluation.continual_metrics import continual_metrics
+
+    count = len(sequential_vectors(setup))
+    last = scored[("sequential", count - 1)]
+    results["sequential"] = {"accuracy": {c: last[c].accuracy for c in setup.tasks}, "mean": setup.mean_of(last)}
+
+    def matrix(keys: Sequence[tuple]) -> list[list[float]]:
+        return [[scored[key][c].accuracy for c in setup.tasks] for key in keys]
+
+    metrics = {SEQUENTIAL_LABEL: continual_metrics(matrix([("sequential", i) for i in range(count)]))}
+    stages = [f"@{i}" for i in range(count - 1)] + [""]
+    for row in results["rows"]:
+        variant = (row["variant"], row["pooling"]) if row["weave"] else (row["variant"],)
+        metrics[metrics_label(row)] = continual_metrics(matrix([(row["method"], *variant, stage) for stage in stages]))
+    results["metrics"] = metrics
+
+
+def metrics_label(row: Mapping[str, Any]) -> str:
+    """The key of a results row in the continual "metrics": "<method> <variant>" (e.g. "ties lam=1")."""
+    from weaving.evaluation.report import row_label
+
+    return f"{row['method']} {row_label(row)}"
 
 
 def lambda_curves(setup: Setup, space: Sequence[float], per_lambda: Sequence[Mapping[str, Tally]]) -> dict[str, Any]:
@@ -307,6 +397,8 @@ def write_comparison(results: Mapping[str, Any], analysis: Mapping[str, Any] | N
     from weaving.evaluation import report
 
     written = report.write_results(results, output_dir)
+    if plots and results.get("metrics"):
+        written["continual_accuracy"] = report.plot_continual(results, Path(output_dir) / "continual_accuracy.png")
     if analysis is not None:
         out = Path(output_dir)
         written["analysis"] = report.atomic_write_text(out / "analysis.json", json.dumps(analysis, indent=2) + "\n")

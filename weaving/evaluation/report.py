@@ -5,10 +5,17 @@
 
     {"setup": str, "tasks": [str], "zeroshot": {task: acc}, "individual": {task: acc},
      "rows": [{"method": str, "weave": bool, "lam": float | null, "lambdas": [float] | null,
-               "pooling": str | null, "accuracy": {task: acc}, "mean": float}]}
+               "pooling": str | null, "variant": "lam" | "recommended" | "privileged" | "weave",
+               "accuracy": {task: acc}, "mean": float}]}
 
+"variant" (optional; default "weave" or "lam"): "recommended" is the authors' recommended lambda,
+"privileged" the best lambda of the search space on the evaluated test sets (uses evaluation data).
 Optional extra keys: "zeroshot_mean" and "individual_mean" (the mean of those rows by the setup's rule;
-for continual it is over samples, not over columns). Every file is written atomically.
+for continual it is over samples, not over columns). The continual setup has no "individual" (its parts'
+models are different checkpoints, not one model) and adds "sequential" ({"accuracy": {task: acc},
+"mean": float}: theta_pre + tau_T) and "metrics" ({row label: {"accuracy_matrix": [[acc]],
+"average_accuracy", "average_incremental_accuracy", "forgetting"}}; labels "Seq-FT" and
+"<method> <variant>", e.g. "ties lam=1"). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ from weaving.atomic import atomic_write_bytes, atomic_write_text
 
 RESULTS_FILES = ("results.json", "results.csv", "results.md")
 ROW_KEYS = ("method", "weave", "lam", "lambdas", "pooling", "accuracy", "mean")
-TOP_KEYS = ("setup", "tasks", "zeroshot", "individual", "rows")
+TOP_KEYS = ("setup", "tasks", "zeroshot", "rows")
+VARIANTS = ("lam", "recommended", "privileged", "weave")
+METRIC_KEYS = ("accuracy_matrix", "average_accuracy", "average_incremental_accuracy", "forgetting")
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -50,13 +59,25 @@ def check_results(results: Mapping[str, Any]) -> Mapping[str, Any]:
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks) or not tasks:
         raise ValueError("results: 'tasks' must be a non-empty list of task names")
     _check_accuracies(results["zeroshot"], tasks, "zeroshot")
-    _check_accuracies(results["individual"], tasks, "individual")
+    if "individual" in results:
+        _check_accuracies(results["individual"], tasks, "individual")
+    if "sequential" in results:
+        _check_accuracies(results["sequential"].get("accuracy"), tasks, "sequential['accuracy']")
+        _check_accuracies({"mean": results["sequential"].get("mean")}, ["mean"], "sequential")
+    for label, entry in (results.get("metrics") or {}).items():
+        missing = [key for key in METRIC_KEYS if key not in entry]
+        if missing:
+            raise ValueError(f"results: metrics[{label!r}] misses keys {missing}; expected {list(METRIC_KEYS)}")
+        if len(entry["accuracy_matrix"]) != len(tasks) or any(len(r) != len(tasks) for r in entry["accuracy_matrix"]):
+            raise ValueError(f"results: metrics[{label!r}]['accuracy_matrix'] must be {len(tasks)} x {len(tasks)}")
     for i, row in enumerate(results["rows"]):
         missing = [key for key in ROW_KEYS if key not in row]
         if missing:
             raise ValueError(f"results: rows[{i}] misses keys {missing}; expected {list(ROW_KEYS)}")
         if not isinstance(row["weave"], bool):
             raise ValueError(f"results: rows[{i}]['weave'] must be true or false")
+        if row.get("variant", "weave" if row["weave"] else "lam") not in VARIANTS:
+            raise ValueError(f"results: rows[{i}]['variant'] = {row['variant']!r}; expected one of {list(VARIANTS)}")
         if row["weave"] and (not row["lambdas"] or row["pooling"] is None):
             raise ValueError(f"results: rows[{i}] is a weaving row but has no 'lambdas' or 'pooling'")
         if not row["weave"] and row["lam"] is None:
@@ -92,17 +113,19 @@ def describe_lambdas(lambdas: Sequence[float] | None) -> str:
 
 
 def row_label(row: Mapping[str, Any]) -> str:
-    """Variant text of a row: "lam=1" or "+ weaving (mean, 0.1..1.0 (10))"."""
+    """Variant text of a row: "lam=1", "lam=0.3 (recommended)", "lam=0.7 (privileged)" or
+    "+ weaving (mean, 0.1..1.0 (10))"."""
     if row["weave"]:
         return f"+ weaving ({row['pooling']}, {describe_lambdas(row['lambdas'])})"
-    return f"lam={row['lam']:g}"
+    variant = row.get("variant", "lam")
+    return f"lam={row['lam']:g}" + ("" if variant == "lam" else f" ({variant})")
 
 
 def _gains(results: Mapping[str, Any]) -> list[float | None]:
     """Per row: weaving mean minus the same method's plain-merge mean (first plain row); None otherwise."""
     base = {}
     for row in results["rows"]:
-        if not row["weave"]:
+        if not row["weave"] and row.get("variant", "lam") == "lam":
             base.setdefault(row["method"], row["mean"])
     return [row["mean"] - base[row["method"]] if row["weave"] and row["method"] in base else None for row in results["rows"]]
 
@@ -130,11 +153,25 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     header = ["Method", "Variant", *tasks, "Mean", "Gain"]
     lines = [f"### {results['setup']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, name in (("zeroshot", "Zero-shot"), ("individual", "Individual")):
-        cells = [_pct(results[key].get(task)) for task in tasks]
-        lines.append("| " + " | ".join([name, "", *cells, _pct(_reference_mean(results, key)), ""]) + " |")
+        if key in results:
+            cells = [_pct(results[key].get(task)) for task in tasks]
+            lines.append("| " + " | ".join([name, "", *cells, _pct(_reference_mean(results, key)), ""]) + " |")
+    if "sequential" in results:
+        cells = [_pct(results["sequential"]["accuracy"].get(task)) for task in tasks]
+        lines.append("| " + " | ".join(["Seq-FT", "theta_pre + tau_T", *cells, _pct(results["sequential"]["mean"]), ""]) + " |")
     for row, gain in zip(results["rows"], _gains(results)):
         cells = [_pct(row["accuracy"].get(task)) for task in tasks]
         lines.append("| " + " | ".join([row["method"], row_label(row), *cells, _pct(row["mean"]), _signed_pct(gain)]) + " |")
+    if any(row.get("variant") == "privileged" for row in results["rows"]):
+        lines += ["", "`privileged` rows use the single lambda of the search space with the best mean on these test sets "
+                  "(evaluation data): a reference, not a data-free result."]
+    if results.get("metrics"):
+        lines += ["", f"Continual-learning metrics (%, parts weighted equally; merges after task i use task vectors "
+                  "1..i): average accuracy after the last task, average incremental accuracy, forgetting.", "",
+                  "| Model | Avg acc | Avg incremental acc | Forgetting |", "|---|---|---|---|"]
+        for label, entry in results["metrics"].items():
+            lines.append(f"| {label} | {_pct(entry['average_accuracy'])} | {_pct(entry['average_incremental_accuracy'])} "
+                         f"| {_pct(entry['forgetting'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -143,14 +180,19 @@ def format_csv(results: Mapping[str, Any]) -> str:
     tasks = results["tasks"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["setup", "method", "weave", "lam", "lambdas", "pooling", *tasks, "mean", "gain"])
+    writer.writerow(["setup", "method", "variant", "weave", "lam", "lambdas", "pooling", *tasks, "mean", "gain"])
     for key in ("zeroshot", "individual"):
-        writer.writerow([results["setup"], key, False, "", "", "", *[results[key].get(t, "") for t in tasks],
-                         _reference_mean(results, key), ""])
+        if key in results:
+            writer.writerow([results["setup"], key, "", False, "", "", "", *[results[key].get(t, "") for t in tasks],
+                             _reference_mean(results, key), ""])
+    if "sequential" in results:
+        writer.writerow([results["setup"], "sequential", "", False, "", "", "",
+                         *[results["sequential"]["accuracy"].get(t, "") for t in tasks], results["sequential"]["mean"], ""])
     for row, gain in zip(results["rows"], _gains(results)):
         lambdas = " ".join(f"{v:g}" for v in row["lambdas"]) if row["lambdas"] else ""
         lam = "" if row["lam"] is None else row["lam"]
-        writer.writerow([results["setup"], row["method"], row["weave"], lam, lambdas, row["pooling"] or "",
+        variant = row.get("variant", "weave" if row["weave"] else "lam")
+        writer.writerow([results["setup"], row["method"], variant, row["weave"], lam, lambdas, row["pooling"] or "",
                          *[row["accuracy"].get(t, "") for t in tasks], row["mean"], "" if gain is None else gain])
     return buffer.getvalue()
 
@@ -175,7 +217,13 @@ def format_summary(all_results: Sequence[Mapping[str, Any]]) -> str:
     for results in all_results:
         for row in results["rows"]:
             # search spaces differ per setup, so weaving rows are grouped by pooling only
-            key = (row["method"], f"+ weaving ({row['pooling']})" if row["weave"] else row_label(row))
+            if row["weave"]:
+                variant = f"+ weaving ({row['pooling']})"
+            elif row.get("variant") == "privileged":  # its lambda differs per setup
+                variant = "privileged lambda (tuned on test data)"
+            else:
+                variant = row_label(row)
+            key = (row["method"], variant)
             if key not in means:
                 keys.append(key)
                 means[key] = {}
@@ -289,4 +337,40 @@ def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str 
             ax.tick_params(labelsize=7)
     fig.suptitle("Best lambda per task (uses evaluation data; analysis only)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def plot_continual(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Continual setup: accuracy after each task (mean over the parts seen so far, from each row's accuracy
+    matrix) per method and variant, with the sequential model (Seq-FT) and zero-shot for reference."""
+    plt = _pyplot()
+    metrics = results.get("metrics")
+    if not metrics:
+        raise ValueError("results have no continual metrics to plot (only the continual setup has them)")
+    methods = list(dict.fromkeys(label.split(" ", 1)[0] for label in metrics if label != "Seq-FT"))
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+
+    def seen_curve(matrix: Sequence[Sequence[float]]) -> list[float]:
+        return [100 * sum(row[: i + 1]) / (i + 1) for i, row in enumerate(matrix)]
+
+    sequential = seen_curve(metrics["Seq-FT"]["accuracy_matrix"])
+    tasks = list(range(1, len(sequential) + 1))
+    for ax, method in zip(axes.flat, methods):
+        ax.plot(tasks, sequential, color="black", lw=2, label="Seq-FT")
+        ax.axhline(100 * _reference_mean(results, "zeroshot"), color="gray", ls=":", lw=1, label="zero-shot")
+        for label, entry in metrics.items():
+            if label.split(" ", 1)[0] == method:
+                ax.plot(tasks, seen_curve(entry["accuracy_matrix"]), marker="o", ms=3, label=label.split(" ", 1)[1])
+        ax.set_title(method)
+        ax.set_xlabel("after task")
+        ax.set_ylabel("accuracy on seen parts (%)")
+        ax.set_xticks(tasks)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
+    fig.suptitle("continual: accuracy after each task (merges of task vectors 1..i)")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return atomic_write_bytes(path, _figure_bytes(fig))

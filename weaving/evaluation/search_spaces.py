@@ -33,3 +33,14 @@ def default_search_space(method: str, setup: str = "multi_task") -> str:
     if setup == "multi_task":
         return MULTI_TASK_SEARCH_SPACES.get(method, DEFAULT_SEARCH_SPACE)
     return DEFAULT_SEARCH_SPACE
+
+
+# The lambda each method's authors recommend after tuning on evaluation data, as the Weight Weaving paper's
+# Table 1 marks them (*): 0.3 for Task Arithmetic, DARE and Breadcrumbs, 0.5 for MagMax; the other methods
+# were proposed data-free, at lambda = 1.
+RECOMMENDED_LAMBDAS = {"task_arithmetic": 0.3, "dare": 0.3, "breadcrumbs": 0.3, "magmax": 0.5}
+
+
+def recommended_lambda(method: str) -> float:
+    """The authors' recommended lambda of `method` (1.0 where they recommend none)."""
+    return RECOMMENDED_LAMBDAS.get(method, 1.0)

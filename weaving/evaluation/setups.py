@@ -198,8 +198,23 @@ def _continual(parts_of: Mapping[str, Sequence[str]], task_vectors: Sequence[str
         extra.append(Column(task, task))
     _check_names([c.name for c in columns], "continual setup", 1)
     vectors = tuple(c.name for c in columns) if task_vectors is None else _check_names(task_vectors, "continual setup", 1)
+    # No "individual" reference: each part's own model is a different cumulative checkpoint, so a row of
+    # them would average models that are not one model. The continual references are zero-shot and the
+    # sequential model theta_pre + tau_T (`sequential_stages`).
     return Setup("continual", tuple(columns), (MergeJob(vectors, tuple(columns) + tuple(extra)),),
-                 _individual(columns, vectors), mean="samples", extra=tuple(extra))
+                 {}, mean="samples", extra=tuple(extra))
+
+
+def incremental_stages(setup: Setup) -> list[Setup]:
+    """The continual setup after each task, as MagMax evaluates it: stage i (0-based) merges the task
+    vectors 1..i+1 of the setup's one job and scores every column. The last stage is `setup` itself."""
+    if setup.name != "continual" or len(setup.jobs) != 1:
+        raise ValueError(f"incremental stages need a continual setup with one merge job, got {setup.name!r} "
+                         f"with {len(setup.jobs)} jobs")
+    job = setup.jobs[0]
+    stages = [Setup(setup.name, setup.columns, (MergeJob(job.task_vectors[: i + 1], job.columns),), {},
+                    setup.mean, setup.extra) for i in range(len(job.task_vectors) - 1)]
+    return [*stages, setup]
 
 
 def make_setup(setup: str, tasks: Sequence[str], *, splits: int | None = None,
