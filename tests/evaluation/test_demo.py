@@ -18,14 +18,20 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
         folder = tmp_path / setup
         results = report.load_results(folder)
         assert results["setup"] == setup
-        assert [(r["method"], r["weave"]) for r in results["rows"]] == [
-            (m, w) for m in ("task_arithmetic", "ties", "magmax") for w in (False, True)]
+        assert [(r["method"], r["variant"]) for r in results["rows"]] == [
+            ("task_arithmetic", "lam"), ("task_arithmetic", "recommended"), ("task_arithmetic", "privileged"),
+            ("task_arithmetic", "weave"), ("ties", "lam"), ("ties", "privileged"), ("ties", "weave"),
+            ("magmax", "lam"), ("magmax", "recommended"), ("magmax", "privileged"), ("magmax", "weave")]
         analysis = json.loads((folder / "analysis.json").read_text())
         assert analysis["uses_evaluation_data"] is True and list(analysis["methods"]) == ["magmax"]
         for png in ("lambda_curves.png", "best_lambda.png"):
             assert (folder / png).read_bytes()[:4] == b"\x89PNG"
         assert f"### {setup}" in printed
-    assert len(report.load_results(tmp_path / "continual")["tasks"]) == 3  # the fast stream has 3 parts
+    continual = report.load_results(tmp_path / "continual")
+    assert len(continual["tasks"]) == 3  # the fast stream has 3 parts
+    assert "individual" not in continual and len(continual["metrics"]["Seq-FT"]["accuracy_matrix"]) == 3
+    assert "| Seq-FT | theta_pre + tau_T |" in printed and "| Seq-FT | " in printed.split("Forgetting |")[1]
+    assert (tmp_path / "continual" / "continual_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "best_lambda.png").is_file()
     summary = (tmp_path / "summary.md").read_text()
     assert "| ties | + weaving (mean) |" in summary and summary.split("\n\n")[-1].strip() in printed
