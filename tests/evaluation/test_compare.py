@@ -160,3 +160,15 @@ def test_continual_sequential_row_metrics_and_no_individual(evaluator, continual
     assert written["continual_accuracy"].stat().st_size > 0
     table = (tmp_path / "results.md").read_text()
     assert "| Seq-FT |" in table and "Individual" not in table and "Forgetting" in table
+
+
+def test_continual_stages_in_a_small_memory_budget_give_the_same_results(evaluator, continual_run):
+    """A budget of one stored state per pass scores every stage in its own pass: same numbers."""
+    setup = setups.continual("digits", 3)
+    paths = find_task_vectors(continual_run).paths
+    kwargs = dict(lambdas=[0.5, 1.0], analysis=False, progress=False)
+    whole, _ = run_comparison(setup, evaluator, paths, ["ties"], **kwargs)
+    state_bytes = sum(t.numel() * t.element_size() for t in evaluator.pretrained.values())
+    split, _ = run_comparison(setup, evaluator, paths, ["ties"], memory_budget=state_bytes, **kwargs)
+    assert split == whole
+    assert not evaluator.bank.stored  # every pass freed its weights

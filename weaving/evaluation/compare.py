@@ -96,8 +96,8 @@ def result_row(fields: Mapping[str, Any], tallies: Mapping[str, Tally], setup: S
 
 
 def reference_rows(setup: Setup) -> list[Row]:
-    """Zero-shot (theta_pre); individual (each column scored with theta_pre + its own tau) where the setup
-    has that reference; for continual, the sequential model after each task (theta_pre + tau_i)."""
+    """Zero-shot (theta_pre) and, where the setup has that reference, individual (each column scored with
+    theta_pre + its own tau). The continual setup's sequential model is scored by `run_stages`."""
     rows = [Row({}, (Request(WeightSet(), setup.columns),), "reference", ("zeroshot",))]
     if setup.individual:
         missing = [c.name for c in setup.columns if c.name not in setup.individual]
@@ -106,8 +106,6 @@ def reference_rows(setup: Setup) -> list[Row]:
         individual = tuple(Request(WeightSet(tau_name(name)), tuple(c for c in setup.columns if setup.individual[c.name] == name))
                            for name in dict.fromkeys(setup.individual[c.name] for c in setup.columns))
         rows.append(Row({}, individual, "reference", ("individual",)))
-    for i, name in enumerate(sequential_vectors(setup)):
-        rows.append(Row({}, (Request(WeightSet(tau_name(name)), setup.columns),), "reference", ("sequential", i)))
     return rows
 
 
@@ -253,7 +251,7 @@ def run_comparison(
     per_method = state_bytes * len(setup.jobs) * (1 + len(poolings))
 
     stored = []
-    for name in dict.fromkeys([*setup.individual.values(), *sequential_vectors(setup)]):
+    for name in dict.fromkeys(setup.individual.values()):
         bank.add(tau_name(name), vectors[name])
         stored.append(tau_name(name))
     passes: list[list[str]] = [[]]
@@ -320,21 +318,23 @@ def run_comparison(
             curves[method] = lambda_curves(setup, space, [scored[(method, i)] for i in range(len(space))])
 
     if sequential_vectors(setup):
-        stages = incremental_stages(setup)
-        for method in methods:  # the merges after each earlier task: one method at a time
+        # after each earlier task: the sequential model theta_pre + tau_i, and every method row merged from
+        # the task vectors 1..i; scored in passes whose stored weights fit the memory budget
+        items: list[tuple[Any, list[Row], int]] = []
+        for i, name in enumerate(sequential_vectors(setup)):
+            items.append((lambda name=name: _store_tau(bank, name, vectors[name]),
+                          [Row({}, (Request(WeightSet(tau_name(name)), setup.columns),), "reference", ("sequential", i))],
+                          state_bytes))
+        for method in methods:
             merge_args = dict(args=dict(method_args.get(method, {})), poolings=poolings, include_deltas=include_deltas,
-                            device=device, seed=seed)
-            rows, names = [], []
-            for i, stage in enumerate(stages[:-1]):
-                names += store_method(evaluator, stage, vectors, method, spaces[method], stage=f"@{i}", **merge_args)
-                rows += method_rows(stage, method, spaces[method], lam=lam, poolings=poolings, analysis=False,
-                                    recommended=rec(method), privileged=best.get(method), stage=f"@{i}")
-            try:
-                for row, tallies in zip(rows, score_rows(evaluator, rows, desc=f"{setup.name}: {method} after each task")):
-                    scored[row.key] = tallies
-            finally:
-                for name in names:
-                    bank.remove(name)
+                              device=device, seed=seed)
+            for i, stage in enumerate(incremental_stages(setup)[:-1]):
+                items.append((lambda stage=stage, method=method, i=i, merge_args=merge_args: store_method(
+                                  evaluator, stage, vectors, method, spaces[method], stage=f"@{i}", **merge_args),
+                              method_rows(stage, method, spaces[method], lam=lam, poolings=poolings, analysis=False,
+                                          recommended=rec(method), privileged=best.get(method), stage=f"@{i}"),
+                              state_bytes * (1 + len(poolings))))
+        scored.update(run_stages(evaluator, items, budget, desc=f"{setup.name}: after each task", progress=progress))
         add_continual_results(results, setup, scored)
 
     for row in extra_rows:
@@ -345,6 +345,38 @@ def run_comparison(
         analysis_out = {"setup": setup.name, "uses_evaluation_data": True, "note": ANALYSIS_NOTE,
                         "tasks": setup.tasks, "methods": curves}
     return results, analysis_out
+
+
+def _store_tau(bank, name: str, tau: StateDict) -> list[str]:
+    bank.add(tau_name(name), tau)
+    return [tau_name(name)]
+
+
+def run_stages(evaluator: Evaluator, items: Sequence[tuple[Any, list[Row], int]], budget: int, *, desc: str,
+               progress: bool = True) -> dict[tuple, dict[str, Tally]]:
+    """Score items (store: a function that puts weights in the bank and returns their names; the rows that
+    use them; their bytes) in passes that keep at most `budget` bytes stored; each pass frees its weights."""
+    groups: list[list[tuple[Any, list[Row], int]]] = [[]]
+    used = 0
+    for item in items:
+        if groups[-1] and used + item[2] > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += item[2]
+    scored: dict[tuple, dict[str, Tally]] = {}
+    for group in tqdm(groups, desc=desc, disable=not progress or len(groups) < 2):
+        names: list[str] = []
+        try:
+            for store, _, _ in group:
+                names += store()
+            rows = [row for _, item_rows, _ in group for row in item_rows]
+            for row, tallies in zip(rows, score_rows(evaluator, rows, desc=desc)):
+                scored[row.key] = tallies
+        finally:
+            for name in names:
+                evaluator.bank.remove(name)
+    return scored
 
 
 def add_continual_results(results: dict[str, Any], setup: Setup, scored: Mapping[tuple, Mapping[str, Tally]]) -> None:
