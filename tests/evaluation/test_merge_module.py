@@ -45,7 +45,8 @@ def test_domain_generalization_agrees_with_the_comparison_runner(domain_run, eva
                          setup="domain_generalization", head_cache_dir=head_cache)
     metrics = validate(module, DOMAINS)
     results, _ = run_comparison(setups.domain_generalization(DOMAINS), evaluator, find_task_vectors(domain_run).paths,
-                                ["ties"], lambdas="0.5:1.0:0.5", analysis=False, progress=False)
+                                ["ties"], lambdas="0.5:1.0:0.5", analysis=False, recommended=False,
+                                privileged=False, progress=False)
     row = results["rows"][int(weave)]
     assert row["weave"] is weave
     for task in DOMAINS:
