@@ -5,7 +5,7 @@ import pytest
 from weaving.evaluation import report, setups
 from weaving.evaluation.compare import add_scaled, run_comparison, write_comparison
 from weaving.evaluation.evaluate import Evaluator
-from weaving.evaluation.runs import find_task_vectors
+from weaving.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip
 
@@ -19,7 +19,7 @@ def evaluator(head_cache):
 
 
 def test_one_task_at_lam_1_is_the_fine_tuned_model(evaluator, domain_run):
-    vectors = find_task_vectors(domain_run).paths
+    vectors = read_run(domain_run).paths
     setup = setups.multi_task(["digits"])
     results, analysis = run_comparison(setup, evaluator, vectors, ["task_arithmetic"], lambdas=[1.0],
                                        analysis=False, recommended=False, privileged=False, progress=False)
@@ -36,7 +36,7 @@ def test_one_task_at_lam_1_is_the_fine_tuned_model(evaluator, domain_run):
 def test_comparison_rows_follow_the_schema(evaluator, domain_run, name):
     setup = setups.make_setup(name, DOMAINS)
     methods = ["ties", "dare"]
-    results, analysis = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, methods,
+    results, analysis = run_comparison(setup, evaluator, read_run(domain_run).paths, methods,
                                        lambdas="0.5:1.0:0.5", poolings=("mean", "random"), progress=False)
     report.check_results(results)
     assert results["setup"] == name and results["tasks"] == DOMAINS
@@ -54,14 +54,14 @@ def test_comparison_rows_follow_the_schema(evaluator, domain_run, name):
     assert ties["lambdas"] == [0.5, 1.0] and set(ties["best_lambda"].values()) <= {0.5, 1.0}
     # lam = 1 of the curve is the plain merge
     assert [acc[-1] for acc in ties["accuracy"].values()] == list(results["rows"][0]["accuracy"].values())
-    again, _ = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, methods,
+    again, _ = run_comparison(setup, evaluator, read_run(domain_run).paths, methods,
                               lambdas="0.5:1.0:0.5", poolings=("mean", "random"), analysis=False, progress=False)
     assert again["rows"] == results["rows"]  # same seed, same numbers (dare and random pooling included)
 
 
 def test_continual_mean_is_over_samples(evaluator, continual_run):
     setup = setups.continual("digits", 3)
-    results, _ = run_comparison(setup, evaluator, find_task_vectors(continual_run).paths, ["magmax"],
+    results, _ = run_comparison(setup, evaluator, read_run(continual_run).paths, ["magmax"],
                                 lambdas=[0.5, 1.0], analysis=False, progress=False)
     tally = evaluator.evaluate([setups.Column("all", "digits")],
                                _merged(evaluator, continual_run, "magmax"))["all"]
@@ -72,13 +72,13 @@ def test_continual_mean_is_over_samples(evaluator, continual_run):
 def _merged(evaluator, run, method, count=None):
     import weaving
 
-    paths = list(find_task_vectors(run).paths.values())[:count]
+    paths = list(read_run(run).paths.values())[:count]
     return weaving.merge(evaluator.pretrained, paths, method, lam=1.0)
 
 
 def test_write_comparison_writes_results_analysis_and_plots(evaluator, domain_run, tmp_path):
     setup = setups.domain_generalization(DOMAINS)
-    results, analysis = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["magmax"],
+    results, analysis = run_comparison(setup, evaluator, read_run(domain_run).paths, ["magmax"],
                                        lambdas=[0.5, 1.0], progress=False)
     written = write_comparison(results, analysis, tmp_path)
     assert {p.name for p in written.values()} == {"results.json", "results.csv", "results.md", "analysis.json",
@@ -88,7 +88,7 @@ def test_write_comparison_writes_results_analysis_and_plots(evaluator, domain_ru
 
 
 def test_bad_inputs_are_one_line_errors(evaluator, domain_run):
-    vectors = find_task_vectors(domain_run).paths
+    vectors = read_run(domain_run).paths
     with pytest.raises(ValueError, match="unknown merge method 'tie'; known methods: breadcrumbs"):
         run_comparison(setups.multi_task(DOMAINS), evaluator, vectors, ["tie"], progress=False)
     with pytest.raises(ValueError, match="needed by the setup"):
@@ -103,21 +103,21 @@ def test_extra_rows_are_scored_with_the_others(evaluator, domain_run):
     fields = {"method": "seq_ft", "weave": False, "lam": 1.0, "lambdas": None, "pooling": None}
     rows = [Row(fields, job_requests(setup, [WeightSet(tau_name("digits"))]), key=("seq_ft",)),
             Row({**fields, "method": "zero"}, job_requests(setup, [WeightSet()]), key=("zero",))]
-    results, _ = run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["ties"], lambdas=[1.0],
+    results, _ = run_comparison(setup, evaluator, read_run(domain_run).paths, ["ties"], lambdas=[1.0],
                                 analysis=False, extra_rows=rows, recommended=False, privileged=False, progress=False)
     seq_ft, zero = results["rows"][-2:]
     assert [r["method"] for r in results["rows"]] == ["ties", "ties", "seq_ft", "zero"]
     assert seq_ft["accuracy"]["digits"] == results["individual"]["digits"]
     assert zero["accuracy"] == results["zeroshot"] and zero["mean"] == results["zeroshot_mean"]
     with pytest.raises(ValueError, match="its own non-empty key"):
-        run_comparison(setup, evaluator, find_task_vectors(domain_run).paths, ["ties"], extra_rows=rows[:1] * 2,
+        run_comparison(setup, evaluator, read_run(domain_run).paths, ["ties"], extra_rows=rows[:1] * 2,
                        progress=False)
 
 
 def test_privileged_and_recommended_rows(evaluator, domain_run):
     """privileged = the best mean over the search space on these test sets; recommended = the authors' lambda."""
     setup = setups.multi_task(DOMAINS)
-    vectors = find_task_vectors(domain_run).paths
+    vectors = read_run(domain_run).paths
     results, analysis = run_comparison(setup, evaluator, vectors, ["magmax"], lambdas="0.1:1.0:0.3", progress=False)
     rows = {r["variant"]: r for r in results["rows"]}
     curve = analysis["methods"]["magmax"]
@@ -136,7 +136,7 @@ def _delta(evaluator, run, method, count=None):
 
 def test_continual_sequential_row_metrics_and_no_individual(evaluator, continual_run, tmp_path):
     setup = setups.continual("digits", 3)
-    paths = find_task_vectors(continual_run).paths
+    paths = read_run(continual_run).paths
     results, _ = run_comparison(setup, evaluator, paths, ["magmax"], lambdas=[0.5, 1.0], analysis=False, progress=False)
     report.check_results(results)
     assert "individual" not in results
@@ -165,7 +165,7 @@ def test_continual_sequential_row_metrics_and_no_individual(evaluator, continual
 def test_continual_stages_in_a_small_memory_budget_give_the_same_results(evaluator, continual_run):
     """A budget of one stored state per pass scores every stage in its own pass: same numbers."""
     setup = setups.continual("digits", 3)
-    paths = find_task_vectors(continual_run).paths
+    paths = read_run(continual_run).paths
     kwargs = dict(lambdas=[0.5, 1.0], analysis=False, progress=False)
     whole, _ = run_comparison(setup, evaluator, paths, ["ties"], **kwargs)
     state_bytes = sum(t.numel() * t.element_size() for t in evaluator.pretrained.values())

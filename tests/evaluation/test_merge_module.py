@@ -7,7 +7,7 @@ from weaving.evaluation import report, setups
 from weaving.evaluation.compare import add_scaled, run_comparison
 from weaving.evaluation.evaluate import Evaluator
 from weaving.evaluation.merge_module import MergeModule
-from weaving.evaluation.runs import find_task_vectors
+from weaving.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
 
@@ -44,7 +44,7 @@ def test_domain_generalization_agrees_with_the_comparison_runner(domain_run, eva
     module = MergeModule(str(domain_run), method="ties", weave=weave, lambdas="0.5:1.0:0.5",
                          setup="domain_generalization", head_cache_dir=head_cache)
     metrics = validate(module, DOMAINS)
-    results, _ = run_comparison(setups.domain_generalization(DOMAINS), evaluator, find_task_vectors(domain_run).paths,
+    results, _ = run_comparison(setups.domain_generalization(DOMAINS), evaluator, read_run(domain_run).paths,
                                 ["ties"], lambdas="0.5:1.0:0.5", analysis=False, recommended=False,
                                 privileged=False, progress=False)
     row = results["rows"][int(weave)]
@@ -61,7 +61,7 @@ def test_continual_reports_the_full_test_set_and_each_part(continual_run, evalua
     parts = [f"digits_part{i}of3" for i in (1, 2, 3)]
     assert {f"val/acc/{p}" for p in parts} <= set(metrics)
     assert metrics["val/acc/mean"] == pytest.approx(metrics["val/acc/digits"])  # over samples = full test set
-    results, _ = run_comparison(setups.continual("digits", 3), evaluator, find_task_vectors(continual_run).paths,
+    results, _ = run_comparison(setups.continual("digits", 3), evaluator, read_run(continual_run).paths,
                                 ["magmax"], lambdas=[1.0], analysis=False, progress=False)
     assert metrics["val/acc/mean"] == pytest.approx(results["rows"][0]["mean"])
     written = report.load_results(tmp_path)

@@ -127,3 +127,17 @@ def test_yaml_accepts_one_file_and_a_list_of_lambdas(files):
     assert all(torch.equal(got[k], expected[k]) for k in pretrained)
     recipe = json.loads(read_metadata(tmp / "one.safetensors")["weaving_recipe"])
     assert recipe["lambdas"] == [0.5, 1.0] and recipe["inputs"] == [str(tmp / "tv0.safetensors")]
+
+
+def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
+    tmp, pretrained, tvs, _ = files
+    for i, tv in enumerate(tvs[:2]):
+        save_file(tv, tmp / f"id{i}.safetensors", metadata={"run_id": f"r{i}", "model": "m", "pretrained": "",
+                                                           "pretrained_hash": f"sha256:{i}"})
+    args = ["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(tmp / "id0.safetensors"),
+            str(tmp / "id1.safetensors"), "--method", "task_arithmetic", "--output", str(tmp / "m.safetensors")]
+    with pytest.raises(SystemExit):
+        merge_main(args)
+    assert "different base models" in capsys.readouterr().err and not (tmp / "m.safetensors").exists()
+    merge_main(args + ["--allow_mixed", "true"])
+    assert (tmp / "m.safetensors").is_file()

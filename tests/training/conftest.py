@@ -49,18 +49,20 @@ def fit_stream(
     callbacks: Sequence[Callback] = (),
     ckpt_path: str | None = None,
     module_kwargs: dict | None = None,
+    lr: float = 1e-3,
+    overwrite: bool = False,
     **trainer_kwargs,
 ) -> tuple[pl.Trainer, FineTuner]:
     """Fit a tiny FineTuner over a digits stream; writes task vectors and checkpoints under `root`."""
     pl.seed_everything(0, verbose=False)
     data = TaskStreamDataModule(list(tasks), splits=splits, batch_size=batch_size, shuffle=shuffle,
                                 augment=augment, seed=0)
-    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=1e-3, warmup_steps=1, **(module_kwargs or {}))
+    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=lr, warmup_steps=1, **(module_kwargs or {}))
     trainer_kwargs = {"limit_val_batches": 0, "num_sanity_val_steps": 0, **trainer_kwargs}
     trainer = pl.Trainer(
         default_root_dir=root, accelerator="cpu", devices=1, limit_train_batches=batches, logger=False,
         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-        callbacks=[TaskVectorWriter(), ModelCheckpoint(dirpath=root / "ckpt", save_last=True), *callbacks],
+        callbacks=[TaskVectorWriter(overwrite=overwrite), ModelCheckpoint(dirpath=root / "ckpt", save_last=True), *callbacks],
         **trainer_kwargs,
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)

@@ -52,7 +52,7 @@ def test_class_incremental_splits_swap_heads(tmp_path):
     trainer, module = fit_stream(tmp_path, tasks=("digits",), splits=3)
     assert module.task_names == ["digits_part1of3", "digits_part2of3", "digits_part3of3"]
     assert [head.num_classes for head in module._heads] == [3, 3, 4]
-    assert trainer.max_epochs == 3  # set by the module: epochs_per_task x tasks
+    assert trainer.current_epoch == 3  # the stream stopped itself after epochs_per_task x tasks epochs
     # the last step's logged values: the stream position and the lr, logged as tensors on the module's device
     assert float(trainer.callback_metrics["train/task"]) == 2.0
     assert 0.0 < float(trainer.callback_metrics["train/lr"]) <= module.hparams.lr * (1 + 1e-6)  # float32
@@ -78,9 +78,15 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
             assert torch.equal(whole[key], resumed[key]), (task, key)
 
 
-def test_wrong_max_epochs_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"trainer.max_epochs=3 .* 1 x 2 = 2; set trainer.max_epochs to 2"):
-        fit_stream(tmp_path, max_epochs=3)
+def test_too_few_max_epochs_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"trainer.max_epochs=3 .* 2 x 2 = 4; set trainer.max_epochs to 4"):
+        fit_stream(tmp_path, max_epochs=3, epochs_per_task=2)
+
+
+def test_more_max_epochs_stops_after_the_stream(tmp_path):
+    recorder = WeightRecorder()
+    trainer, _ = fit_stream(tmp_path, max_epochs=7, callbacks=[recorder])
+    assert trainer.current_epoch == 2 and len(recorder.ends) == 2
 
 
 def test_bad_module_arguments():

@@ -71,6 +71,7 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
     import lightning.pytorch as pl
 
     from weaving.data.datamodule import TaskStreamDataModule
+    from weaving.runs import read_index
     from weaving.training.callbacks import TaskVectorWriter
     from weaving.training.finetune import FineTuner
 
@@ -79,10 +80,11 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
                                 batch_size=config.batch_size, seed=config.seed)
     folder = run_dir / "task_vectors"
     if config.reuse and (folder / "index.json").is_file():
-        index = json.loads((folder / "index.json").read_text())
-        if [e["task"] for e in index.get("task_vectors", [])] == data.task_names:
+        reason = _why_not_reusable(read_index(folder), data.task_names, config, pretrained)
+        if reason is None:
             print(f"reusing task vectors in {folder}")
             return folder
+        print(f"not reusing {folder}: {reason}; fine-tuning again")
     module = FineTuner(model=config.model, pretrained=pretrained, seed=config.seed, stream=stream, epochs_per_task=epochs,
                        lr=config.lr, warmup_steps=config.warmup_steps, head_cache_dir=str(Path(config.output) / "heads"))
     trainer = pl.Trainer(
@@ -97,34 +99,53 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
         enable_progress_bar=config.progress,
         gradient_clip_val=1.0,
         default_root_dir=str(run_dir),
-        callbacks=[TaskVectorWriter(str(run_dir))],
+        callbacks=[TaskVectorWriter(str(run_dir), overwrite=True)],  # the demo owns its output folder
     )
     trainer.fit(module, data)
     return folder
 
 
+def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: DemoConfig,
+                      pretrained: str | None) -> str | None:
+    """None when a run's task vectors are what this demo would train (tasks, seed, theta_pre); else why not."""
+    from weaving.models import load_clip
+    from weaving.runs import state_dict_hash
+
+    index = index or {}
+    if [e.get("task") for e in index.get("task_vectors", [])] != tasks:
+        return f"it holds tasks {[e.get('task') for e in index.get('task_vectors', [])]}, not {tasks}"
+    if index.get("seed") != config.seed:
+        return f"it was trained with seed {index.get('seed')}, not {config.seed}"
+    base = state_dict_hash(load_clip(config.model, pretrained, seed=config.seed).model.state_dict())
+    if index.get("pretrained_hash") != base:
+        return "it was fine-tuned from another theta_pre"
+    return None
+
+
 def pretrain(config: DemoConfig) -> str | None:
     """Step 0 (module docstring): the demo's theta_pre as a local checkpoint; None keeps the random init."""
-    from weaving.evaluation.runs import find_task_vectors
-    from weaving.merging.task_vectors import load_task_vector, save_state_dict
+    from weaving.runs import read_run
+    from weaving.merging.task_vectors import load_task_vector, read_metadata, save_state_dict
     from weaving.models import load_clip
 
     if not config.pretrain_tasks:
         return None
     path = Path(config.output) / "pretrained" / f"{config.model}.safetensors"
+    recipe = {"model": config.model, "seed": config.seed, "tasks": list(config.pretrain_tasks),
+              "epochs_per_task": config.pretrain_epochs, "max_batches": config.pretrain_max_batches}
     if config.reuse and path.is_file():
-        print(f"reusing pre-trained weights {path}")
-        return str(path)
+        if read_metadata(path).get("weaving_pretrain") == json.dumps(recipe):
+            print(f"reusing pre-trained weights {path}")
+            return str(path.resolve())
+        print(f"not reusing {path}: another pre-training recipe (seed, tasks or epochs); pre-training again")
     folder = finetune_run(Path(config.output) / "runs" / "pretrain", list(config.pretrain_tasks), stream="sequential",
                           splits=None, config=config, epochs_per_task=config.pretrain_epochs,
                           max_batches=config.pretrain_max_batches)
-    last = list(find_task_vectors(folder).paths.values())[-1]  # sequential: the final weights minus the init
+    last = list(read_run(folder).paths.values())[-1]  # sequential: the final weights minus the init
     bundle = load_clip(config.model, None, seed=config.seed)
     weights = bundle.model.state_dict()
     for key, delta in load_task_vector(last).items():
         weights[key] = weights[key] + delta
-    recipe = {"model": config.model, "seed": config.seed, "tasks": list(config.pretrain_tasks),
-              "epochs_per_task": config.pretrain_epochs, "max_batches": config.pretrain_max_batches}
     save_state_dict(path, weights, {"weaving_pretrain": json.dumps(recipe)})
     return str(path.resolve())
 
@@ -137,7 +158,7 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     from weaving.evaluation import report, setups
     from weaving.evaluation.compare import run_comparison, write_comparison
     from weaving.evaluation.evaluate import Evaluator
-    from weaving.evaluation.runs import find_task_vectors
+    from weaving.runs import read_run
     from weaving.models import load_clip
 
     import torch
@@ -156,10 +177,10 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     pretrained = pretrain(config)
     print(f"[1/3] fine-tuning {config.model} on {', '.join(config.domains)} (independent) "
           f"and on {CONTINUAL_TASK} in {config.splits} class-incremental parts (sequential)")
-    domain_vectors = find_task_vectors(finetune_run(out / "runs" / "domains", list(config.domains),
+    domain_vectors = read_run(finetune_run(out / "runs" / "domains", list(config.domains),
                                                     stream="independent", splits=None, config=config,
                                                     pretrained=pretrained))
-    continual_vectors = find_task_vectors(finetune_run(out / "runs" / "continual", [CONTINUAL_TASK],
+    continual_vectors = read_run(finetune_run(out / "runs" / "continual", [CONTINUAL_TASK],
                                                        stream="sequential", splits=config.splits, config=config,
                                                        pretrained=pretrained))
 

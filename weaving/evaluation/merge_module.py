@@ -29,7 +29,7 @@ from torchmetrics import Metric
 
 from weaving.evaluation.evaluate import WeightBank, WeightSet, autocast_for, score_batch
 from weaving.evaluation.report import check_results
-from weaving.evaluation.runs import find_task_vectors
+from weaving.runs import RunIdentity, check_same_base, read_run, state_dict_hash
 from weaving.evaluation.search_spaces import check_setup, default_search_space
 from weaving.evaluation.setups import MergeJob, Setup, Tally, mean_accuracy, setup_for_loaders
 
@@ -80,6 +80,8 @@ class MergeModule(pl.LightningModule):
         export: when set, also write the merged model there as a full checkpoint in `export_format` ("open_clip"
             file for `open_clip.create_model(model, pretrained=FILE)`, or "hf" folder for transformers), with
             the recipe in its metadata (multi_task and continual setups: one merged model).
+        allow_mixed: merge task vectors whose base model or run identities disagree (`weaving validate
+            --allow_mixed`); by default that is a one-line error (weaving.runs.check_same_base).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class MergeModule(pl.LightningModule):
         precision: str = "auto",
         export: str | None = None,
         export_format: str = "open_clip",
+        allow_mixed: bool = False,
     ) -> None:
         super().__init__()
         import weaving
@@ -118,7 +121,7 @@ class MergeModule(pl.LightningModule):
             if setup == "domain_generalization":
                 raise ValueError("export writes one merged model; domain_generalization merges one per held-out task")
             check_export(export, export_format)
-        self.files = find_task_vectors(task_vectors).select(tasks)
+        self.files = read_run(task_vectors, allow_mixed=allow_mixed).select(tasks)
         if model is None:
             if self.files.model is None:
                 raise ValueError("MergeModule: the task vectors record no model name; set model (and pretrained, init_seed)")
@@ -128,6 +131,12 @@ class MergeModule(pl.LightningModule):
         self.lambdas = [float(v) for v in weaving.parse_lambdas(lambdas or default_search_space(method, setup))] if weave else None
         self.clip = load_clip(model, pretrained, seed=init_seed or 0)
         self.clip_model = self.clip.model.eval()
+        if self.files.pretrained_hash is not None:
+            check_same_base([("the task vectors", self.files.identity),
+                             (f"the pretrained model ({model}, {pretrained}, seed {init_seed})",
+                              RunIdentity(self.files.run_id, self.files.model, self.files.pretrained,
+                                          state_dict_hash(self.clip_model.state_dict())))],
+                            allow_mixed=allow_mixed, same_run=False)
         self.theta_pre = visual_state_dict(self.clip_model)  # CPU, not a buffer: never moved nor checkpointed
         self.head_cache_dir, self.output_dir = head_cache_dir, output_dir
         self.heads = nn.ModuleDict()

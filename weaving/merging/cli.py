@@ -22,6 +22,7 @@ from weaving.merging.engine import run_merge
 from weaving.merging.registry import METHODS, get_method, get_pooling
 from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
 from weaving.merging.weave import parse_lambdas, run_weave
+from weaving.runs import RunIdentity, check_same_base, read_run
 
 LIST_OPTIONS = ("finetuned", "task_vectors")
 
@@ -58,6 +59,8 @@ def build_parser() -> ArgumentParser:
                         "(a transformers CLIP folder); default: the merged tensors as they are.")
     parser.add_argument("--model", type=Optional[str], default=None,
                         help="open_clip model name for --format (default: the one the inputs record).")
+    parser.add_argument("--allow_mixed", type=bool, default=False,
+                        help="Merge task vectors whose base model or run identities disagree (default: refuse).")
     return parser
 
 
@@ -102,7 +105,12 @@ def run(cfg) -> str:
     if cfg.finetuned:
         task_vectors = [task_vector_from_finetuned(pretrained, TensorSource(path)) for path in cfg.finetuned]
     else:
-        task_vectors = [TensorSource(path) for path in cfg.task_vectors]
+        run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)
+        task_vectors = [TensorSource(path) for path in run.paths.values()]
+        if run.pretrained_hash and pretrained.metadata.get("pretrained_hash"):
+            check_same_base([("the task vectors", run.identity),
+                             (pretrained.label, RunIdentity.from_mapping(pretrained.metadata))],
+                            allow_mixed=cfg.allow_mixed, same_run=False)
     if cfg.lambdas is None:
         lam = 1.0 if cfg.lam is None else cfg.lam
         merged = run_merge(pretrained, task_vectors, cfg.method, lam, device=cfg.device, seed=cfg.seed,

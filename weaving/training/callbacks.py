@@ -1,9 +1,14 @@
 """TaskVectorWriter: saves theta_t - theta_pre of the image encoder at the end of each task of a stream.
 
-Files: `<run dir>/task_vectors/<task>.safetensors` (keys "visual.*", with metadata) and
-`<run dir>/task_vectors/index.json` listing them in stream order; both written atomically by rank zero.
-The run dir defaults to `trainer.default_root_dir` (configs set it to `checkpoints/<run>`): unlike
-`trainer.log_dir` it does not move to a new `version_N` folder when a run is resumed.
+It writes a run folder (`weaving.runs`): `<run dir>/pretrained.safetensors` (theta_pre; skipped for a public
+open_clip tag, whose name and hash are recorded instead), `<run dir>/task_vectors/<task>.safetensors` (keys
+"visual.*", with metadata and the run identity) and `<run dir>/task_vectors/index.json` listing them in
+stream order; all written atomically by rank zero. The run dir defaults to `trainer.default_root_dir`:
+unlike `trainer.log_dir` it does not move to a new `version_N` folder when a run is resumed.
+
+A fresh fit into a run dir that holds another run's files (task vectors, index.json, theta_pre, or
+checkpoints in a ModelCheckpoint folder) is refused with one line unless `overwrite` (then those files are
+deleted first); a resumed fit (`--ckpt_path`) must belong to the run recorded in index.json.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from typing import Any
 import lightning.pytorch as pl
 import open_clip
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 import weaving
-from weaving.merging.task_vectors import save_task_vector, write_json_atomic
+from weaving.merging.task_vectors import save_state_dict, save_task_vector
+from weaving.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, index_payload, read_index, run_contents,
+                          write_index)
 from weaving.training.finetune import FineTuner, classes_digest
 
 MAX_CLASSES_IN_METADATA = 1000  # longer class lists are stored as a hash only
@@ -34,23 +41,76 @@ class TaskVectorWriter(Callback):
 
     Args:
         dirpath: run dir; task vectors go to `<dirpath>/task_vectors/`. None: `trainer.default_root_dir`.
+        overwrite: replace another run found in the run dir (`weaving fit --overwrite`); False refuses.
+        save_pretrained: write theta_pre to `<dirpath>/pretrained.safetensors`. None: unless `pretrained`
+            is a public open_clip tag (then the tag and the hash identify it).
     """
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(self, dirpath: str | None = None, overwrite: bool = False, save_pretrained: bool | None = None) -> None:
         self.dirpath = dirpath
+        self.overwrite = overwrite
+        self.save_pretrained = save_pretrained
+
+    def run_dir(self, trainer: pl.Trainer) -> Path:
+        return Path(self.dirpath or trainer.default_root_dir)
 
     def folder(self, trainer: pl.Trainer) -> Path:
-        return Path(self.dirpath or trainer.default_root_dir) / "task_vectors"
+        return self.run_dir(trainer) / TASK_VECTORS_DIR
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    @staticmethod
+    def _finetuner(pl_module: pl.LightningModule) -> FineTuner:
         if not isinstance(pl_module, FineTuner):
             raise ValueError(f"TaskVectorWriter needs model.class_path weaving.training.FineTuner, "
                              f"got {type(pl_module).__name__}")
+        return pl_module
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the run dir against this run (every rank reads; rank zero writes), before any training."""
+        module = self._finetuner(pl_module)
+        run_dir = self.run_dir(trainer)
+        if trainer.ckpt_path is None:
+            stale = run_contents(run_dir) + self._checkpoints(trainer)
+            if stale and not self.overwrite:
+                raise ValueError(
+                    f"{run_dir} already holds a run ({len(stale)} files, e.g. {stale[0]}); pass --overwrite to "
+                    "replace it, --ckpt_path last to resume it, or --trainer.default_root_dir DIR for a new folder")
+            if trainer.is_global_zero:
+                for path in stale:
+                    path.unlink(missing_ok=True)
+        else:
+            index = read_index(self.folder(trainer))
+            if index is not None and index.get("run_id") != module.run_id:
+                raise ValueError(
+                    f"checkpoint {trainer.ckpt_path} belongs to run {module.run_id} but {self.folder(trainer) / INDEX_NAME} "
+                    f"to run {index.get('run_id')}; resume from that run's checkpoint or start again with --overwrite")
+            if index is not None:
+                trainer.strategy.barrier()
+                return
+        if trainer.is_global_zero:
+            pretrained_file = None
+            if self.save_pretrained or (self.save_pretrained is None and not _is_public_tag(module)):
+                save_state_dict(run_dir / PRETRAINED_FILE, module.pretrained_state_dict(),
+                                {"format": "weaving.pretrained/1", **module.identity.metadata()})
+                pretrained_file = PRETRAINED_FILE
+            self._write_index(run_dir, module, [], pretrained_file)
+        trainer.strategy.barrier()
+
+    @staticmethod
+    def _checkpoints(trainer: pl.Trainer) -> list[Path]:
+        """Checkpoint files already in the trainer's ModelCheckpoint folders (a later `last` could pick them)."""
+        found: list[Path] = []
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
+                found += sorted(p for p in Path(callback.dirpath).iterdir() if p.suffix == callback.FILE_EXTENSION)
+        return found
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        module = self._finetuner(pl_module)
         last_batch = batch_idx + 1 >= trainer.num_training_batches
-        last_epoch_of_task = (trainer.current_epoch + 1) % pl_module.hparams.epochs_per_task == 0
+        last_epoch_of_task = (trainer.current_epoch + 1) % module.hparams.epochs_per_task == 0
         if last_batch and last_epoch_of_task:
-            self.write(trainer, pl_module)
+            self.write(trainer, module)
 
     def write(self, trainer: pl.Trainer, module: FineTuner) -> Path:
         """Write the current task's vector and update index.json (rank zero only; others just return)."""
@@ -80,6 +140,7 @@ class TaskVectorWriter(Callback):
             "torch_version": torch.__version__,
             "open_clip_version": open_clip.__version__,
             "lightning_version": pl.__version__,
+            **module.identity.metadata(),
         }
         if len(classnames) <= MAX_CLASSES_IN_METADATA:
             metadata["classes"] = json.dumps(classnames)
@@ -91,28 +152,29 @@ class TaskVectorWriter(Callback):
         })
         return path
 
-    @staticmethod
-    def _update_index(folder: Path, module: FineTuner, entry: dict[str, Any]) -> None:
+    def _update_index(self, folder: Path, module: FineTuner, entry: dict[str, Any]) -> None:
         """Replace (or add) this task's entry; entries stay in stream order."""
-        index_path = folder / "index.json"
-        entries: list[dict[str, Any]] = []
-        if index_path.is_file():
-            try:
-                previous = json.loads(index_path.read_text())
-                entries = list(previous.get("task_vectors", [])) if isinstance(previous, dict) else []
-            except json.JSONDecodeError:
-                entries = []  # an unreadable index is rebuilt from this run's writes
-        entries = [e for e in entries if e.get("task") != entry["task"] and e.get("task") in module.task_names]
+        index = read_index(folder) or {}
+        if index.get("run_id") not in (None, module.run_id):
+            raise ValueError(f"{folder / INDEX_NAME} now belongs to run {index.get('run_id')}, not to this run "
+                             f"({module.run_id}): two fits write into one folder; give each its own")
+        entries = [e for e in index.get("task_vectors", [])
+                   if e.get("task") != entry["task"] and e.get("task") in module.task_names]
         entries.append(entry)
         entries.sort(key=lambda e: module.task_names.index(e["task"]))
-        write_json_atomic(index_path, {
-            "model": module.model_name,
-            "pretrained": module.pretrained,
-            "seed": module.hparams.seed,
-            "stream": module.hparams.stream,
-            "tasks": module.task_names,
-            "task_vectors": entries,
-        })
+        self._write_index(folder.parent, module, entries, index.get("pretrained_file"))
+
+    @staticmethod
+    def _write_index(run_dir: Path, module: FineTuner, entries: list[dict[str, Any]],
+                     pretrained_file: str | None) -> None:
+        write_index(run_dir, index_payload(module.identity, pretrained_file=pretrained_file,
+                                           seed=module.hparams.seed, stream=module.hparams.stream,
+                                           tasks=module.task_names, entries=entries))
+
+
+def _is_public_tag(module: FineTuner) -> bool:
+    """True when theta_pre is a public open_clip tag (rebuildable by name), not random init or a file."""
+    return bool(module.pretrained) and not Path(module.pretrained).is_file()
 
 
 def _steps_per_epoch(trainer: pl.Trainer) -> int:

@@ -4,17 +4,20 @@ One `trainer.fit` walks the whole stream served by a `TaskStreamDataModule`: epo
 `[i * epochs_per_task, (i + 1) * epochs_per_task)` belong to task i. At each task start the module swaps in
 the task's head, restarts AdamW (state cleared) and the warmup + cosine schedule, and with
 `stream="independent"` reloads theta_pre into the encoder (`"sequential"` goes on from the previous task).
-Everything a resumed run needs is derivable from the epoch counter or stored in the checkpoint, so
-`weaving fit --ckpt_path last` continues a killed stream exactly (epoch-end checkpoints; see docs/training.md).
-Recipe defaults (as in the task-vectors code of Ilharco et al.): AdamW lr 1e-5,
-weight decay 0.1, 500 warmup steps then cosine; grad-norm clipping is the trainer's `gradient_clip_val: 1.0`.
+The lr is set before every optimizer step from the step counter and the step at which the task began (no
+Lightning scheduler: a schedule that restarts per task is not one Lightning's scheduler API can restart).
+After the last task the module stops the trainer (`trainer.should_stop`), so `trainer.max_epochs` may be
+left out. Everything a resumed run needs is derivable from the epoch counter or stored in the checkpoint
+(with the run identity, checked on load), so `weaving fit --ckpt_path last` continues a killed stream
+exactly (epoch-end checkpoints; see docs/training.md).
+Recipe defaults (as in the task-vectors code of Ilharco et al., 2023): AdamW lr 1e-5, weight decay 0.1,
+500 warmup steps then cosine; grad-norm clipping is the trainer's `gradient_clip_val: 1.0`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -27,17 +30,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from weaving.models import ClassificationHead, build_head, load_clip
+from weaving.runs import RunIdentity, new_run_id, state_dict_hash
 
 STREAMS = ("independent", "sequential")
-LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning picks when neither max_epochs nor max_steps is given
 
 
 class WarmupCosine:
     """Picklable lr factor: linear warmup, then cosine decay to 0, counted from the step the task began.
 
     Same formula as `cosine_lr` in the task-vectors code: (s + 1) / warmup during warmup, then
-    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))). `LambdaLR` stores this object's `__dict__` in its
-    state dict, so a resumed run knows which task it is in and where that task's schedule began.
+    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))). Its `__dict__` goes into checkpoints, so a
+    resumed run knows which task it is in and where that task's schedule began.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int = 1, start_step: int = 0, task: int = -1) -> None:
@@ -129,6 +132,8 @@ class FineTuner(pl.LightningModule):
         self.save_hyperparameters()
         bundle = load_clip(model, pretrained, seed=seed)
         self.model_name, self.pretrained = bundle.name, bundle.pretrained
+        self.pretrained_hash = state_dict_hash(bundle.model.state_dict())
+        self.run_id = new_run_id()  # rank zero's is broadcast in setup; a resumed run takes its checkpoint's
         self.visual = bundle.model.visual  # the only registered submodule: checkpoints hold the encoder only
         self.theta_pre = {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
         self._clip = bundle  # the text tower builds the heads, then is dropped (see _build_heads)
@@ -136,6 +141,7 @@ class FineTuner(pl.LightningModule):
         self._task_names: list[str] = []
         self._task = 0
         self._schedule = WarmupCosine(warmup_steps)
+        self._epoch_done = False
 
     # ----------------------------------------------------------------------------------------------------
     # The stream: which task an epoch belongs to, and what changes at a task start
@@ -148,6 +154,23 @@ class FineTuner(pl.LightningModule):
     @property
     def task_names(self) -> list[str]:
         return list(self._task_names)
+
+    @property
+    def identity(self) -> RunIdentity:
+        """The run identity written into task vectors, index.json and checkpoints (weaving.runs)."""
+        return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
+
+    def pretrained_state_dict(self) -> dict[str, Tensor]:
+        """theta_pre as a full open_clip state dict (text tower included); available until fit starts."""
+        if self._clip is None:
+            raise RuntimeError("FineTuner.pretrained_state_dict: the text tower is freed once the heads are built")
+        full = {k: v.detach().cpu() for k, v in self._clip.model.state_dict().items()}
+        return {**full, **self.theta_pre}
+
+    @property
+    def stream_epochs(self) -> int:
+        """Epochs of the whole stream: epochs_per_task x tasks."""
+        return self.hparams.epochs_per_task * len(self._task_names)
 
     def task_of_epoch(self, epoch: int) -> int:
         return min(epoch // self.hparams.epochs_per_task, max(len(self._task_names) - 1, 0))
@@ -177,26 +200,22 @@ class FineTuner(pl.LightningModule):
         if stage != "fit":
             return
         trainer = self.trainer
-        expected = self.hparams.epochs_per_task * len(self._task_names)
-        if trainer.max_epochs in (None, -1) or (
-            trainer.max_epochs == LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1
-        ):
-            trainer.fit_loop.max_epochs = expected
-            rank_zero_info(f"FineTuner: trainer.max_epochs set to {expected} "
-                           f"({self.hparams.epochs_per_task} epochs x {len(self._task_names)} tasks)")
-        elif trainer.max_epochs != expected and not trainer.fast_dev_run:
+        expected = self.stream_epochs
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and 0 <= max_epochs < expected and not trainer.fast_dev_run:
             raise ValueError(
-                f"trainer.max_epochs={trainer.max_epochs} but the stream needs model.epochs_per_task x tasks = "
+                f"trainer.max_epochs={max_epochs} but the stream needs model.epochs_per_task x tasks = "
                 f"{self.hparams.epochs_per_task} x {len(self._task_names)} = {expected}; set trainer.max_epochs "
-                f"to {expected} or leave it out"
+                f"to {expected} or leave it out (the stream stops itself after its last task)"
             )
-        if trainer.reload_dataloaders_every_n_epochs == 0:
+        if trainer.reload_dataloaders_every_n_epochs == 0:  # the Trainer argument's default
             trainer.reload_dataloaders_every_n_epochs = 1  # each epoch may belong to another task
         elif trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError(
                 f"trainer.reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}; "
                 "FineTuner switches tasks between epochs and needs 1 (or leave it out)"
             )
+        self.run_id = trainer.strategy.broadcast(self.run_id, src=0)
 
     def configure_model(self) -> None:
         if self.hparams.compile and not getattr(self, "_compiled", False):
@@ -242,12 +261,14 @@ class FineTuner(pl.LightningModule):
         for optimizer in trainer.optimizers:
             optimizer.state.clear()  # AdamW re-creates its moments lazily at the next step
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        for config in trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            self._schedule.start_task(task, scheduler.last_epoch, self.hparams.epochs_per_task * steps_per_epoch)
-            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base_lr * self._schedule(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        self._schedule.start_task(task, trainer.global_step, self.hparams.epochs_per_task * steps_per_epoch)
+
+    def _set_lr(self) -> None:
+        """lr of the coming optimizer step: lr x the task's warmup + cosine factor at this step."""
+        lr = self.hparams.lr * self._schedule(self.trainer.global_step)
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     # ----------------------------------------------------------------------------------------------------
     # Weights
@@ -261,10 +282,8 @@ class FineTuner(pl.LightningModule):
         return {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
 
     def load_visual(self, state: dict[str, Tensor]) -> None:
-        """Copy encoder weights (keys "visual.*") into the model, in place."""
-        with torch.no_grad():
-            for key, target in self._visual_tensors().items():
-                target.copy_(state[key])
+        """Load encoder weights (keys "visual.*") with torch's strict key and shape checks."""
+        self.visual.load_state_dict({k.removeprefix("visual."): v for k, v in state.items()}, strict=True)
 
     def task_vector(self) -> dict[str, Tensor]:
         """theta_t - theta_pre of the image encoder, keyed "visual.*", on CPU in theta_pre's dtype."""
@@ -277,15 +296,22 @@ class FineTuner(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.visual(images))
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the encoder; its lr follows the per-task schedule (set in on_train_batch_start)."""
         params = [p for p in self.visual.parameters() if p.requires_grad]
         fused = self.hparams.get("fused_adamw")
         if fused is None:
             fused = bool(params) and params[0].is_cuda
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                      fused=fused or None)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                 fused=fused or None)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """A TaskVectorWriter when the trainer has none: fine-tuning always writes its task vectors."""
+        from weaving.training.callbacks import TaskVectorWriter
+
+        if any(isinstance(c, TaskVectorWriter) for c in self.trainer.callbacks):
+            return []
+        return [TaskVectorWriter()]
 
     def on_fit_start(self) -> None:
         self._build_heads()
@@ -329,13 +355,19 @@ class FineTuner(pl.LightningModule):
         epoch = self.trainer.current_epoch
         task = self.task_of_epoch(epoch)
         self._activate(task)
+        self._epoch_done = False
         if self._schedule.task != task:
             self._start_task(task)
             rank_zero_info(self._task_line(task))
-        # Random crops and shuffling draw from RNGs seeded per (seed, epoch, rank): a run resumed at an epoch
-        # boundary draws exactly what an unbroken run drew.
-        base = int(os.environ.get("PL_GLOBAL_SEED", self.hparams.seed))
-        seed_all(epoch_seed(base, epoch, self.global_rank))
+        # Random crops and shuffling draw from RNGs seeded per (model.seed, epoch, rank): a run resumed at an
+        # epoch boundary draws exactly what an unbroken run drew.
+        seed_all(epoch_seed(self.hparams.seed, epoch, self.global_rank))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._set_lr()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._epoch_done = batch_idx + 1 >= self.trainer.num_training_batches
 
     def _task_line(self, task: int) -> str:
         """"task 3/5 digits_part3of5: 40 steps (10 epochs x 4 batches), from ..." for a task that starts."""
@@ -350,7 +382,9 @@ class FineTuner(pl.LightningModule):
         if self.hparams.validate_seen_tasks and (self.trainer.current_epoch + 1) % self.hparams.epochs_per_task == 0:
             self._validate_seen_tasks(self.task_of_epoch(self.trainer.current_epoch))
         next_epoch = self.trainer.current_epoch + 1
-        if next_epoch < (self.trainer.max_epochs or 0):
+        if next_epoch >= self.stream_epochs:
+            self.trainer.should_stop = True  # the stream is done, whatever trainer.max_epochs says
+        else:
             self._activate(self.task_of_epoch(next_epoch))  # before Lightning reloads the dataloaders
 
     def _validate_seen_tasks(self, task: int) -> None:
@@ -398,20 +432,29 @@ class FineTuner(pl.LightningModule):
     # Checkpoints: the encoder is in the state dict; the stream position is stored beside it
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainer = self.trainer
-        epoch_done = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         checkpoint["weaving_stream"] = {
             "task_names": list(self._task_names),
             "stream": self.hparams.stream,
             "epochs_per_task": self.hparams.epochs_per_task,
-            "next_epoch": trainer.current_epoch + int(epoch_done),
+            "next_epoch": self.trainer.current_epoch + int(self._epoch_done),
+            "schedule": dict(self._schedule.__dict__),
         }
+        checkpoint["weaving_run"] = self.identity.metadata()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("weaving_stream")
-        if state is None:
-            raise ValueError("this checkpoint was not written by FineTuner (no 'weaving_stream' entry); "
-                             "resume only from a FineTuner run's checkpoint")
+        where = f"checkpoint {self.trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
+        state, run = checkpoint.get("weaving_stream"), checkpoint.get("weaving_run")
+        if state is None or run is None:
+            raise ValueError(f"{where} was not written by this version of FineTuner (no run identity); "
+                             "resume only from a checkpoint of the same run, or start again with --overwrite")
+        recorded = RunIdentity.from_mapping(run)
+        for name, mine in (("model", self.model_name), ("pretrained_hash", self.pretrained_hash)):
+            if getattr(recorded, name) != mine:
+                raise ValueError(f"{where} belongs to run {recorded.run_id} with {name}={getattr(recorded, name)!r}, "
+                                 f"but this run has {name}={mine!r}; resume with the config of that run")
+        self.run_id = recorded.run_id
+        if "schedule" in state:
+            self._schedule.__dict__.update(state["schedule"])
         if self._task_names and state["task_names"] != self._task_names:
             raise ValueError(
                 f"the checkpoint's task stream {state['task_names']} differs from the configured one "

@@ -1,0 +1,283 @@
+"""Run folders: what `weaving fit` and `weaving import` write, and how every other command reads them.
+
+A run folder RUN holds
+
+- `RUN/pretrained.safetensors`: theta_pre, the full open_clip state dict (a run fine-tuned from a public
+  open_clip tag may record only the tag and the hash);
+- `RUN/task_vectors/<task>.safetensors`: `visual.*` tensors of theta_t - theta_pre, whose metadata carries
+  the run identity (`run_id`, `pretrained_hash`, `model`, `pretrained`);
+- `RUN/task_vectors/index.json`: `{"format": "weaving.run/1", "run_id", "model", "pretrained",
+  "pretrained_file", "pretrained_hash", "seed", "stream", "tasks", "task_vectors": [{"task", "file", ...}]}`.
+
+The run id names one training (or import); the pretrained hash (`state_dict_hash`) names theta_pre. Task
+vectors merge only when both agree (`check_same_base`), unless the caller allows mixing (`--allow_mixed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUN_FORMAT = "weaving.run/1"
+INDEX_NAME = "index.json"
+TASK_VECTORS_DIR = "task_vectors"
+PRETRAINED_FILE = "pretrained.safetensors"
+IDENTITY_KEYS = ("run_id", "model", "pretrained", "pretrained_hash")
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC time of creation plus random hex, e.g. `20261127T212715-3f9a0c1e`."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def state_dict_hash(tensors: Mapping[str, torch.Tensor] | str | os.PathLike) -> str:
+    """`sha256:<hex>` over the sorted names, dtypes, shapes and bytes of a state dict (or a safetensors file).
+
+    Equal state dicts give equal hashes whatever their key order or storage; one changed element, dtype,
+    shape or name changes the hash.
+    """
+    from weaving.merging.task_vectors import TensorSource
+
+    source = TensorSource(tensors) if isinstance(tensors, (str, os.PathLike)) else None
+    names = sorted(source.keys() if source is not None else tensors.keys())
+    digest = hashlib.sha256()
+    for name in names:
+        tensor = source.get(name) if source is not None else tensors[name]
+        header = f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensor.shape)}\0"
+        digest.update(header.encode())
+        digest.update(_tensor_bytes(tensor))
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who made a task vector: the run and the pretrained model (name, tag or file, hash of theta_pre)."""
+
+    run_id: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    pretrained_hash: str | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RunIdentity":
+        return cls(*(_none(values.get(key)) for key in IDENTITY_KEYS))
+
+    def metadata(self) -> dict[str, str]:
+        """The identity as safetensors metadata (strings; None becomes "")."""
+        return {key: "" if getattr(self, key) is None else str(getattr(self, key)) for key in IDENTITY_KEYS}
+
+
+def _none(value: Any) -> Any:
+    """Metadata stores strings; "", "none" and "null" mean None (random init, or not recorded)."""
+    return None if value is None or str(value).strip().lower() in ("", "none", "null") else value
+
+
+def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixed: bool = False,
+                    same_run: bool = True) -> None:
+    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run).
+
+    The base model (theta_pre hash, model name, pretrained source) must agree, and with `same_run` the run
+    id too, unless `allow_mixed`. A field that nobody records is not compared; a field that some record
+    and others do not counts as a disagreement.
+    """
+    if allow_mixed or len(identities) < 2:
+        return
+    fields = [("pretrained_hash", "base models (theta_pre hashes)"), ("model", "models"),
+              ("pretrained", "pretrained sources")] + ([("run_id", "runs")] if same_run else [])
+    first_label, first = identities[0]
+    for field_name, what in fields:
+        for label, identity in identities[1:]:
+            if getattr(identity, field_name) != getattr(first, field_name):
+                raise ValueError(
+                    f"task vectors from different {what}: {label} has {field_name}="
+                    f"{getattr(identity, field_name)!r}, {first_label} has {getattr(first, field_name)!r}; "
+                    "merge task vectors of one run, or pass --allow_mixed to merge them anyway")
+
+
+@dataclass
+class Run:
+    """Task vector files by task name (in run order) and the identity of the run they belong to."""
+
+    paths: dict[str, Path]
+    identity: RunIdentity = field(default_factory=RunIdentity)
+    seed: int | None = None
+    stream: str | None = None
+    root: Path | None = None
+    pretrained_file: Path | None = None
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        return self.identity.model
+
+    @property
+    def pretrained(self) -> str | None:
+        return self.identity.pretrained
+
+    @property
+    def run_id(self) -> str | None:
+        return self.identity.run_id
+
+    @property
+    def pretrained_hash(self) -> str | None:
+        return self.identity.pretrained_hash
+
+    def select(self, tasks: Sequence[str] | None) -> "Run":
+        """Only `tasks` (in that order); None keeps all. Unknown names -> ValueError listing the known ones."""
+        if tasks is None:
+            return self
+        missing = [t for t in tasks if t not in self.paths]
+        if missing:
+            raise ValueError(f"no task vectors for {missing}; available: {', '.join(self.paths)}")
+        return Run({t: self.paths[t] for t in tasks}, self.identity, self.seed, self.stream, self.root,
+                   self.pretrained_file, {t: self.metadata.get(t, {}) for t in tasks})
+
+
+def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed `index.json` of a task_vectors folder (None when absent); unreadable -> one-line ValueError."""
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete it or rerun the fine-tuning") from None
+    if not isinstance(index, dict) or not isinstance(index.get("task_vectors"), list):
+        raise ValueError(f"{path}: expected {{\"task_vectors\": [...]}} as `weaving fit` writes it (format "
+                         f"{RUN_FORMAT}); delete it or rerun the fine-tuning")
+    return index
+
+
+def _index_entries(folder: Path, index: Mapping[str, Any]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Entries of the index.json that `weaving fit` writes: {"task_vectors": [{"task", "file", ...}]}."""
+    found = {}
+    for entry in index["task_vectors"]:
+        if not isinstance(entry, Mapping) or not entry.get("task") or not entry.get("file"):
+            raise ValueError(f"{folder / INDEX_NAME}: every entry needs a 'task' and a 'file', got {entry!r}")
+        found[str(entry["task"])] = (folder / Path(entry["file"]).name, dict(entry))
+    return found
+
+
+def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict[str, Any] | None, Path | None, Path]:
+    """Entries (task -> file, index entry), index, run root and folder of one run folder, folder or file."""
+    folder, root = item, None
+    if (folder / TASK_VECTORS_DIR).is_dir():
+        root, folder = folder, folder / TASK_VECTORS_DIR
+    elif folder.name == TASK_VECTORS_DIR:
+        root = folder.parent
+    if folder.is_file():
+        return {folder.stem: (folder, {})}, None, None, folder.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"task vectors: {item}: no such file or folder (give a run folder, a task_vectors "
+                                "folder or .safetensors files); run `weaving fit` first or fix the path")
+    index = read_index(folder)
+    entries = (_index_entries(folder, index) if index is not None
+               else {p.stem: (p, {}) for p in sorted(folder.glob("*.safetensors"))})
+    if not entries:
+        raise FileNotFoundError(f"task vectors: no *.safetensors files in {item}; run `weaving fit` first")
+    return entries, index, root, folder
+
+
+def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False) -> Run:
+    """Task vectors and their run identity from a run folder (uses RUN/task_vectors/), a task_vectors
+    folder, one file, or a list of any of these.
+
+    Order: index.json's when present, else sorted file names (or the list's order). Task names come from
+    the index / file metadata ("task"), else the file stem. Unless `allow_mixed`, every file must share the
+    base model (theta_pre hash, model, pretrained) with the others, and the run id with index.json and with
+    the other files of its folder: one folder holds one run; runs in separate folders (one fine-tuning per
+    task) merge when their base agrees.
+    """
+    from weaving.merging.task_vectors import read_metadata
+
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not items:
+        raise FileNotFoundError("task vectors: an empty list; give a run folder or task vector files")
+    paths: dict[str, Path] = {}
+    metadata: dict[str, dict[str, Any]] = {}
+    labelled: list[tuple[str, RunIdentity]] = []
+    by_folder: dict[Path, list[tuple[str, RunIdentity]]] = {}
+    first_index, first_root = None, None
+    for item in items:
+        entries, index, root, folder = _read_item(Path(item))
+        if first_index is None and len(items) == 1:
+            first_index, first_root = index, root
+        group = by_folder.setdefault(folder.resolve(), [])
+        if index is not None:
+            group.append((str(folder / INDEX_NAME), RunIdentity.from_mapping(index)))
+        for stem, (path, extra) in entries.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"task vector file {path} is missing; rerun the fine-tuning that writes it")
+            own = read_metadata(path)
+            meta = {**own, **extra}
+            name = str(extra.get("task") or meta.get("task") or stem)
+            if name in paths:
+                raise ValueError(f"task vectors: two files for task {name!r} ({paths[name]}, {path}); give each task once")
+            paths[name], metadata[name] = path, meta
+            labelled.append((str(path), RunIdentity.from_mapping(own)))
+            group.append(labelled[-1])
+    for group in by_folder.values():
+        check_same_base(group, allow_mixed=allow_mixed)
+    check_same_base(labelled, allow_mixed=allow_mixed, same_run=False)
+    first = first_index if first_index is not None else next(iter(metadata.values()))
+    identity = RunIdentity.from_mapping(first)
+    seed = _none(first.get("seed"))
+    pretrained_file = None
+    if first_index is not None and first_index.get("pretrained_file") and first_root is not None:
+        pretrained_file = first_root / first_index["pretrained_file"]
+    return Run(paths, identity, None if seed is None else int(seed), _none(first.get("stream")), first_root,
+               pretrained_file, metadata)
+
+
+def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: int | None, stream: str | None,
+                  tasks: Sequence[str], entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The index.json object of a run (see module docstring)."""
+    return {"format": RUN_FORMAT, "run_id": identity.run_id, "model": identity.model,
+            "pretrained": identity.pretrained, "pretrained_file": pretrained_file,
+            "pretrained_hash": identity.pretrained_hash, "seed": seed, "stream": stream, "tasks": list(tasks),
+            "task_vectors": [dict(e) for e in entries]}
+
+
+def write_index(run_dir: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write RUN/task_vectors/index.json atomically."""
+    from weaving.atomic import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / TASK_VECTORS_DIR / INDEX_NAME, json.dumps(payload, indent=2))
+
+
+def run_contents(run_dir: str | os.PathLike) -> list[Path]:
+    """What a previous run left in RUN: index.json, task vectors and pretrained.safetensors (sorted)."""
+    run_dir = Path(run_dir)
+    folder = run_dir / TASK_VECTORS_DIR
+    found = sorted(folder.glob("*.safetensors")) + ([folder / INDEX_NAME] if (folder / INDEX_NAME).is_file() else [])
+    if (run_dir / PRETRAINED_FILE).is_file():
+        found.append(run_dir / PRETRAINED_FILE)
+    return found
+
+
+def pretrained_source(source: str | os.PathLike) -> Path:
+    """A pretrained state dict file from a file or a run folder (its RUN/pretrained.safetensors)."""
+    path = Path(source)
+    if path.is_dir():
+        index = read_index(path / TASK_VECTORS_DIR)
+        name = (index or {}).get("pretrained_file") or PRETRAINED_FILE
+        if not (path / name).is_file():
+            tag = (index or {}).get("pretrained")
+            hint = f" (the run was fine-tuned from the public tag {tag!r}: export it first)" if tag else ""
+            raise FileNotFoundError(f"{path}: a run folder without {name}{hint}")
+        return path / name
+    return path
