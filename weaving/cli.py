@@ -5,14 +5,22 @@
 - `weaving merge ...`: merge safetensors files from the command line (no Lightning involved).
 - `weaving demo ...`: the offline end-to-end demo on the embedded digits tasks.
 - `weaving import ...`: public CLIP checkpoints (Hugging Face, open_clip, task_vectors .pt) -> a run folder.
+
+One exit-code policy for every command: 0 on success, 2 for a user error (bad option, config, path or
+input; one line `weaving COMMAND: error: ...` on stderr, no traceback; `WEAVING_DEBUG=1` re-raises),
+1 for anything else (a bug or a crash: the traceback is printed).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from pathlib import Path
+from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+USER_ERROR = 2
 
 USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a command's options)
 
@@ -20,10 +28,80 @@ commands:
   demo       fine-tune, merge and evaluate offline on the embedded digits tasks (CPU, minutes)
   merge      merge safetensors checkpoints or task vectors (a method at one lambda, or Weight Weaving)
   import     import public CLIP checkpoints (Hugging Face, open_clip, task_vectors .pt) as a run folder
-  fit        fine-tune with a LightningCLI config (writes task vectors), e.g. configs/finetune/*.yaml
+  fit        fine-tune with a LightningCLI config (writes a run folder), e.g. configs/finetune/*.yaml
   validate   evaluate merged models with a LightningCLI config, e.g. configs/merge/*.yaml
-  test       like validate, on the test loop
+  test       like validate, on the test loop (modules that define test_step)
+
+options:
+  --version  print weaving's version
+Environment: WEAVING_DEBUG=1 shows tracebacks; PL_FIT__TRAINER__MAX_EPOCHS=3 (and so on) overrides config
+keys of `weaving fit` (PL_<COMMAND>__<KEY>, dots as double underscores).
 """
+
+OWNED_BY_FINETUNER = ("--optimizer", "--lr_scheduler")
+
+
+def run_dir_name(model: str, tasks: list[str], splits: int | None) -> str:
+    """The derived run folder of a fit: `checkpoints/<model>/<tasks>` (tasks joined by '+', then `_<n>splits`)."""
+    model_part = str(model).replace("/", "-").replace(":", "-")
+    task_part = "+".join(tasks) if len("+".join(tasks)) <= 80 else f"{tasks[0]}+{len(tasks) - 1}_more"
+    if splits:
+        task_part += f"_{splits}splits"
+    return str(Path("checkpoints") / model_part / task_part)
+
+
+def _get(namespace: Any, key: str, default: Any = None) -> Any:
+    for part in key.split("."):
+        if namespace is None:
+            return default
+        namespace = namespace.get(part) if hasattr(namespace, "get") else getattr(namespace, part, None)
+    return default if namespace is None else namespace
+
+
+def _class_name(node: Any) -> str:
+    return str(_get(node, "class_path", "")).rsplit(".", 1)[-1]
+
+
+def derive_run_paths(config: Any) -> None:
+    """Fill the run folder, logger folder and checkpoint folder of a FineTuner fit where the config leaves them
+    out: `trainer.default_root_dir` derives from the model and the tasks (`run_dir_name`), the logger's
+    `save_dir` is that folder and ModelCheckpoint's `dirpath` is `<that folder>/ckpt`, so
+    `--trainer.default_root_dir DIR` moves task vectors, logs and checkpoints together."""
+    if _class_name(config.get("model")) != "FineTuner":
+        return
+    trainer = config.trainer
+    if trainer.get("default_root_dir") is None:
+        model = _get(config, "model.init_args.model", "weaving-tiny-vit")
+        tasks = list(_get(config, "data.init_args.tasks", []) or [])
+        trainer.default_root_dir = run_dir_name(model, tasks, _get(config, "data.init_args.splits"))
+    root = trainer.default_root_dir
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = _get(logger, "init_args")
+        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+            init_args.save_dir = root
+    for callback in trainer.get("callbacks") or []:
+        init_args = _get(callback, "init_args")
+        if _class_name(callback) == "ModelCheckpoint" and init_args is not None and init_args.get("dirpath") is None:
+            init_args.dirpath = str(Path(root) / "ckpt")
+
+
+def _check_has_test_loop(class_path: str | None) -> None:
+    """`weaving test` needs a module that defines test_step; say so before anything is built."""
+    import importlib
+
+    import lightning.pytorch as pl
+
+    if not class_path or "." not in class_path:
+        return
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return  # LightningCLI reports an unknown class itself
+    if isinstance(cls, type) and getattr(cls, "test_step", None) is pl.LightningModule.test_step:
+        raise ValueError(f"{name} has no test loop; run `weaving validate` with the same config instead (a "
+                         "MultiTaskDataModule scores the split named by --data.init_args.eval_split, e.g. test)")
 
 
 def lightning_main(args: list[str] | None = None) -> None:
@@ -33,37 +111,109 @@ def lightning_main(args: list[str] | None = None) -> None:
 
     import weaving.models  # noqa: F401  (registers the tiny offline CLIP configs)
 
-    LightningCLI(
+    argv = list(sys.argv[1:] if args is None else args)
+    for option in OWNED_BY_FINETUNER:
+        if any(a == option or a.startswith(option + "=") or a.startswith(option + ".") for a in argv):
+            raise ValueError(f"{option} is not supported: FineTuner owns its optimizer (AdamW restarted per task, "
+                             "warmup + cosine); set --model.init_args.lr, weight_decay and warmup_steps instead")
+
+    class WeavingCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="fit: replace another run found in the run folder (default: refuse).")
+            parser.add_argument("--allow_mixed", type=bool, default=False,
+                                help="validate/test: merge task vectors whose base model or run ids disagree.")
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            if self.subcommand == "test":
+                _check_has_test_loop(_get(config, "model.class_path"))
+            derive_run_paths(config)
+            if config.get("allow_mixed") and _class_name(config.get("model")) == "MergeModule":
+                config.model.init_args.allow_mixed = True
+
+        def before_fit(self) -> None:
+            from weaving.training.callbacks import TaskVectorWriter
+
+            if self.config[self.subcommand].get("overwrite"):
+                writers = [c for c in self.trainer.callbacks if isinstance(c, TaskVectorWriter)]
+                if not writers:
+                    self.trainer.callbacks.append(TaskVectorWriter())
+                for writer in self.trainer.callbacks:
+                    if isinstance(writer, TaskVectorWriter):
+                        writer.overwrite = True
+
+    WeavingCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False, "default_env": True, "env_prefix": "PL"},
     )
 
 
 def user_error_line(error: BaseException) -> str:
-    """One line for a user mistake. jsonargparse wraps errors raised in a class's __init__ in a multi-line
-    report ("Does not validate against any of the Union subtypes ... Errors: - <ours> - Expected ..."):
-    keep the first reason that is not jsonargparse's own type noise."""
+    """One line for a user mistake. jsonargparse wraps errors in a multi-line report ("Parser key "model":
+    Does not validate against any of the Union subtypes ... Problem with given class_path 'X': <cause>
+    ... - Expected a ..."): keep the key, the class and the first cause that is not jsonargparse's noise."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    key = next((m.group(1) for line in lines if (m := re.match(r'(?:error: )?Parser key "([^"]+)"', line))), None)
+    prefix = f"{key}: " if key else ""
+    for i, line in enumerate(lines):
+        text = line.removeprefix("- ")
+        if text.startswith("Problem with given class_path") and i + 1 < len(lines):
+            cause = lines[i + 1].removeprefix("- ")
+            if not cause.startswith(("Problem with given class_path", "Expected a", "Given value")):
+                name = re.search(r"'([^']+)'", text)
+                return f"{prefix}{name.group(1) + ': ' if name else ''}{cause}"
     reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a")]
-    return (reasons or lines or [type(error).__name__])[0]
+    if reasons:
+        return prefix + reasons[0]
+    noise = ("usage:", "tip:", "Does not validate", "Subtypes:", "Errors:", "Given value")
+    kept = [re.sub(r'^Parser key "([^"]+)":\s*', r"\1: ", line.removeprefix("error: "))
+            for line in lines if not line.startswith(noise)]
+    return (kept or lines or [type(error).__name__])[0]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                         PermissionError]
+    try:
+        from jsonargparse import ArgumentError
+
+        errors.append(ArgumentError)
+    except ImportError:  # pragma: no cover - jsonargparse is a dependency
+        pass
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        errors.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        pass
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `weaving` command; user errors end as one line on stderr (WEAVING_DEBUG=1 re-raises)."""
+    """Entry point of the `weaving` command (see the module docstring for the exit-code policy)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else ""
     try:
         dispatch(argv)
-    except (ValueError, FileNotFoundError) as error:
+    except _user_errors() as error:
         if os.environ.get("WEAVING_DEBUG"):
             raise
-        print(f"weaving: error: {user_error_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        name = f"weaving {command}" if command in COMMANDS else "weaving"
+        print(f"{name}: error: {user_error_line(error)}", file=sys.stderr)
+        sys.exit(USER_ERROR)
     except BrokenPipeError:  # `weaving --help | head`: the reader left; end quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+COMMANDS = ("merge", "import", "demo") + LIGHTNING_SUBCOMMANDS
 
 
 def dispatch(argv: list[str] | None = None) -> None:
@@ -72,6 +222,11 @@ def dispatch(argv: list[str] | None = None) -> None:
     command = argv[0] if argv else ""
     if command in ("", "-h", "--help"):
         print(USAGE)
+        return
+    if command in ("--version", "-V"):
+        import weaving
+
+        print(f"weaving {weaving.__version__}")
         return
     if command == "merge":
         from weaving.merging.cli import merge_main
@@ -88,9 +243,7 @@ def dispatch(argv: list[str] | None = None) -> None:
     elif command in LIGHTNING_SUBCOMMANDS:
         lightning_main(None if from_sys_argv else argv)
     else:
-        known = ", ".join(("merge", "import", "demo") + LIGHTNING_SUBCOMMANDS)
-        print(f"weaving: unknown command {command!r}; expected one of: {known}", file=sys.stderr)
-        sys.exit(2)
+        raise ValueError(f"unknown command {command!r}; expected one of: {', '.join(COMMANDS)} (or --version)")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,45 @@ def test_bad_options_exit_with_one_line(argv, message, capsys, tmp_path):
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_without_a_gpu_fails_before_training(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--fast", "--device", "cuda", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("weaving demo: error: --device cuda: no CUDA GPU is visible to torch; "
+                                               "use --device cpu or leave it out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--device", "tpu9"], "is not a device"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_more_bad_options(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--output", str(tmp_path / "out"), *argv])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in error and len(error.splitlines()) == 1
+
+
+def test_output_that_is_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--fast", "--output", str(tmp_path / "file")])
+    assert exit_info.value.code == 2 and "is an existing file" in capsys.readouterr().err
+
+
+def test_reuse_only_matching_seed_tasks_and_theta_pre():
+    from weaving.evaluation.demo import _why_not_reusable
+    from weaving.runs import state_dict_hash
+
+    config = DemoConfig(seed=0)
+    base = state_dict_hash(load_clip("weaving-tiny-vit", None, seed=0).model.state_dict())
+    index = {"seed": 0, "pretrained_hash": base, "task_vectors": [{"task": "digits"}]}
+    assert _why_not_reusable(index, ["digits"], config, None) is None
+    assert "seed 0, not 5" in _why_not_reusable(index, ["digits"], DemoConfig(seed=5), None)
+    assert "tasks" in _why_not_reusable(index, ["digits", "digits_rot90"], config, None)
+    assert "another theta_pre" in _why_not_reusable({**index, "pretrained_hash": "sha256:0"}, ["digits"], config, None)

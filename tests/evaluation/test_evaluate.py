@@ -89,9 +89,9 @@ def test_one_pass_gives_the_accuracies_of_evaluating_each_merged_model_separatel
     import weaving
     from weaving.evaluation.compare import add_scaled
     from weaving.evaluation.evaluate import Request, WeightSet
-    from weaving.evaluation.runs import find_task_vectors
+    from weaving.runs import read_run
 
-    paths = list(find_task_vectors(domain_run).paths.values())
+    paths = list(read_run(domain_run).paths.values())
     evaluator = Evaluator(load_clip("weaving-tiny-vit", None, seed=0), ["digits", "digits_rot90"], batch_size=64,
                           head_cache_dir=head_cache, progress=False)
     pre = evaluator.pretrained

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weaving
+from weaving.cli import main
 from weaving.merging.cli import merge_main
 from weaving.merging.task_vectors import read_metadata
 
@@ -136,8 +137,9 @@ def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
                                                            "pretrained_hash": f"sha256:{i}"})
     args = ["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(tmp / "id0.safetensors"),
             str(tmp / "id1.safetensors"), "--method", "task_arithmetic", "--output", str(tmp / "m.safetensors")]
-    with pytest.raises(SystemExit):
-        merge_main(args)
-    assert "different base models" in capsys.readouterr().err and not (tmp / "m.safetensors").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", *args])
+    assert exit_info.value.code == 2
+    assert "weaving merge: error: task vectors from different base models" in capsys.readouterr().err and not (tmp / "m.safetensors").exists()
     merge_main(args + ["--allow_mixed", "true"])
     assert (tmp / "m.safetensors").is_file()

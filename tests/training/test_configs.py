@@ -124,3 +124,46 @@ def test_stream_length_mismatch_is_one_line(capsys, tmp_path):
     assert exit_info.value.code not in (0, None)
     lines = [line for line in err.splitlines() if "trainer.max_epochs=3" in line]
     assert lines and "set trainer.max_epochs to 5" in lines[0] and "Traceback" not in err
+
+
+OFFLINE_MODELS = ("weaving-tiny-vit", "weaving-tiny-vit-b")
+WALKED = [p for p in CONFIG_FILES if p.relative_to(CONFIGS).parts[0] in ("finetune", "demo")]
+
+
+@pytest.mark.parametrize("path", WALKED, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_config_runs_offline_or_says_what_it_needs_first(path):
+    """A config that needs more than this checkout (data, weights, a GPU, an earlier run) says so in line 1."""
+    first = path.read_text().splitlines()[0]
+    if first.startswith("# Needs:"):
+        return
+    config = yaml.safe_load(path.read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert model["model"] in OFFLINE_MODELS and model.get("pretrained") is None, first
+    assert all(t.startswith("digits") for t in data["tasks"]), first
+    assert config["model"]["class_path"] == "weaving.training.FineTuner", first
+
+
+def test_fit_derives_the_run_folder_and_default_root_dir_moves_everything(tmp_path, monkeypatch):
+    """digits_tiny as written (shortened): logs, checkpoints, theta_pre and task vectors in one run folder."""
+    from weaving.cli import run_dir_name
+
+    monkeypatch.chdir(tmp_path)
+    config = CONFIGS / "finetune" / "digits_tiny.yaml"
+    short = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+             "--trainer.enable_progress_bar", "false", "--data.init_args.tasks", "[digits, digits_rot90]",
+             "--trainer.max_epochs", "2"]
+    main(["fit", "--config", str(config), *short])
+    run = tmp_path / run_dir_name("weaving-tiny-vit", ["digits", "digits_rot90"], None)
+    assert run == tmp_path / "checkpoints" / "weaving-tiny-vit" / "digits+digits_rot90"
+    assert (run / "pretrained.safetensors").is_file() and (run / "ckpt" / "last.ckpt").exists()
+    assert sorted(p.name for p in (run / "task_vectors").glob("*.safetensors")) == [
+        "digits.safetensors", "digits_rot90.safetensors"]
+    assert list(run.glob("lightning_logs/version_0/metrics.csv"))
+    with pytest.raises(SystemExit) as exit_info:  # a second fresh fit into the same folder
+        main(["fit", "--config", str(config), *short])
+    assert exit_info.value.code == 2
+    main(["fit", "--config", str(config), *short, "--trainer.default_root_dir", str(tmp_path / "elsewhere")])
+    moved = sorted(p.relative_to(tmp_path / "elsewhere").parts[0] for p in (tmp_path / "elsewhere").rglob("*")
+                   if p.is_file())
+    assert set(moved) == {"ckpt", "lightning_logs", "pretrained.safetensors", "task_vectors"}
+    assert sorted(p.name for p in (tmp_path / "checkpoints").rglob("*.ckpt")) == ["epoch=1-step=2.ckpt", "last.ckpt"]

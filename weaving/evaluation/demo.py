@@ -224,8 +224,15 @@ def _keep_methods(analysis: dict[str, Any] | None, methods: set[str]) -> dict[st
     return {**analysis, "methods": {m: v for m, v in analysis["methods"].items() if m in methods}}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a one-line ValueError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(f"{message} (weaving demo --help lists the options)")
+
+
 def parse_args(argv: list[str]) -> DemoConfig:
-    parser = argparse.ArgumentParser(prog="weaving demo", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="weaving demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="weaving_demo", help="output folder (default: weaving_demo)")
     parser.add_argument("--fast", action="store_true", help="reduced run: fewer tasks, steps, methods, lambdas")
     parser.add_argument("--methods", nargs="+", help="merge methods (default: all)")
@@ -238,7 +245,8 @@ def parse_args(argv: list[str]) -> DemoConfig:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny model)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse", action="store_true", help="reuse task vectors already in the output folder")
+    parser.add_argument("--reuse", action="store_true", help="reuse theta_pre and task vectors already in the output "
+                        "folder when they were made with the same seed, tasks and theta_pre (else train again)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     config = DemoConfig(output=args.output, seed=args.seed, device=args.device, threads=args.threads, reuse=args.reuse,
@@ -260,15 +268,9 @@ def parse_args(argv: list[str]) -> DemoConfig:
 
 def demo_main(argv: list[str]) -> None:
     """Entry point of `weaving demo [--output DIR] [--fast] ...`."""
-    import sys
-
-    try:
-        config = parse_args(argv)
-        _check_config(config)
-        run_demo(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"weaving demo: {error}", file=sys.stderr)
-        sys.exit(2)
+    config = parse_args(argv)  # errors propagate to weaving.cli.main: one line, exit status 2
+    _check_config(config)
+    run_demo(config)
 
 
 def _check_config(config: DemoConfig) -> None:
@@ -286,3 +288,43 @@ def _check_config(config: DemoConfig) -> None:
             raise ValueError(f"--lambdas: {error}") from None
     if config.epochs_per_task < 1:
         raise ValueError(f"--epochs_per_task must be at least 1, got {config.epochs_per_task}")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {config.threads}")
+    if config.max_test_samples is not None and config.max_test_samples < 1:
+        raise ValueError(f"--max_test_samples must be at least 1, got {config.max_test_samples}")
+    _check_device(config.device)
+    _check_output(Path(config.output))
+
+
+def _check_device(device: str | None) -> None:
+    """A device string torch knows, and a GPU when it names one (checked before any training)."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu or cuda (or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or leave it out")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif parsed.type != "cpu":
+        raise ValueError(f"--device {device!r}: the demo runs on cpu or cuda")
+
+
+def _check_output(output: Path) -> None:
+    """The output folder can be created and written (checked before any training)."""
+    import os
+
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is an existing file; give a folder (it is created if missing)")
+    parent = output
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--output {output}: {parent} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {output}: {parent} is not writable")
