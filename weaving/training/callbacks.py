@@ -74,6 +74,7 @@ class TaskVectorWriter(Callback):
                 raise ValueError(
                     f"{run_dir} already holds a run ({len(stale)} files, e.g. {stale[0]}); pass --overwrite to "
                     "replace it, --ckpt_path last to resume it, or --trainer.default_root_dir DIR for a new folder")
+            trainer.strategy.barrier()  # every rank has looked before rank zero changes anything
             if trainer.is_global_zero:
                 for path in stale:
                     path.unlink(missing_ok=True)
