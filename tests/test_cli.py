@@ -69,3 +69,10 @@ def test_run_dir_name():
     assert run_dir_name("ViT-B-32", ["cars"], None) == str(Path("checkpoints/ViT-B-32/cars"))
     assert run_dir_name("ViT-B-32", ["cifar100"], 10) == str(Path("checkpoints/ViT-B-32/cifar100_10splits"))
     assert run_dir_name("hf-hub:org/m", ["a", "b"], None) == str(Path("checkpoints/hf-hub-org-m/a+b"))
+
+
+def test_nested_key_errors_name_the_key():
+    report = ('Parser key "model":\n  Errors:\n    - Problem with given class_path \'w.FineTuner\':\n'
+              '        Parser key "stream":\n          Expected a Literal. Got value: parallel\n'
+              "    - Expected a <class 'NoneType'>")
+    assert user_error_line(ValueError(report)) == "model: w.FineTuner: stream: Expected a Literal. Got value: parallel"

@@ -165,10 +165,15 @@ def user_error_line(error: BaseException) -> str:
     for i, line in enumerate(lines):
         text = line.removeprefix("- ")
         if text.startswith("Problem with given class_path") and i + 1 < len(lines):
-            cause = lines[i + 1].removeprefix("- ")
-            if not cause.startswith(("Problem with given class_path", "Expected a", "Given value")):
+            keys, j = [], i + 1
+            while j + 1 < len(lines) and (m := re.fullmatch(r'Parser key "([^"]+)":', lines[j])):
+                keys.append(m.group(1))
+                j += 1
+            cause = lines[j].removeprefix("- ")
+            if keys or not cause.startswith(("Problem with given class_path", "Expected a", "Given value")):
                 name = re.search(r"'([^']+)'", text)
-                return f"{prefix}{name.group(1) + ': ' if name else ''}{cause}"
+                where = "".join(f"{k}: " for k in keys)
+                return f"{prefix}{name.group(1) + ': ' if name else ''}{where}{cause}"
     reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a")]
     if reasons:
         return prefix + reasons[0]
