@@ -28,19 +28,8 @@ from weaving.formats import architecture as arch_lib
 from weaving.formats.checkpoint import FORMATS, Checkpoint, read_checkpoint, resolve_model
 from weaving.formats.folders import atomic_folder, check_new_folder
 
-RUN_FORMAT = "weaving.run/1"
+from weaving.runs import RUN_FORMAT, state_dict_hash  # noqa: E402  (the run contract's hash)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def state_dict_hash(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the sorted names, dtypes, shapes and bytes of a state dict ("sha256:<hex>"), byte for byte
-    the run contract's theta_pre hash."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{list(tensors[name].shape)}\0".encode())
-        digest.update(memoryview(tensor.view(torch.uint8).numpy()))
-    return f"sha256:{digest.hexdigest()}"
 
 
 def parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:

@@ -21,15 +21,12 @@ def pretrained_path(source: str) -> str:
 
 def task_vector_paths(sources: Sequence[str]) -> list[str]:
     """Folders (a run or its task_vectors/) expand to their task vector files, in the run's order."""
-    try:  # the run contract's reader (weaving/runs.py) once it is there
-        from weaving.runs import read_run as find_task_vectors
-    except ImportError:
-        from weaving.evaluation.runs import find_task_vectors
+    from weaving.runs import read_run
 
     paths: list[str] = []
     for source in sources:
         if Path(source).is_dir():
-            paths += [str(p) for p in find_task_vectors(source).paths.values()]
+            paths += [str(p) for p in read_run(source).paths.values()]
         else:
             paths.append(source)
     return paths
