@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weaving.cli import main
+from weaving.runs import read_run
 from weaving.formats.importer import state_dict_hash
 from weaving.formats.run_inputs import pretrained_path, task_vector_paths
 from weaving.merging.task_vectors import read_metadata
@@ -43,10 +44,9 @@ def test_import_writes_the_run_layout(tiny_hf, tmp_path, capsys):
     assert torch.count_nonzero(delta["visual.proj"]) == 0  # a CLIPVisionModel: projection taken from theta_pre
     conv = tuned.state_dict()["embeddings.patch_embedding.weight"]
     torch.testing.assert_close(delta["visual.conv1.weight"], conv - theta_pre["visual.conv1.weight"])
-    assert task_vector_paths([str(run)]) == [str(run / "task_vectors" / f"task{t}.safetensors") for t in "AB"]
-    assert pretrained_path(str(run)) == str(run / "pretrained.safetensors")
-    meta = read_metadata(run / "task_vectors" / "taskA.safetensors")
-    assert meta["model"] == name and meta["pretrained"] == str((run / "pretrained.safetensors").resolve())
+    files = read_run(str(run))  # what `weaving validate` / MergeModule reads
+    assert list(files.paths) == ["taskA", "taskB"] and files.model == name
+    assert files.pretrained == str((run / "pretrained.safetensors").resolve())
     assert state_dict_hash(theta_pre) != state_dict_hash({**theta_pre, "logit_scale": theta_pre["logit_scale"] + 1})
 
 
