@@ -110,3 +110,19 @@ def test_pretrained_source_of_a_run_folder(tmp_path):
     (tmp_path / "pretrained.safetensors").write_bytes(b"x")
     assert pretrained_source(tmp_path) == tmp_path / "pretrained.safetensors"
     assert pretrained_source(tmp_path / "file.safetensors") == tmp_path / "file.safetensors"
+
+
+def test_reads_the_written_format_and_refuses_others(tmp_path):
+    folder = tmp_path / "task_vectors"
+    for task in ("b", "a"):
+        save_task_vector(folder / f"{task}.safetensors", {"w": torch.ones(2)}, {"task": task, "model": "m"})
+    index = folder / "index.json"
+    index.write_text(json.dumps({"model": "m", "task_vectors": [{"task": "b", "file": "b.safetensors"},
+                                                               {"task": "a", "file": "a.safetensors"}]}))
+    found = read_run(tmp_path)
+    assert list(found.paths) == ["b", "a"] and found.paths["a"] == folder / "a.safetensors"
+    for other in ([{"task": "a", "file": "a.safetensors"}], {"entries": [{"name": "a", "path": "a.safetensors"}]},
+                  {"task_vectors": [{"name": "a", "path": "a.safetensors"}]}):
+        index.write_text(json.dumps(other))
+        with pytest.raises(ValueError, match="index.json"):
+            read_run(tmp_path)
