@@ -51,8 +51,12 @@ def test_configs_exist():
 
 def output_dirs(path: Path) -> list[str]:
     """Where a fit config writes: default_root_dir, and the checkpoint and log folders it names."""
-    trainer = yaml.safe_load(path.read_text())["trainer"]
-    dirs = [trainer["default_root_dir"]]
+    from weaving.cli import run_dir_name
+
+    config = yaml.safe_load(path.read_text())
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    dirs = [trainer.get("default_root_dir") or run_dir_name(config["model"]["init_args"]["model"], data["tasks"],
+                                                            data.get("splits"))]  # derived when left out
     for callback in trainer.get("callbacks") or []:
         dirpath = (callback.get("init_args") or {}).get("dirpath")
         if dirpath:
