@@ -12,6 +12,7 @@ from weaving.merging import (
     merge,
     parse_lambdas,
     read_metadata,
+    run_recipe,
     save_task_vector,
     weave,
 )
@@ -19,6 +20,6 @@ from weaving.merging import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS", "POOLINGS", "load_task_vector", "merge", "parse_lambdas", "read_metadata", "save_task_vector",
+    "METHODS", "POOLINGS", "load_task_vector", "merge", "parse_lambdas", "read_metadata", "run_recipe", "save_task_vector",
     "weave", "__version__",
 ]

@@ -108,3 +108,20 @@ def test_validate_from_the_decoded_cache_gives_the_same_numbers(domain_run, head
     trainer.validate(module, data, verbose=False)
     assert {k: float(v) for k, v in trainer.callback_metrics.items()} == plain
     assert len(list(tmp_path.iterdir())) == len(DOMAINS)
+
+
+def test_weaving_over_a_grid_of_hyper_parameters(domain_run, head_cache):
+    import weaving
+
+    module = MergeModule(str(domain_run), method="ties", weave=True, lambdas=[0.5, 1.0], grid={"k": [0.3, 0.6]},
+                         head_cache_dir=head_cache)
+    validate(module, ["digits"])
+    members = list(read_run(domain_run).paths.values())
+    expected = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]})
+    single = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], k=0.3)
+    merged = visual_state_dict(module.clip_model)
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
+    assert not all(torch.allclose(merged[k], single[k], atol=1e-6) for k in expected)
+    assert module.lambdas == [0.5, 1.0]
+    with pytest.raises(ValueError, match="has no hyper-parameter 'beta'"):
+        MergeModule(str(domain_run), method="ties", weave=True, grid={"beta": [0.1]}, head_cache_dir=head_cache)

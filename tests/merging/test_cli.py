@@ -100,19 +100,22 @@ def test_hyphenated_options_as_in_the_usage_line(files):
 
 
 def test_output_path_is_checked_before_any_work(files, monkeypatch):
-    import weaving.merging.cli as cli
-
     tmp, _, _, _ = files
     (tmp / "a_file").write_text("x")
 
     def never(*args, **kwargs):
         raise AssertionError("the merge ran before the output path was checked")
 
-    monkeypatch.setattr(cli, "task_vector_from_finetuned", never)
-    monkeypatch.setattr(cli, "run_merge", never)
+    import weaving.merging.recipe as recipe
+
+    monkeypatch.setattr(recipe, "prepare_merge", never)
+    monkeypatch.setattr(recipe, "prepare_weave", never)
     args = ["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", str(tmp / "ft0.safetensors"), "--method", "ties"]
-    with pytest.raises(ValueError, match="is a folder; give a file name"):
+    with pytest.raises(ValueError, match="already exists and is not empty"):  # a folder output is a new HF folder
         merge_main(args + ["--output", str(tmp)])
+    (tmp / "sub.safetensors").mkdir()
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        merge_main(args + ["--output", str(tmp / "sub.safetensors")])
     with pytest.raises(ValueError, match="is a file, so it cannot hold a folder"):
         merge_main(args + ["--output", str(tmp / "a_file" / "merged.safetensors")])
 
@@ -143,3 +146,60 @@ def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
     assert "weaving merge: error: task vectors from different base models" in capsys.readouterr().err and not (tmp / "m.safetensors").exists()
     merge_main(args + ["--allow_mixed", "true"])
     assert (tmp / "m.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ recipes and HF folders
+def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
+    import yaml
+
+    from weaving.formats.sharded import open_checkpoint
+
+    from ..formats.llm import finetunes, llama_like, write_hf_folder
+
+    base = llama_like()
+    base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
+    tuned = finetunes(base, 2)
+    paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(tuned)]
+    recipe = {"inputs": {"pretrained": str(base_dir), "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1]]},
+              "method": {"ties": {"k": 0.3}}, "weaving": {"lambdas": "0.5:1.0:0.5", "grid": {"k": [0.3, 0.6]}},
+              "output": str(tmp_path / "merged"), "out_shard_size": "1KB"}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "method": "ties"}))
+    result = run_cli("--config", str(tmp_path / "recipe.yaml"))
+    assert result.returncode == 0, result.stderr
+    tvs = [{k: 0.5 * (tuned[0][k] - base[k]) for k in base}, {k: tuned[1][k] - base[k] for k in base}]
+    expected = weaving.weave(base, tvs, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]})
+    got = open_checkpoint(tmp_path / "merged")
+    assert all(torch.equal(got.get(k), expected[k]) for k in base)
+    assert (tmp_path / "merged" / "config.json").exists() and len(list((tmp_path / "merged").glob("*.safetensors"))) > 3
+    # the same merge from flags, with folders as inputs
+    result = run_cli("--pretrained", str(base_dir), "--task_vectors", str(tmp_path / "tv.safetensors"), "--method", "ties",
+                     "--output", str(tmp_path / "x"))
+    assert result.returncode != 0 and "tv.safetensors: no such file" in result.stderr
+    save_file(tvs[0], tmp_path / "tv0.safetensors")
+    result = run_cli("--pretrained", str(base_dir), "--task_vectors", str(tmp_path / "tv0.safetensors"), "--method",
+                     "ties", "--lambdas", "0.5,1.0", "--grid", "{k: [0.3, 0.6]}", "--dtype", "bfloat16",
+                     "--out_shard_size", "2KB", "--output", str(tmp_path / "flags"))
+    assert result.returncode == 0, result.stderr
+    expected = weaving.weave(base, tvs[:1], "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]})
+    got = open_checkpoint(tmp_path / "flags")
+    assert all(torch.equal(got.get(k), expected[k].to(torch.bfloat16)) for k in base)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\noutput: OUT\ncolour: red\n", "unknown key 'colour'"),
+    ("inputs: {pretrained: P, finetuned: [{model: F, weight: heavy}]}\nmethod: ties\noutput: OUT\n", "weight must be a finite number"),
+    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\nweaving: {lambdas: [1.0], grid: {p: [0.1]}}\noutput: OUT\n",
+     "has no hyper-parameter 'p'"),
+    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\nweaving: {lambdas: [1.0], grid: {k: []}}\noutput: OUT\n", "is empty"),
+    ("inputs: {pretrained: P, finetuned: [someone/not-cached-anywhere]}\nmethod: ties\noutput: OUT\n", "HF_HUB_OFFLINE"),
+])
+def test_bad_recipe_files_are_one_line_errors(files, recipe, message):
+    tmp, _, _, finetuned = files
+    path = tmp / "recipe.yaml"
+    path.write_text(recipe.replace("P", str(tmp / "pre.safetensors")).replace("F", finetuned[0])
+                    .replace("OUT", str(tmp / "out")))
+    result = subprocess.run([sys.executable, "-m", "weaving", "merge", "--config", str(path)], capture_output=True,
+                            text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp / "out").exists()

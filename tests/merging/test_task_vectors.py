@@ -61,7 +61,7 @@ def test_nan_and_inf(inputs, bad, method):
 
 
 def test_unknown_method_lists_the_known_ones(inputs):
-    with pytest.raises(ValueError, match=r"unknown merge method 'tie'; known methods: breadcrumbs, dare, iso_c"):
+    with pytest.raises(ValueError, match=r"unknown merge method 'tie'; known methods: breadcrumbs, breadcrumbs_ties, dare, dare_ties, iso_c"):
         weaving.merge(*inputs, "tie")
 
 

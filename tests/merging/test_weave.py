@@ -1,12 +1,17 @@
+import dataclasses
+import fnmatch
+import itertools
+
 import pytest
 import torch
 
 import weaving
+from weaving.merging.engine import open_inputs
 from weaving.merging.pooling import POOLINGS
-from weaving.merging.registry import derive_seed
+from weaving.merging.registry import METHODS, derive_seed, get_method
 from weaving.merging.weave import parse_lambdas
 
-from .conftest import assert_float64_close, delta
+from .conftest import assert_float64_close, delta, make_inputs
 
 DETERMINISTIC = ["task_arithmetic", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts"]
 LAMBDAS = [0.1, 0.4, 0.7, 1.0, 1.5]
@@ -114,3 +119,99 @@ def test_search_space_size_is_capped_with_one_line():
         with pytest.raises(ValueError, match=f"at most {MAX_SEARCH_POINTS} are allowed") as info:
             parse_lambdas(space)
         assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+# ------------------------------------------------------------------------------- general search spaces
+GRIDS = {"ties": {"k": [0.3, 0.6]}, "dare": {"p": [0.2, 0.5]}, "breadcrumbs": {"beta": [0.3, 0.6], "gamma": [0.0, 0.2]},
+         "pcb": {"ratio": [0.2, 0.5]}, "iso_cts": {"common_fraction": [0.5, 0.8]},
+         "dare_ties": {"p": [0.2, 0.5]}, "breadcrumbs_ties": {"beta": [0.3, 0.6]}}
+BY_NAME = {"kind": "pattern", "patterns": {"*bias": 2.0, "*conv*": 0.3}, "default": 0.9}
+
+
+def point_delta(pretrained, tvs, method, setting, index, seed, key):
+    """g at one point: through weaving.merge for deterministic methods, the method's own draw for random ones."""
+    spec = get_method(method)
+    if spec.random:
+        inputs = open_inputs(pretrained, tvs, None)
+        resolved = spec.resolve(setting)
+        stats = spec.prepare(inputs.task_set, **resolved) if spec.prepare else None
+        return spec.merge(inputs.task_set.tensors(key), key=key, stats=stats, **resolved,
+                          seed=derive_seed(seed, key, "lambda", index))
+    return weaving.merge(pretrained, tvs, method, **setting)[key] - pretrained[key]
+
+
+def lam_of(lam, key):
+    if isinstance(lam, dict):
+        return next((v for p, v in lam["patterns"].items() if fnmatch.fnmatchcase(key, p)), lam["default"])
+    return lam
+
+
+def explicit_members(pretrained, tvs, method, points, include_deltas, seed, key):
+    members = [tv[key] for tv in tvs] if include_deltas else []
+    for index, (lam, setting) in enumerate(points):
+        members.append(lam_of(lam, key) * point_delta(pretrained, tvs, method, setting, index, seed, key))
+    return members
+
+
+@pytest.mark.parametrize("method", sorted(weaving.METHODS))
+@pytest.mark.parametrize("include_deltas", [True, False])
+def test_grid_mean_pooling_equals_the_average_over_the_explicit_augmented_set(method, include_deltas):
+    pretrained, tvs = make_inputs(dtype=torch.float64)
+    grid = GRIDS.get(method, {})
+    lambdas = [0.5, 1.2, BY_NAME]
+    woven = weaving.weave(pretrained, tvs, method, lambdas, include_deltas=include_deltas, grid=grid, seed=3)
+    names = list(grid)
+    points = [(lam, dict(zip(names, combo))) for combo in itertools.product(*grid.values()) for lam in lambdas]
+    assert len(points) == 3 * (4 if method == "breadcrumbs" else 2 if grid else 1)
+    for key in pretrained:
+        members = explicit_members(pretrained, tvs, method, points, include_deltas, 3, key)
+        expected = pretrained[key] + torch.stack(members).mean(0)
+        torch.testing.assert_close(woven[key], expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("pooling", ["magmax", "random"])
+@pytest.mark.parametrize("include_deltas", [True, False])
+def test_explicit_points_with_random_and_magmax_pooling(pooling, include_deltas):
+    pretrained, tvs = make_inputs(dtype=torch.float64)
+    # interleaved settings and equal lambdas: member order decides magmax ties between groups
+    points = [{"lam": 1.0, "k": 0.3}, {"lam": 0.4, "k": 0.6}, {"lam": 1.0, "k": 0.6}, {"lam": BY_NAME, "k": 0.3}]
+    woven = weaving.weave(pretrained, tvs, "ties", points=points, pooling=pooling, include_deltas=include_deltas, seed=4)
+    explicit = [(p["lam"], {"k": p["k"]}) for p in points]
+    for key in pretrained:
+        members = explicit_members(pretrained, tvs, "ties", explicit, include_deltas, 4, key)
+        pooled = POOLINGS[pooling](members, seed=derive_seed(4, "pooling", key))
+        torch.testing.assert_close(woven[key], pretrained[key] + pooled, atol=1e-12, rtol=1e-10)
+
+
+def test_grid_costs_one_merge_per_setting_whatever_the_number_of_lambdas(monkeypatch):
+    pretrained, tvs = make_inputs()
+    spec = get_method("ties")
+    calls = []
+
+    def counting(tensors, **kwargs):
+        calls.append((kwargs["key"], kwargs["k"]))
+        return spec.merge(tensors, **kwargs)
+
+    monkeypatch.setitem(METHODS, "ties", dataclasses.replace(spec, merge=counting))
+    weaving.weave(pretrained, tvs, "ties", "0.1:1.5:0.1", grid={"k": [0.1, 0.2, 0.3]})
+    assert sorted(calls) == sorted((key, k) for key in pretrained for k in (0.1, 0.2, 0.3))
+
+
+def test_grid_with_one_value_equals_the_fixed_hyper_parameter(inputs):
+    pretrained, tvs = inputs
+    a = weaving.weave(pretrained, tvs, "ties", LAMBDAS, grid={"k": [0.4]})
+    b = weaving.weave(pretrained, tvs, "ties", LAMBDAS, k=0.4)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lambdas": [1.0], "grid": {"beta": [0.1]}}, "has no hyper-parameter 'beta'"),
+    ({"lambdas": [1.0], "grid": {"k": []}}, "grid over 'k' is empty"),
+    ({"lambdas": [1.0], "grid": {"k": [0.1]}, "k": 0.2}, "both as a fixed hyper-parameter"),
+    ({"lambdas": [1.0], "grid": {"k": [1.5]}}, "k is the kept fraction"),
+    ({"lambdas": None, "points": [{"k": 0.1}]}, "needs a 'lam'"),
+    ({"lambdas": None}, "search space is empty"),
+])
+def test_bad_grids_and_points(inputs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        weaving.weave(*inputs, "ties", **kwargs)

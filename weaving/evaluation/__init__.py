@@ -5,7 +5,7 @@ from weaving.evaluation.compare import Row, run_comparison, write_comparison
 from weaving.evaluation.evaluate import Evaluator, Request, WeightBank, WeightSet
 from weaving.evaluation.merge_module import MergeModule
 from weaving.evaluation.report import check_results, format_markdown, format_summary, load_results, write_results
-from weaving.evaluation.search_spaces import SETUPS, default_search_space
+from weaving.merging.search_space import SETUPS, default_search_space
 from weaving.evaluation.setups import (
     Column,
     MergeJob,

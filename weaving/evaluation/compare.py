@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from weaving.evaluation.evaluate import Evaluator, Request, Tally, WeightSet
-from weaving.evaluation.search_spaces import default_search_space, recommended_lambda
+from weaving.merging.search_space import default_search_space, recommended_lambda
 from weaving.evaluation.setups import Setup, incremental_stages
 
 SEQUENTIAL_LABEL = "Seq-FT"  # the sequential model theta_pre + tau_i (MagMax's sequential fine-tuning)

@@ -30,7 +30,7 @@ from torchmetrics import Metric
 from weaving.evaluation.evaluate import WeightBank, WeightSet, autocast_for, score_batch
 from weaving.evaluation.report import check_results
 from weaving.runs import RunIdentity, check_same_base, read_run, state_dict_hash
-from weaving.evaluation.search_spaces import check_setup, default_search_space
+from weaving.merging.search_space import check_setup, default_search_space, parse_search_space, search_space_numbers
 from weaving.evaluation.setups import MergeJob, Setup, Tally, mean_accuracy, setup_for_loaders
 
 
@@ -66,9 +66,11 @@ class MergeModule(pl.LightningModule):
         task_vectors: a run dir (with task_vectors/), a folder of .safetensors task vectors, or a list of files.
         method: merge method name (`weaving.METHODS`); `method_args` its hyper-parameters (e.g. {"k": 0.2}).
         lam: scale of the merged delta when `weave` is false (the data-free baseline is 1.0).
-        weave: use Weight Weaving over `lambdas` ("start:stop:step" or a list; default: the paper's space
-            for this method and setup) with `pooling` ("mean", "random", "magmax" or a method name) and
-            `include_deltas` (pool the task vectors too, the paper's default).
+        weave: use Weight Weaving over `lambdas` ("start:stop:step", a list, or any search space of
+            `weaving.merging.search_space`; default: the paper's space for this method and setup), crossed
+            with `grid` (the method's hyper-parameters, e.g. {"k": [0.1, 0.2]}), or over explicit `points`,
+            with `pooling` ("mean", "random", "magmax" or a method name) and `include_deltas` (pool the
+            task vectors too, the paper's default).
         setup: "multi_task", "continual" or "domain_generalization".
         tasks: which task vectors to use (default: all of them, in the run's order).
         model, pretrained, init_seed: the pretrained CLIP; when `model` is None all three come from the
@@ -91,7 +93,9 @@ class MergeModule(pl.LightningModule):
         method_args: dict[str, Any] | None = None,
         lam: float = 1.0,
         weave: bool = False,
-        lambdas: str | list[float] | None = None,
+        lambdas: str | list[float | dict[str, Any]] | dict[str, Any] | None = None,
+        grid: dict[str, Any] | None = None,
+        points: list[dict[str, Any]] | None = None,
         pooling: str = "mean",
         include_deltas: bool = True,
         setup: str = "multi_task",
@@ -128,7 +132,13 @@ class MergeModule(pl.LightningModule):
             model, pretrained, init_seed = self.files.model, self.files.pretrained, self.files.seed
         self.method, self.method_args, self.lam = method, dict(method_args or {}), float(lam)
         self.weave, self.pooling, self.include_deltas, self.seed = weave, pooling, include_deltas, seed
-        self.lambdas = [float(v) for v in weaving.parse_lambdas(lambdas or default_search_space(method, setup))] if weave else None
+        self.grid, self.points, self.lambdas = grid, points, None
+        if weave:
+            self.search_space = lambdas if lambdas is not None or points is not None else default_search_space(method, setup)
+            space = parse_search_space(self.search_space, grid, points)
+            for point in space:
+                weaving.METHODS[method].resolve({**self.method_args, **point.setting})
+            self.lambdas = search_space_numbers(space)
         self.clip = load_clip(model, pretrained, seed=init_seed or 0)
         self.clip_model = self.clip.model.eval()
         if self.files.pretrained_hash is not None:
@@ -174,8 +184,9 @@ class MergeModule(pl.LightningModule):
 
         members = [self.files.paths[name] for name in job.task_vectors]
         if self.weave:
-            return weaving.weave(self.theta_pre, members, self.method, self.lambdas, pooling=self.pooling,
-                                 include_deltas=self.include_deltas, device=self.device, seed=self.seed, **self.method_args)
+            return weaving.weave(self.theta_pre, members, self.method, self.search_space, pooling=self.pooling,
+                                 include_deltas=self.include_deltas, device=self.device, seed=self.seed,
+                                 grid=self.grid, points=self.points, **self.method_args)
         return weaving.merge(self.theta_pre, members, self.method, lam=1.0, device=self.device, seed=self.seed,
                              **self.method_args)
 

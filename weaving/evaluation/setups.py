@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from weaving.evaluation.search_spaces import check_setup
+from weaving.merging.search_space import check_setup
 
 MEAN_RULES = ("columns", "samples")
 

@@ -1,4 +1,4 @@
-"""The merge engine: nine merge methods, Weight Weaving and task-vector I/O. No Lightning needed."""
+"""The merge engine: eleven merge methods, Weight Weaving and task-vector I/O. No Lightning needed."""
 
 from weaving.merging.engine import merge
 from weaving.merging.pooling import POOLINGS
@@ -10,10 +10,12 @@ from weaving.merging.task_vectors import (
     save_task_vector,
     task_vector_from_finetuned,
 )
-from weaving.merging.weave import parse_lambdas, weave
+from weaving.merging.recipe import run_recipe
+from weaving.merging.search_space import parse_lambdas, parse_search_space
+from weaving.merging.weave import weave
 import weaving.merging.methods  # noqa: E402,F401  (registers every method)
 
 __all__ = [
-    "METHODS", "POOLINGS", "get_method", "load_task_vector", "merge", "parse_lambdas", "read_metadata",
-    "register_method", "save_state_dict", "save_task_vector", "task_vector_from_finetuned", "weave",
+    "METHODS", "POOLINGS", "get_method", "load_task_vector", "merge", "parse_lambdas", "parse_search_space", "read_metadata",
+    "register_method", "run_recipe", "save_state_dict", "save_task_vector", "task_vector_from_finetuned", "weave",
 ]

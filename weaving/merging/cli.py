@@ -2,6 +2,10 @@
 
     weaving merge --pretrained base.safetensors --finetuned a.safetensors b.safetensors \
         --method ties --method_args '{k: 0.2}' --lambdas 0.1:1.5:0.1 --pooling mean --output merged.safetensors
+    weaving merge --config recipe.yaml        # a merge recipe (weaving.merging.recipe, docs/recipes.md)
+
+Inputs may also be Hugging Face folders (sharded or not) or hub ids; without --format the flags build the
+recipe a recipe file holds, and `weaving.merging.recipe.run_recipe` does the work, streaming the output.
 
 A method's hyper-parameters are one dictionary, `--method_args` (YAML: `method_args: {k: 0.2}`), checked
 against that method's signature by the registry, the same spelling as MergeModule's configs.
@@ -19,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from weaving.atomic import check_writable
 from weaving.merging.engine import run_merge
+from weaving.merging.recipe import is_recipe_file, recipe_from_options, run_recipe
 from weaving.merging.registry import METHODS, get_method, get_pooling
 from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
 from weaving.merging.weave import parse_lambdas, run_weave
@@ -53,7 +58,17 @@ def build_parser() -> ArgumentParser:
                         help="Pool the task vectors together with the lambda-scaled merges.")
     parser.add_argument("--device", type=Optional[str], default=None, help="cpu (default), cuda or cuda:N.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of random methods and random pooling.")
-    parser.add_argument("--output", type=str, required=True, help="Output safetensors file (written atomically).")
+    parser.add_argument("--grid", type=Optional[dict[str, Any]], default=None,
+                        help="Weight Weaving over method hyper-parameters too, e.g. '{k: [0.1, 0.2]}' (with --lambdas).")
+    parser.add_argument("--points", type=Optional[list[dict[str, Any]]], default=None,
+                        help="Explicit weaving points, e.g. '[{lam: 0.5, k: 0.1}, {lam: 1.0, k: 0.2}]'.")
+    parser.add_argument("--dtype", type=Optional[str], default=None,
+                        help="Output dtype: float32, float16, bfloat16 or float64 (default: the pretrained's).")
+    parser.add_argument("--out_shard_size", type=Optional[str], default=None,
+                        help="Write a Hugging Face folder in shards of at most this size, e.g. 2GB.")
+    parser.add_argument("--output", type=str, required=True,
+                        help="Output: a .safetensors file, or a folder (Hugging Face layout, config and tokenizer "
+                        "copied from a pretrained folder); written atomically.")
     parser.add_argument("--format", type=Optional[str], default=None,
                         help="Write a full checkpoint: open_clip (one file for open_clip.create_model) or hf "
                         "(a transformers CLIP folder); default: the merged tensors as they are.")
@@ -89,9 +104,25 @@ def run(cfg) -> str:
         parse_lambdas(cfg.lambdas)
         get_pooling(cfg.pooling)
     from weaving.formats.run_inputs import pretrained_path, recorded_model, task_vector_paths
+    from weaving.formats.sharded import WEIGHT_FILES
 
-    cfg.pretrained = pretrained_path(cfg.pretrained)
-    cfg.task_vectors = task_vector_paths(cfg.task_vectors) if cfg.task_vectors else cfg.task_vectors
+    def is_weights_folder(path: str) -> bool:  # a Hugging Face folder, not a run
+        return Path(path).is_dir() and any((Path(path) / name).is_file() for name in WEIGHT_FILES)
+
+    if not is_weights_folder(cfg.pretrained):
+        cfg.pretrained = pretrained_path(cfg.pretrained)
+    if cfg.task_vectors:
+        cfg.task_vectors = [p for s in cfg.task_vectors for p in ([s] if is_weights_folder(s) else task_vector_paths([s]))]
+    if cfg.format is None:  # the recipe path: any input format, streamed output, grids, dtype, shards
+        recipe = recipe_from_options(
+            pretrained=cfg.pretrained, finetuned=cfg.finetuned, task_vectors=cfg.task_vectors, method=cfg.method,
+            method_args=hparams, lam=cfg.lam, lambdas=cfg.lambdas, grid=cfg.grid, points=cfg.points,
+            pooling=cfg.pooling, include_deltas=cfg.include_deltas, dtype=cfg.dtype, out_shard_size=cfg.out_shard_size,
+            output=cfg.output, device=cfg.device, seed=cfg.seed)
+        return str(run_recipe(recipe, progress=True))
+    if cfg.grid is not None or cfg.points is not None or cfg.dtype is not None or cfg.out_shard_size is not None:
+        raise ValueError("--format exports one CLIP checkpoint: --grid, --points, --dtype and --out_shard_size "
+                         "work without --format")
     model = cfg.model or recorded_model(cfg.pretrained, cfg.task_vectors or [])
     if cfg.format is not None:
         from weaving.formats.export import check_export
@@ -129,6 +160,17 @@ def run(cfg) -> str:
         return str(export_checkpoint(cfg.output, merged, cfg.format, model, recipe))
     save_state_dict(cfg.output, merged, {"weaving_recipe": json.dumps(recipe)})
     return cfg.output
+
+
+def recipe_file(argv: list[str]) -> str | None:
+    """The file of `--config FILE` when it is a merge recipe (weaving.merging.recipe), else None."""
+    for i, arg in enumerate(argv):
+        path = arg.partition("=")[2] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if path and is_recipe_file(path):
+            if len(argv) != (1 if arg.startswith("--config=") else 2):
+                raise ValueError(f"{path} is a merge recipe, which holds every option: give --config {path} alone")
+            return path
+    return None
 
 
 def normalize_options(argv: list[str]) -> list[str]:
@@ -173,9 +215,14 @@ def merge_main(argv: list[str]) -> None:
     """Parse, merge, write; user errors propagate as ValueError/FileNotFoundError (`weaving` prints them)."""
     from jsonargparse import ArgumentError
 
+    argv = normalize_options(argv)
+    recipe = recipe_file(argv)
+    if recipe is not None:
+        print(f"wrote {run_recipe(recipe, progress=True)}")
+        return
     parser = build_parser()
     try:
-        cfg = parser.parse_args(normalize_options(argv))
+        cfg = parser.parse_args(argv)
     except ArgumentError as error:
         raise ValueError(option_error_line(str(error))) from None
     print(f"wrote {run(cfg)}")

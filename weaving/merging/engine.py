@@ -6,7 +6,7 @@ the statistics pass of methods with global thresholds, seeding, progress bars an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +36,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 class MergeInputs:
     base: TensorSource
     task_set: TaskVectorSet
+    owner: dict[str, int] | None = None  # distributed: the rank that owns each output tensor
+    rank: int = 0
 
 
 def open_inputs(
     pretrained: StateDictLike | TensorSource,
     task_vectors: Sequence[StateDictLike | TensorSource],
     device: str | torch.device | None,
+    distributed: bool = False,
 ) -> MergeInputs:
+    """Check the inputs and open them lazily; `distributed`: keep only this rank's tensors (see
+    weaving.merging.distributed), with statistics reduced over every rank."""
     if isinstance(task_vectors, (str, bytes)) or not isinstance(task_vectors, Sequence):
         raise ValueError("task_vectors must be a list of state dicts or safetensors paths")
     base = as_source(pretrained, "pretrained")
     sources = [as_source(tv, f"task_vectors[{i}]") for i, tv in enumerate(task_vectors)]
     keys = validate_inputs(base, sources)
+    if distributed:
+        from weaving.merging.distributed import local_inputs
+
+        return local_inputs(base, sources, keys, resolve_device(device))
     return MergeInputs(base, make_task_set(sources, keys, resolve_device(device)))
 
 
@@ -65,21 +74,39 @@ def assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor], desc
 
     Output tensors are on the CPU, in the pretrained tensor's dtype.
     """
+    return dict(iter_assemble(inputs, delta_for, description, progress))
+
+
+def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor], description: str,
+                  progress: bool | None, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """`assemble` one tensor at a time, so a writer can stream them to disk; `dtype` overrides the output
+    dtype of every floating-point tensor (default: the pretrained tensor's)."""
     base, task_set = inputs.base, inputs.task_set
     merged_keys = set(task_set.keys)
-    output: dict[str, torch.Tensor] = {}
     bar = tqdm(total=len(task_set.keys), desc=description, unit="tensor", disable=None if progress is None else not progress)
-    with torch.no_grad():
+    try:
         for key in base.keys():
+            if inputs.owner is not None and inputs.owner[key] != inputs.rank:
+                continue
             value = base.get(key)
             if key not in merged_keys:
-                output[key] = value.clone()
+                yield key, value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
                 continue
-            theta = check_finite(value.to(task_set.device, task_set.dtype(key)), base.label, key)
-            output[key] = (theta + delta_for(key)).to(device="cpu", dtype=value.dtype)
+            with torch.no_grad():
+                theta = check_finite(value.to(task_set.device, task_set.dtype(key)), base.label, key)
+                merged = (theta + delta_for(key)).to(device="cpu", dtype=dtype or value.dtype)
+            del theta, value
+            yield key, merged
             bar.update(1)
-    bar.close()
-    return output
+    finally:
+        bar.close()
+
+
+def output_layout(inputs: MergeInputs, dtype: torch.dtype | None = None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(name, shape, dtype) of every output tensor, in output order, known before any merging."""
+    base = inputs.base
+    return [(key, tuple(base.shape(key)), dtype if dtype is not None and base.dtype(key).is_floating_point else base.dtype(key))
+            for key in base.keys()]
 
 
 def merge(
@@ -101,11 +128,19 @@ def merge(
 
 
 def run_merge(pretrained, task_vectors, method: str, lam: float, *, device, seed: int, progress: bool | None, hparams: dict[str, Any]) -> dict[str, torch.Tensor]:
+    inputs, delta_for, description = prepare_merge(pretrained, task_vectors, method, lam, device=device, seed=seed,
+                                                   hparams=hparams)
+    return assemble(inputs, delta_for, description, progress)
+
+
+def prepare_merge(pretrained, task_vectors, method: str, lam: float, *, device, seed: int,
+                  hparams: dict[str, Any], distributed: bool = False) -> tuple[MergeInputs, Callable[[str], torch.Tensor], str]:
+    """Check everything and run the statistics pass; return the inputs and `lam * g` per tensor."""
     spec = get_method(method)
     hparams = spec.resolve(hparams)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not torch.isfinite(torch.tensor(float(lam))):
         raise ValueError(f"lam must be a finite number, got {lam!r}")
-    inputs = open_inputs(pretrained, task_vectors, device)
+    inputs = open_inputs(pretrained, task_vectors, device, distributed)
     with torch.no_grad():
         stats = prepare_method(spec, inputs.task_set, hparams)
 
@@ -113,4 +148,4 @@ def run_merge(pretrained, task_vectors, method: str, lam: float, *, device, seed
         g = spec.merge(inputs.task_set.tensors(key), key=key, stats=stats, **hparams, **method_seed(spec, seed, key))
         return lam * g
 
-    return assemble(inputs, delta_for, f"merge[{method}]", progress)
+    return inputs, delta_for, f"merge[{method}]"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from weaving.merging.selection import radix_select
 from weaving.merging.task_vectors import TensorSource, check_finite
+from weaving.merging.tensor_ops import sorted_values
+
+# Above this many entries per task vector, global selections stream the tensors in passes (exact radix
+# selection) instead of holding one whole task vector; both give the same values.
+IN_MEMORY_SELECTION = 2**26
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,3 +53,35 @@ class TaskVectorSet:
         if dtype is None:
             dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
         return torch.cat([p.to(dtype) for p in parts])
+
+    # Statistics over whole task vectors go through these three, so that a distributed set
+    # (weaving.merging.distributed) can reduce them over every process's tensors.
+    def numel(self) -> int:
+        """Entries of one task vector (all its tensors)."""
+        total = 0
+        for key in self.keys:
+            count = 1
+            for size in self.shape(key):
+                count *= size
+            total += count
+        return total
+
+    def all_sum(self, value: Any) -> Any:
+        """A statistic summed over every process holding part of the tensors (here: one process)."""
+        return value
+
+    def select_sorted(self, values_of: Callable[[str], torch.Tensor], indices: list[int],
+                      absolute: bool = False) -> list[torch.Tensor]:
+        """[sorted(v)[i] for i in indices], v = the entries of `values_of(key)` over every key (their abs
+        values when `absolute`); Python index rules."""
+        if self.numel() <= IN_MEMORY_SELECTION:
+            flat = torch.cat([values_of(key).reshape(-1) for key in self.keys])
+            return sorted_values(flat.abs_() if absolute else flat, indices)
+        dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.keys) else torch.float32
+
+        def parts():
+            for key in self.keys:
+                value = values_of(key)
+                yield value.abs() if absolute else value
+
+        return [v.to(self.device) for v in radix_select(parts, indices, self.numel(), dtype)]

@@ -1,16 +1,19 @@
 """Weight Weaving (Chaves et al., 2025): pool the task vectors with the method's merged deltas over a
-search space of lambdas, then add the pooled delta to the pretrained weights.
+search space, then add the pooled delta to the pretrained weights.
 
-Augmented set A = [tau_1..tau_T] + [l_i * g_i for l_i in lambdas] (without the task vectors when
-include_deltas is false). A is never materialized for a whole model: for a deterministic method
-(g_i = g) mean pooling is closed form, `(sum_t tau_t + sum(L) * g) / (T + N)`, so weaving costs one merge;
-random and magmax pooling are computed from g, the task vectors and L tensor by tensor.
+The search space is a list of points (`weaving.merging.search_space`): a lambda (a number or a per-layer
+function) and the method's hyper-parameters. Augmented set A = [tau_1..tau_T] + [l_i * g_i per point i]
+(without the task vectors when include_deltas is false), g_i the method's merge at point i's
+hyper-parameters. A is never materialized for a whole model: for a deterministic method, points with the
+same hyper-parameters share one g, so mean pooling is closed form, `(sum_t tau_t + sum_h (sum_{i in h} l_i)
+* g_h) / (T + N)`, and weaving costs one merge per distinct setting of the hyper-parameters, with each
+input tensor read once in the merge pass. Random and magmax pooling are computed from the g_h, the task
+vectors and the lambdas tensor by tensor.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,87 +22,85 @@ from weaving.merging.engine import MergeInputs, assemble, method_seed, open_inpu
 from weaving.merging.methods.magmax import max_magnitude
 from weaving.merging.pooling import POOLINGS, random_choice
 from weaving.merging.registry import MergeMethod, derive_seed, get_method, get_pooling
+from weaving.merging.search_space import (  # noqa: F401  (parse_lambdas, MAX_SEARCH_POINTS: public names here too)
+    MAX_SEARCH_POINTS,
+    LayerLambda,
+    Point,
+    group_points,
+    parse_lambdas,
+    parse_search_space,
+)
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import StateDictLike
 from weaving.merging.tensor_ops import sequential_sum
 
 
-MAX_SEARCH_POINTS = 10_000  # each lambda is one member of the augmented set; more is a typo, not a search
+class WeavePlan:
+    """The points of a search space resolved against one method: settings, groups and per-tensor lambdas.
 
+    Points with the same hyper-parameters form a group; a deterministic method is merged once per group.
+    """
 
-def _too_many(space: object, count: int) -> ValueError:
-    return ValueError(f"search space {space!r} has {count} points; at most {MAX_SEARCH_POINTS} are allowed "
-                      "(use a larger step)")
+    def __init__(self, spec: MergeMethod, points: list[Point], fixed: dict[str, Any], keys: Sequence[str]):
+        self.spec, self.points = spec, points
+        settings = []
+        for point in points:
+            clash = sorted(set(point.setting) & set(fixed))
+            if clash:
+                raise ValueError(f"search space: {clash[0]!r} is given both as a fixed hyper-parameter and in the "
+                                 "search space; give it in one place")
+            settings.append(spec.resolve({**fixed, **point.setting}))
+        self.groups = group_points(settings)
+        self.group_of = [0] * len(points)
+        for g, (_, indices) in enumerate(self.groups):
+            for index in indices:
+                self.group_of[index] = g
+        self._lambdas = [p.lam.bind(keys) if isinstance(p.lam, LayerLambda) else p.lam for p in points]
 
+    def lam(self, index: int, key: str) -> float:
+        value = self._lambdas[index]
+        return value(key) if callable(value) else value
 
-def parse_lambdas(space: str | float | Sequence[float]) -> list[float]:
-    """A search space as a list of numbers, 'a,b,c', or 'start:stop:step' (stop inclusive), of at most
-    MAX_SEARCH_POINTS points."""
-    if isinstance(space, str):
-        text = space.strip()
-        try:
-            if ":" in text:
-                parts = [float(p) for p in text.split(":")]
-                if len(parts) != 3:
-                    raise ValueError
-                start, stop, step = parts
-                if not all(math.isfinite(p) for p in parts):
-                    raise ValueError(f"search space {space!r}: start, stop and step must be finite numbers")
-                if not step > 0:
-                    raise ValueError(f"search space {space!r}: step must be positive")
-                if stop < start:
-                    raise ValueError(f"search space {space!r}: stop is below start, so it is empty")
-                count = int(math.floor((stop - start) / step + 1e-9)) + 1
-                if count > MAX_SEARCH_POINTS:
-                    raise _too_many(space, count)
-                values = [round(start + i * step, 12) for i in range(count)]
-            else:
-                values = [float(p) for p in text.replace(",", " ").split()]
-        except ValueError as error:
-            if str(error).startswith("search space"):
-                raise
-            raise ValueError(f"search space {space!r}: expected 'start:stop:step' or numbers like '0.5,1.0'") from None
-    elif isinstance(space, (int, float)) and not isinstance(space, bool):
-        values = [float(space)]
-    else:
-        try:
-            values = [float(v) for v in space]
-        except (TypeError, ValueError):
-            raise ValueError(f"search space {space!r}: expected numbers") from None
-    if not values:
-        raise ValueError(f"search space {space!r} is empty; give at least one lambda, e.g. '0.1:1.0:0.1'")
-    if len(values) > MAX_SEARCH_POINTS:
-        raise _too_many(space if len(str(space)) < 60 else f"{str(space)[:57]}...", len(values))
-    for value in values:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"search space {space!r} holds {value}; every lambda must be a finite positive number")
-    return values
+    def lambdas(self, key: str) -> list[float]:
+        return [self.lam(i, key) for i in range(len(self.points))]
 
 
 class AugmentedSet(TaskVectorSet):
     """The augmented set as a lazy task-vector set, so any merge method can pool over it."""
 
-    def __init__(self, inputs: MergeInputs, method: MergeMethod, hparams: dict[str, Any], stats: Any,
-                 lambdas: list[float], include_deltas: bool, seed: int):
+    def __init__(self, inputs: MergeInputs, plan: WeavePlan, stats: list[Any], include_deltas: bool, seed: int):
         base = inputs.task_set
         super().__init__(base.sources, base.keys, base.device)
-        self.base, self.method, self.hparams, self.stats = base, method, hparams, stats
-        self.lambdas, self.offset, self.seed = lambdas, (base.num_tasks if include_deltas else 0), seed
+        self.base, self.plan, self.method, self.stats = base, plan, plan.spec, stats
+        self.offset, self.seed = (base.num_tasks if include_deltas else 0), seed
         self._cache: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def num_tasks(self) -> int:
-        return self.offset + len(self.lambdas)
+        return self.offset + len(self.plan.points)
+
+    # statistics of a merge method used as pooling: over the same tensors as the task vectors (all ranks)
+    def numel(self) -> int:
+        return self.base.numel()
+
+    def all_sum(self, value: Any) -> Any:
+        return self.base.all_sum(value)
+
+    def select_sorted(self, values_of, indices: list[int], absolute: bool = False) -> list[torch.Tensor]:
+        return self.base.select_sorted(values_of, indices, absolute)
 
     def merged(self, index: int, key: str, taus: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """g_i for one tensor: one cached g for a deterministic method, a fresh seeded draw per lambda otherwise.
-        `taus`: this tensor's task vectors when the caller has already read them (read once, checked once)."""
-        draw = index if self.method.random else 0
+        """g for the point `index` and one tensor: one g per group of hyper-parameters for a deterministic
+        method, a fresh seeded draw per point for a random one. `taus`: this tensor's task vectors when the
+        caller has already read them (read once, checked once)."""
+        group = self.plan.group_of[index]
+        draw = index if self.method.random else group
         if (draw, key) not in self._cache:
             if len(self._cache) > 2 * len(self.keys) + 1 and self.method.random:
                 self._cache.clear()
+            setting = self.plan.groups[group][0]
             self._cache[(draw, key)] = self.method.merge(
-                self.base.tensors(key) if taus is None else taus, key=key, stats=self.stats, **self.hparams,
+                self.base.tensors(key) if taus is None else taus, key=key, stats=self.stats[group], **setting,
                 **method_seed(self.method, self.seed, key, "lambda", draw),
             )
         return self._cache[(draw, key)]
@@ -108,77 +109,111 @@ class AugmentedSet(TaskVectorSet):
         if task < self.offset:
             return self.base.tensor(task, key)
         index = task - self.offset
-        return self.lambdas[index] * self.merged(index, key)
+        return self.plan.lam(index, key) * self.merged(index, key)
 
 
 def weave(
     pretrained: StateDictLike,
     task_vectors: Sequence[StateDictLike],
     method: str,
-    lambdas: str | Sequence[float],
+    lambdas: Any = None,
     pooling: str = "mean",
     include_deltas: bool = True,
     *,
     device: str | torch.device | None = None,
     seed: int = 0,
+    grid: Mapping[str, Any] | None = None,
+    points: Sequence[Mapping[str, Any]] | None = None,
     **hparams: Any,
 ) -> dict[str, torch.Tensor]:
-    """Weight Weaving: `pretrained + pool(A)` over the augmented set A (see the module docstring)."""
+    """Weight Weaving: `pretrained + pool(A)` over the augmented set A (see the module docstring).
+
+    `lambdas` is any search space of `weaving.merging.search_space` (a list, 'start:stop:step', a
+    distribution, per-layer lambdas, or a mapping with lambdas/grid/points); `grid` maps the method's
+    hyper-parameters to lists of values (crossed with the lambdas); `points` lists explicit points
+    `[{"lam": 0.5, "k": 0.1}, ...]`. `hparams` are the method's fixed hyper-parameters.
+    """
     return run_weave(pretrained, task_vectors, method, lambdas, pooling, include_deltas,
-                     device=device, seed=seed, progress=None, hparams=hparams)
+                     device=device, seed=seed, progress=None, hparams=hparams, grid=grid, points=points)
 
 
-def run_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, include_deltas: bool, *,
-              device, seed: int, progress: bool | None, hparams: dict[str, Any]) -> dict[str, torch.Tensor]:
+def prepare_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, include_deltas: bool, *, device,
+                  seed: int, hparams: dict[str, Any], grid=None, points=None,
+                  distributed: bool = False) -> tuple[MergeInputs, Callable[[str], torch.Tensor], str]:
+    """Check everything, run the statistics passes, and return the inputs and the pooled delta per tensor."""
     spec = get_method(method)
-    hparams = spec.resolve(hparams)
-    values = parse_lambdas(lambdas)
+    spec.resolve(hparams)
+    space = parse_search_space(lambdas, grid, points)
     pooling_method = get_pooling(pooling)
     if not isinstance(include_deltas, bool):
         raise ValueError(f"include_deltas must be true or false, got {include_deltas!r}")
-    inputs = open_inputs(pretrained, task_vectors, device)
+    inputs = open_inputs(pretrained, task_vectors, device, distributed)
+    plan = WeavePlan(spec, space, hparams, inputs.task_set.keys)
     with torch.no_grad():
-        stats = prepare_method(spec, inputs.task_set, hparams)
-        augmented = AugmentedSet(inputs, spec, hparams, stats, values, include_deltas, seed)
+        stats = [prepare_method(spec, inputs.task_set, setting) for setting, _ in plan.groups]
+        augmented = AugmentedSet(inputs, plan, stats, include_deltas, seed)
         if pooling_method is None:
             delta_for = _elementwise_pooling(augmented, pooling)
         else:
             delta_for = _method_pooling(augmented, pooling_method)
-        description = f"weave[{method}, {len(values)} lambdas, {pooling}]"
+    merges = len(space) if spec.random else len(plan.groups)
+    return inputs, delta_for, f"weave[{method}, {len(space)} points, {merges} merges, {pooling}]"
+
+
+def run_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, include_deltas: bool, *,
+              device, seed: int, progress: bool | None, hparams: dict[str, Any], grid=None,
+              points=None) -> dict[str, torch.Tensor]:
+    inputs, delta_for, description = prepare_weave(pretrained, task_vectors, method, lambdas, pooling, include_deltas,
+                                                   device=device, seed=seed, hparams=hparams, grid=grid, points=points)
+    with torch.no_grad():
         return assemble(inputs, delta_for, description, progress)
 
 
 def _elementwise_pooling(augmented: AugmentedSet, pooling: str):
-    task_set, lambdas, seed = augmented.base, augmented.lambdas, augmented.seed
+    task_set, plan, seed = augmented.base, augmented.plan, augmented.seed
     with_deltas = augmented.offset > 0
     count = augmented.num_tasks
 
     def delta_for(key: str) -> torch.Tensor:
         pool_seed = derive_seed(seed, "pooling", key)
-        if augmented.method.random:  # a fresh g per lambda: pool the members of this tensor explicitly
+        if augmented.method.random:  # a fresh g per point: pool the members of this tensor explicitly
             members = [augmented.tensor(m, key) for m in range(count)]
             return POOLINGS[pooling](members, seed=pool_seed)
-        taus = task_set.tensors(key)
-        g = augmented.merged(0, key, taus)
+        taus = task_set.tensors(key)  # read once for every group of the search space
+        gs = [augmented.merged(indices[0], key, taus) for _, indices in plan.groups]
         augmented._cache.clear()
-        if pooling == "mean":  # closed form: one merge, whatever the number of lambdas
-            if with_deltas and augmented.method.sums_tasks:  # sum_t tau_t is g itself: don't sum twice
-                return g * ((sum(lambdas) + 1) / count)
-            total = sum(lambdas) * g
+        lambdas = plan.lambdas(key)
+        if pooling == "mean":  # closed form: one merge per group, whatever the number of lambdas
+            sums = [sum(lambdas[i] for i in indices) for _, indices in plan.groups]
+            if with_deltas and augmented.method.sums_tasks and len(gs) == 1:  # g is sum_t tau_t: don't sum twice
+                return gs[0] * ((sums[0] + 1) / count)
+            total = sums[0] * gs[0]
+            for extra, g in zip(sums[1:], gs[1:]):
+                total += extra * g
             if with_deltas:
                 total = sequential_sum(taus) + total
             return total / count
-        if pooling == "magmax":  # among the l_i * g, the last lambda of largest |l_i| wins
-            largest = max(abs(l) for l in lambdas)
-            winner = [l for l in lambdas if abs(l) == largest][-1]
-            return max_magnitude((taus if with_deltas else []) + [winner * g])
-        # random: each element picks one member index; lambda members are l_i * g
-        choice = random_choice(g.shape, count, pool_seed, g.device)
-        scales = torch.tensor(lambdas, dtype=g.dtype, device=g.device)
+        if pooling == "magmax":  # per group, among the l_i * g, the last lambda of largest |l_i| wins
+            winners = []
+            for g, (_, indices) in zip(gs, plan.groups):
+                largest = max(abs(lambdas[i]) for i in indices)
+                winner = [i for i in indices if abs(lambdas[i]) == largest][-1]
+                winners.append((winner, lambdas[winner] * g))
+            winners.sort(key=lambda item: item[0])  # members keep their order: later ones win equal values
+            return max_magnitude((taus if with_deltas else []) + [value for _, value in winners])
+        # random: each element picks one member index; member i of the search space is l_i * g_(its group)
+        g0 = gs[0]
+        choice = random_choice(g0.shape, count, pool_seed, g0.device)
+        scales = torch.tensor(lambdas, dtype=g0.dtype, device=g0.device)
+        num_tasks = task_set.num_tasks if with_deltas else 0
+        point = (choice - num_tasks).clamp(min=0)
+        if len(gs) == 1:
+            from_lambdas = scales[point] * g0
+        else:
+            group = torch.tensor(plan.group_of, device=g0.device)[point]
+            from_lambdas = scales[point] * torch.stack(gs).gather(0, group.unsqueeze(0)).squeeze(0)
         if not with_deltas:
-            return scales[choice] * g
-        num_tasks = task_set.num_tasks
-        from_lambdas = scales[(choice - num_tasks).clamp(min=0)] * g
+            return from_lambdas
         from_tasks = torch.stack(taus).gather(0, choice.clamp(max=num_tasks - 1).unsqueeze(0)).squeeze(0)
         return torch.where(choice < num_tasks, from_tasks, from_lambdas)
 

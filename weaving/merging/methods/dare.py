@@ -12,12 +12,17 @@ def check_dare(task_set, *, p: float, rescale: bool) -> None:
         raise ValueError(f"method 'dare': p is the drop probability and must be in [0, 1), got {p}")
 
 
+def drop_and_rescale(value: torch.Tensor, task: int, seed: int, p: float, rescale: bool) -> torch.Tensor:
+    """One task's tensor with each element dropped with probability p (its own seeded stream per task)."""
+    generator = torch.Generator(device=value.device).manual_seed(derive_seed(seed, "dare", task))
+    keep = torch.rand(value.shape, generator=generator, device=value.device, dtype=value.dtype) >= p
+    kept = value * keep
+    return kept / (1.0 - p) if rescale else kept
+
+
 @register_method("dare", prepare=check_dare, random=True)
 def dare(tensors: list[torch.Tensor], *, key: str, stats: None, seed: int, p: float = 0.1, rescale: bool = True) -> torch.Tensor:
     merged = torch.zeros_like(tensors[0])
     for task, value in enumerate(tensors):
-        generator = torch.Generator(device=value.device).manual_seed(derive_seed(seed, "dare", task))
-        keep = torch.rand(value.shape, generator=generator, device=value.device, dtype=value.dtype) >= p
-        kept = value * keep
-        merged += kept / (1.0 - p) if rescale else kept
+        merged += drop_and_rescale(value, task, seed, p, rescale)
     return merged

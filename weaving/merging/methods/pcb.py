@@ -12,7 +12,6 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import select_sorted
 
 CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
 
@@ -45,16 +44,14 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
     n = task_set.num_tasks
     stats = PcbStats([], [], [], [])
     totals = {key: torch.stack(task_set.tensors(key)).sum(dim=0) for key in task_set.keys}  # sum_j x_j, one model's size
+    d = task_set.numel()
     for t in range(n):
-        parts = [task_set.tensor(t, key) for key in task_set.keys]
-        d = sum(p.numel() for p in parts)
-        lo, hi = select_sorted(parts, [int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1], absolute=True)
-        scores = [score(x, totals[key], lo, hi, n) for x, key in zip(parts, task_set.keys)]
-        del parts
-        low, high = select_sorted(scores, [int(d * (1 - ratio)), int(d * (1 - 0)) - 1])
-        del scores
+        lo, hi = task_set.select_sorted(lambda key: task_set.tensor(t, key),
+                                        [int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1], absolute=True)
         stats.lo.append(lo)
         stats.hi.append(hi)
+        low, high = task_set.select_sorted(lambda key: score(task_set.tensor(t, key), totals[key], lo, hi, n),
+                                           [int(d * (1 - ratio)), int(d * (1 - 0)) - 1])
         stats.low.append(low)
         stats.high.append(high)
     return stats

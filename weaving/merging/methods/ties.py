@@ -8,7 +8,6 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import select_sorted
 
 
 @dataclass
@@ -17,25 +16,26 @@ class TiesStats:
     majority_sign: float
 
 
-def trim_threshold(task_vector: list[torch.Tensor], k: float) -> torch.Tensor | None:
-    """The (d - int(d*k))-th smallest abs value over all d entries of one task vector's tensors (original
-    TIES rule), selected without flattening them into one vector."""
-    d = sum(value.numel() for value in task_vector)
+def trim_threshold(task_set: TaskVectorSet, task: int, k: float) -> torch.Tensor | None:
+    """The (d - int(d*k))-th smallest abs value over all d entries of one task vector (original TIES rule),
+    selected without flattening them into one vector (and across ranks for a distributed set)."""
+    d = task_set.numel()
     kth = d - int(d * k)
     if kth < 1:
         return None
-    return select_sorted(task_vector, [kth - 1], absolute=True)[0]
+    return task_set.select_sorted(lambda key: task_set.tensor(task, key), [kth - 1], absolute=True)[0]
 
 
 def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
     if not 0.0 < k <= 1.0:
         raise ValueError(f"method 'ties': k is the kept fraction and must be in (0, 1], got {k}")
     # One task vector flattened at a time: never a dense T x d matrix.
-    thresholds = [trim_threshold([task_set.tensor(t, key) for key in task_set.keys], k) for t in range(task_set.num_tasks)]
+    thresholds = [trim_threshold(task_set, t, k) for t in range(task_set.num_tasks)]
     # Where the elected sign is 0, the original code uses the sign of the sum of all elected signs.
     total = 0
     for key in task_set.keys:
         total += int(torch.sign(trimmed_stack(task_set.tensors(key), thresholds).sum(dim=0)).sum().item())
+    total = task_set.all_sum(total)
     return TiesStats(thresholds, float((total > 0) - (total < 0)))
 
 

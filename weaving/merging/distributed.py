@@ -1,0 +1,186 @@
+"""Merging across processes with torch.distributed (launched by torchrun, Lightning or SLURM).
+
+Ranks own disjoint tensors (a size-balanced partition every rank computes alike), read and merge only
+those, and write them to their own shard files; rank 0 writes the index. Statistics that are global over
+a task vector stay exact through collectives:
+
+- sums and counts: one all-reduce;
+- the k-th smallest value over all ranks' entries (TIES' trim threshold, PCB's quantiles): radix
+  selection (`weaving.merging.selection`) with each pass's histogram all-reduced.
+
+One process is the special case with no collectives; the output tensors are bit-identical either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weaving.merging.selection import radix_select
+from weaving.merging.task_set import TaskVectorSet
+from weaving.merging.task_vectors import TensorSource
+
+
+# ------------------------------------------------------------------------------------- the process group
+def world_from_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's or SLURM's environment; (0, 1) when launched alone."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    if "SLURM_NTASKS" in os.environ and "SLURM_PROCID" in os.environ and "SLURM_JOB_NAME" in os.environ \
+            and os.environ["SLURM_JOB_NAME"] not in ("bash", "interactive"):
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+    return 0, 1
+
+
+def init_process_group(device: torch.device) -> bool:
+    """Join the process group the launcher describes (once); False when this is a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    rank, world = world_from_env()
+    if world <= 1:
+        return False
+    if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: Lightning knows how to derive the address
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = SLURMEnvironment()
+        os.environ.setdefault("MASTER_ADDR", env.main_address)
+        os.environ.setdefault("MASTER_PORT", str(env.main_port))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    return True
+
+
+def partition(sizes: Sequence[int], world: int) -> list[int]:
+    """The rank owning each item: largest first, each to the least-loaded rank (ties to the lowest rank)."""
+    owner = [0] * len(sizes)
+    load = [0] * world
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[index] = rank
+        load[rank] += max(int(sizes[index]), 1)
+    return owner
+
+
+# --------------------------------------------------------------------------------- the rank's tensors
+class DistributedTaskVectorSet(TaskVectorSet):
+    """The task vectors' tensors this rank owns; statistics hooks reduce over every rank."""
+
+    def __init__(self, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device,
+                 all_keys: Sequence[str]):
+        super().__init__(sources, keys, device)
+        self.all_keys = list(all_keys)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        moved = tensor.to(self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(moved)
+        return moved.to(tensor.device)
+
+    def numel(self) -> int:
+        return int(self.all_sum(super().numel()))
+
+    def all_sum(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return self._all_reduce(value.clone())
+        if isinstance(value, int):
+            return int(self._all_reduce(torch.tensor([value], dtype=torch.int64))[0])
+        return float(self._all_reduce(torch.tensor([float(value)], dtype=torch.float64))[0])
+
+    def select_sorted(self, values_of: Callable[[str], torch.Tensor], indices: list[int],
+                      absolute: bool = False) -> list[torch.Tensor]:
+        dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.all_keys) else torch.float32
+        count = self.numel()
+
+        def parts():
+            for key in self.keys:
+                value = values_of(key)
+                yield value.abs() if absolute else value
+
+        return [v.to(self.device) for v in radix_select(parts, indices, count, dtype, self._all_reduce)]
+
+
+def local_inputs(base: TensorSource, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device):
+    """This rank's share of a merge: a size-balanced partition of the output tensors over the ranks."""
+    import torch.distributed as dist
+
+    from weaving.formats.sharded import nbytes
+    from weaving.merging.engine import MergeInputs
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    names = base.keys()
+    owner = dict(zip(names, partition([nbytes(base.shape(k), base.dtype(k)) for k in names], world)))
+    local = [key for key in keys if owner[key] == rank]
+    return MergeInputs(base, DistributedTaskVectorSet(sources, local, device, keys), owner=owner, rank=rank)
+
+
+def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_size=None, metadata=None,
+                     copy_from=None) -> Path:
+    """Each rank writes its own tensors as its own shards; rank 0 writes the index and renames the folder.
+
+    The output folder must be on a file system every rank sees (it is, on one node).
+    """
+    import json
+    import shutil
+
+    import torch.distributed as dist
+
+    from weaving.formats.sharded import INDEX_FILE, SIDE_FILES, _write_file, check_output, nbytes, parse_size, plan_shards
+
+    shard_size = parse_size(shard_size)
+    output = check_output(output, shard_size)
+    if output.suffix == ".safetensors":
+        raise ValueError(f"output {output}: a distributed merge writes a folder (shards per rank); give a folder name")
+    rank, world = inputs.rank, dist.get_world_size()
+    plans = [plan_shards([entry for entry in layout if inputs.owner[entry[0]] == r], shard_size) for r in range(world)]
+    plans = [[shard for shard in plan if shard] for plan in plans]
+    count = sum(len(plan) for plan in plans)
+    first = sum(len(plan) for plan in plans[:rank])
+    tmp = output.parent / f".{output.name}.partial"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    failure = None
+    try:
+        items = iter(items)
+        for i, shard in enumerate(plans[rank]):
+            _write_file(tmp / f"model-{first + i + 1:05d}-of-{count:05d}.safetensors", shard, items, metadata)
+    except BaseException as error:  # every rank must learn that one failed, or rank 0 would publish a half model
+        failure = error
+    failed = torch.tensor([0 if failure is None else 1])
+    dist.all_reduce(failed)
+    if int(failed):
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure
+        raise RuntimeError("another rank failed while writing its shards; nothing was written")
+    if rank == 0:
+        weight_map = {}
+        index = 0
+        for plan in plans:
+            for shard in plan:
+                index += 1
+                weight_map.update({key: f"model-{index:05d}-of-{count:05d}.safetensors" for key, _, _ in shard})
+        total = sum(nbytes(shape, dtype) for _, shape, dtype in layout)
+        (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total, **dict(metadata or {})},
+                                                  "weight_map": {key: weight_map[key] for key, _, _ in layout}}, indent=2))
+        if copy_from is not None and Path(copy_from).is_dir():
+            for name in SIDE_FILES:
+                if (Path(copy_from) / name).is_file():
+                    shutil.copyfile(Path(copy_from) / name, tmp / name)
+        if output.is_dir():
+            output.rmdir()
+        os.replace(tmp, output)
+    dist.barrier()
+    return output

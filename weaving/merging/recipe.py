@@ -1,0 +1,289 @@
+"""Merge recipes: one YAML file (or mapping) that says what to merge, how, and where to write it.
+
+    inputs:
+      pretrained: meta-llama/Llama-3.2-1B      # a file, a Hugging Face folder (sharded or not) or a hub id
+      finetuned:                               # or task_vectors: [...]
+        - model: ./math-ft                     # a location, with an optional weight (scales its task vector)
+          weight: 0.7
+        - ./code-ft                            # weight 1
+    method:
+      ties: {k: 0.2}                           # or just `method: task_arithmetic`
+    lam: 1.0                                   # one merge ...
+    weaving:                                   # ... or Weight Weaving (instead of lam)
+      lambdas: 0.1:1.0:0.1                     # any search space (weaving.merging.search_space)
+      grid: {k: [0.1, 0.2]}
+      pooling: mean
+      include_deltas: true
+    dtype: bfloat16                            # output dtype (default: the pretrained weights')
+    output: ./merged                           # a folder (Hugging Face layout) or a .safetensors file
+    out_shard_size: 2GB                        # folder output only
+    device: cpu
+    seed: 0
+
+`run_recipe` checks the whole recipe and the output path before reading any weights, streams the merged
+tensors to disk one at a time, and copies config.json and tokenizer files from a pretrained folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weaving.atomic import check_writable
+from weaving.formats.sharded import check_output, nbytes, open_checkpoint, parse_size, resolve_location, save_streamed
+from weaving.merging.distributed import init_process_group, save_distributed
+from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, resolve_device
+from weaving.merging.registry import get_method, get_pooling
+from weaving.merging.search_space import parse_search_space
+from weaving.merging.sources import DifferenceSource, ScaledSource
+from weaving.merging.task_vectors import TensorSource
+from weaving.merging.weave import prepare_weave
+
+TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed")
+INPUT_KEYS = ("pretrained", "finetuned", "task_vectors")
+ENTRY_KEYS = ("model", "weight")
+WEAVING_KEYS = ("lambdas", "grid", "points", "pooling", "include_deltas")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class InputModel:
+    location: str
+    weight: float = 1.0
+
+
+@dataclass
+class Recipe:
+    """A checked recipe (see the module docstring); every field is what the YAML key of that name says."""
+
+    pretrained: str
+    models: list[InputModel]
+    method: str
+    output: str
+    finetuned: bool = True
+    method_args: dict[str, Any] = field(default_factory=dict)
+    lam: float = 1.0
+    weaving: dict[str, Any] | None = None
+    dtype: str | None = None
+    out_shard_size: int | str | None = None
+    device: str | None = None
+    seed: int = 0
+
+
+def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str) -> None:
+    unknown = [key for key in mapping if key not in allowed]
+    if unknown:
+        raise ValueError(f"recipe: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(allowed)}")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"recipe: {where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _location(value: Any, where: str) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ValueError(f"recipe: {where} must be a path, a folder or a hub id, got {value!r}")
+    return str(value)
+
+
+def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
+    """A recipe mapping (or YAML file) -> a checked `Recipe`; any mistake is a one-line ValueError."""
+    if not isinstance(recipe, Mapping):
+        recipe = load_yaml(recipe)
+    _check_keys(recipe, TOP_KEYS, "the recipe")
+    for key in ("inputs", "method", "output"):
+        if key not in recipe:
+            raise ValueError(f"recipe: missing {key!r} (a recipe needs inputs, method and output)")
+    inputs = recipe["inputs"]
+    if not isinstance(inputs, Mapping):
+        raise ValueError("recipe: inputs must be a mapping with pretrained and finetuned (or task_vectors)")
+    _check_keys(inputs, INPUT_KEYS, "inputs")
+    if "pretrained" not in inputs:
+        raise ValueError("recipe: inputs needs 'pretrained' (the base model)")
+    if ("finetuned" in inputs) == ("task_vectors" in inputs):
+        raise ValueError("recipe: inputs needs exactly one of 'finetuned' or 'task_vectors'")
+    kind = "finetuned" if "finetuned" in inputs else "task_vectors"
+    entries = inputs[kind]
+    if isinstance(entries, (str, Mapping)):
+        entries = [entries]
+    if not isinstance(entries, Sequence) or not entries:
+        raise ValueError(f"recipe: inputs.{kind} must be a non-empty list of models")
+    models = []
+    for i, entry in enumerate(entries):
+        where = f"inputs.{kind}[{i}]"
+        if isinstance(entry, Mapping):
+            _check_keys(entry, ENTRY_KEYS, where)
+            if "model" not in entry:
+                raise ValueError(f"recipe: {where} needs 'model' (a path, folder or hub id)")
+            weight = _number(entry.get("weight", 1.0), f"{where}.weight")
+            models.append(InputModel(_location(entry["model"], f"{where}.model"), weight))
+        else:
+            models.append(InputModel(_location(entry, where)))
+    method, method_args = _parse_method(recipe["method"])
+    weaving = recipe.get("weaving")
+    if weaving is not None:
+        if "lam" in recipe:
+            raise ValueError("recipe: give lam (one merge) or a weaving block (Weight Weaving), not both")
+        if not isinstance(weaving, Mapping):
+            raise ValueError("recipe: weaving must be a mapping (lambdas, grid, points, pooling, include_deltas)")
+        _check_keys(weaving, WEAVING_KEYS, "weaving")
+        weaving = dict(weaving)
+    dtype = recipe.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"recipe: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    seed = recipe.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"recipe: seed must be a whole number, got {seed!r}")
+    device = recipe.get("device")
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"recipe: device must be a string like 'cpu' or 'cuda:0', got {device!r}")
+    parsed = Recipe(
+        pretrained=_location(inputs["pretrained"], "inputs.pretrained"), models=models, method=method,
+        output=_location(recipe["output"], "output"), finetuned=kind == "finetuned", method_args=method_args,
+        lam=_number(recipe.get("lam", 1.0), "lam"), weaving=weaving, dtype=dtype,
+        out_shard_size=recipe.get("out_shard_size"), device=device, seed=seed,
+    )
+    check_recipe(parsed)
+    return parsed
+
+
+def _parse_method(method: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(method, str):
+        return method, {}
+    if isinstance(method, Mapping) and len(method) == 1:
+        (name, args), = method.items()
+        if args is None:
+            args = {}
+        if not isinstance(name, str) or not isinstance(args, Mapping):
+            raise ValueError(f"recipe: method must look like 'ties' or {{ties: {{k: 0.2}}}}, got {dict(method)!r}")
+        return name, dict(args)
+    raise ValueError(f"recipe: method must be a name ('ties') or one name with its hyper-parameters "
+                     f"({{ties: {{k: 0.2}}}}), got {method!r}")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Everything that can be checked without reading weights: method, search space, pooling, output."""
+    spec = get_method(recipe.method)
+    spec.resolve(recipe.method_args)
+    if recipe.weaving is not None:
+        weaving = recipe.weaving
+        points = parse_search_space(weaving.get("lambdas"), weaving.get("grid"), weaving.get("points"))
+        for point in points:
+            clash = sorted(set(point.setting) & set(recipe.method_args))
+            if clash:
+                raise ValueError(f"recipe: {clash[0]!r} is both under the method and in the weaving search space")
+            spec.resolve({**recipe.method_args, **point.setting})
+        get_pooling(weaving.get("pooling", "mean"))
+        if not isinstance(weaving.get("include_deltas", True), bool):
+            raise ValueError(f"recipe: weaving.include_deltas must be true or false, got {weaving['include_deltas']!r}")
+    check_output(recipe.output, parse_size(recipe.out_shard_size))
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such recipe file")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: not a readable YAML file ({' '.join(str(error).split())})") from None
+    if not isinstance(content, Mapping):
+        raise ValueError(f"{path}: a recipe is a YAML mapping (inputs, method, output, ...)")
+    return dict(content)
+
+
+def open_models(recipe: Recipe) -> tuple[TensorSource, list[TensorSource], Path | None]:
+    """The pretrained source, the (weighted, lazy) task vectors, and the pretrained's folder (for its
+    config and tokenizer files; None when the pretrained is a lone file)."""
+    base_path = resolve_location(recipe.pretrained)
+    pretrained = open_checkpoint(base_path, recipe.pretrained)
+    task_vectors: list[TensorSource] = []
+    for model in recipe.models:
+        source = open_checkpoint(resolve_location(model.location), model.location)
+        if recipe.finetuned:
+            source = DifferenceSource(source, pretrained)
+        task_vectors.append(source if model.weight == 1.0 else ScaledSource(source, model.weight))
+    side_files = base_path if base_path.is_dir() else base_path.parent if base_path.name.endswith(".index.json") else None
+    return pretrained, task_vectors, side_files
+
+
+def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress: bool | None = None) -> Path:
+    """Merge (or weave) as the recipe says and write the output, tensor by tensor; returns the output path."""
+    if not isinstance(recipe, Recipe):
+        recipe = parse_recipe(recipe)
+    else:
+        check_recipe(recipe)
+    distributed = init_process_group(resolve_device(recipe.device))
+    if distributed and Path(recipe.output).suffix == ".safetensors":
+        raise ValueError(f"output {recipe.output}: a distributed merge writes a folder (shards per rank); give a folder name")
+    pretrained, task_vectors, base_folder = open_models(recipe)
+    output = Path(recipe.output)
+    size = sum(nbytes(pretrained.shape(k), DTYPES[recipe.dtype] if recipe.dtype and pretrained.dtype(k).is_floating_point
+                      else pretrained.dtype(k)) for k in pretrained.keys())
+    check_writable(output if output.suffix == ".safetensors" else output / "model.safetensors", expected_bytes=size)
+    if recipe.weaving is None:
+        inputs, delta_for, description = prepare_merge(pretrained, task_vectors, recipe.method, recipe.lam,
+                                                       device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
+                                                       distributed=distributed)
+    else:
+        weaving = recipe.weaving
+        inputs, delta_for, description = prepare_weave(
+            pretrained, task_vectors, recipe.method, weaving.get("lambdas"), weaving.get("pooling", "mean"),
+            weaving.get("include_deltas", True), device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
+            grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
+    dtype = DTYPES[recipe.dtype] if recipe.dtype else None
+    save = save_distributed if distributed else save_streamed
+    return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype),
+                iter_assemble(inputs, delta_for, description, progress, dtype),
+                shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder)
+
+
+def describe(recipe: Recipe) -> str:
+    """The recipe as JSON, stored in the output's metadata (what was merged, how)."""
+    described: dict[str, Any] = {"method": recipe.method, "hparams": recipe.method_args}
+    described.update(recipe.weaving if recipe.weaving is not None else {"lam": recipe.lam})
+    described.update(seed=recipe.seed, pretrained=recipe.pretrained, inputs=[m.location for m in recipe.models],
+                     weights=[m.weight for m in recipe.models], finetuned=recipe.finetuned, dtype=recipe.dtype)
+    return json.dumps(described, default=str)
+
+
+def recipe_from_options(*, pretrained: str, finetuned: Sequence[str] | None, task_vectors: Sequence[str] | None,
+                        method: str, output: str, method_args: Mapping[str, Any] | None = None,
+                        lam: float | None = None, lambdas: Any = None, grid: Mapping[str, Any] | None = None,
+                        points: Sequence[Mapping[str, Any]] | None = None, pooling: str = "mean",
+                        include_deltas: bool = True, dtype: str | None = None, out_shard_size: int | str | None = None,
+                        device: str | None = None, seed: int = 0) -> Recipe:
+    """The recipe that `weaving merge`'s flags describe (weaving when lambdas, grid or points are given)."""
+    if bool(finetuned) == bool(task_vectors):
+        raise ValueError("give exactly one of --finetuned FILE... or --task_vectors FILE...")
+    weaving_block = None
+    if lambdas is not None or grid is not None or points is not None:
+        if lam is not None:
+            raise ValueError("give --lam (one merge) or --lambdas (Weight Weaving), not both")
+        weaving_block = {"pooling": pooling, "include_deltas": include_deltas}
+        weaving_block.update({k: v for k, v in (("lambdas", lambdas), ("grid", grid), ("points", points)) if v is not None})
+    recipe = {"inputs": {"pretrained": pretrained, "finetuned" if finetuned else "task_vectors": list(finetuned or task_vectors)},
+              "method": {method: dict(method_args or {})}, "output": output, "seed": seed,
+              **({"weaving": weaving_block} if weaving_block else {"lam": 1.0 if lam is None else lam}),
+              **{k: v for k, v in (("dtype", dtype), ("out_shard_size", out_shard_size), ("device", device)) if v is not None}}
+    return parse_recipe(recipe)
+
+
+def is_recipe_file(path: str | os.PathLike) -> bool:
+    """Whether a `--config` file is a recipe (it has an `inputs` block) rather than flags as YAML."""
+    try:
+        return "inputs" in load_yaml(path)
+    except (ValueError, FileNotFoundError):
+        return False
