@@ -9,7 +9,7 @@ import torch
 
 from weaving.merging.selection import radix_select
 from weaving.merging.task_vectors import TensorSource, check_finite
-from weaving.merging.tensor_ops import sorted_values
+from weaving.merging.tensor_ops import select_sorted
 
 # Above this many entries per task vector, global selections stream the tensors in passes (exact radix
 # selection) instead of holding one whole task vector; both give the same values.
@@ -75,8 +75,7 @@ class TaskVectorSet:
         """[sorted(v)[i] for i in indices], v = the entries of `values_of(key)` over every key (their abs
         values when `absolute`); Python index rules."""
         if self.numel() <= IN_MEMORY_SELECTION:
-            flat = torch.cat([values_of(key).reshape(-1) for key in self.keys])
-            return sorted_values(flat.abs_() if absolute else flat, indices)
+            return select_sorted([values_of(key) for key in self.keys], indices, absolute)
         dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.keys) else torch.float32
 
         def parts():
