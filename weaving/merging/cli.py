@@ -113,6 +113,13 @@ def run(cfg) -> str:
         cfg.pretrained = pretrained_path(cfg.pretrained)
     if cfg.task_vectors:
         cfg.task_vectors = [p for s in cfg.task_vectors for p in ([s] if is_weights_folder(s) else task_vector_paths([s]))]
+    if cfg.task_vectors and not any(is_weights_folder(s) for s in cfg.task_vectors):
+        run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)  # one base model, unless allow_mixed
+        pretrained_meta = TensorSource(cfg.pretrained).metadata if Path(cfg.pretrained).suffix == ".safetensors" else {}
+        if run.pretrained_hash and pretrained_meta.get("pretrained_hash"):
+            check_same_base([("the task vectors", run.identity),
+                             (cfg.pretrained, RunIdentity.from_mapping(pretrained_meta))],
+                            allow_mixed=cfg.allow_mixed, same_run=False)
     if cfg.format is None:  # the recipe path: any input format, streamed output, grids, dtype, shards
         recipe = recipe_from_options(
             pretrained=cfg.pretrained, finetuned=cfg.finetuned, task_vectors=cfg.task_vectors, method=cfg.method,
