@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, pretrained, finetuned, m
     run = tmp_path / "run"
     code, err = run_cli(["import", "--pretrained", source(pretrained), "--finetuned", f"t={source(finetuned)}",
                          "--output", str(run)], capsys)
-    assert code == 2 and err.startswith("weaving: error: "), (case, err)
+    assert code == 2 and err.startswith("weaving import: error: "), (case, err)
     assert __import__("re").search(message, err), (case, err)
     assert not run.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]  # no temporary folder left
