@@ -59,16 +59,18 @@ def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: b
         flat = torch.cat([p.reshape(-1) for p in parts])
         ordered = torch.sort(flat.abs() if absolute else flat).values
         return [ordered[i] for i in positions]
-    bins = 2**15 if absolute else 2**16
-    counts = torch.zeros(bins, dtype=torch.int64)
-    for part in parts:
-        counts += torch.bincount(_order_bucket(part, absolute), minlength=bins)
-    ends = counts.cumsum(0)
+    # All parts' top 16 bits in one int16 vector: a few large operations rather than a few per tensor
+    # (each parallel operation has a fixed cost, large on a busy machine).
+    keys = _order_keys(torch.cat([_high_halves(p) for p in parts]), absolute)
+    ends = torch.bincount(keys, minlength=2**15 if absolute else 2**16).cumsum(0)
     buckets = torch.searchsorted(ends, torch.tensor(positions, dtype=torch.int64), right=True).tolist()
+    starts = torch.tensor([0] + [p.numel() for p in parts]).cumsum(0)
     members = {}
     for bucket in dict.fromkeys(buckets):
-        chosen = torch.cat([p.reshape(-1)[_order_bucket(p, absolute) == bucket] for p in parts])
-        members[bucket] = chosen.abs_() if absolute else chosen
+        where = (keys == bucket).nonzero().squeeze(1)  # global positions of the bucket's entries
+        owner = torch.searchsorted(starts, where, right=True) - 1
+        chosen = [parts[j].reshape(-1)[where[owner == j] - starts[j]] for j in owner.unique().tolist()]
+        members[bucket] = torch.cat(chosen).abs_() if absolute else torch.cat(chosen)
     result = []
     for position, bucket in zip(positions, buckets):
         before = int(ends[bucket - 1]) if bucket > 0 else 0
@@ -76,18 +78,22 @@ def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: b
     return result
 
 
-def _order_bucket(part: torch.Tensor, absolute: bool) -> torch.Tensor:
-    """The top 16 bits of each float as a non-negative integer that grows with the value (or its abs value).
+def _high_halves(part: torch.Tensor) -> torch.Tensor:
+    """The most significant 16 bits of each element (a strided int16 view; little-endian)."""
+    halves = part.detach().contiguous().reshape(-1).view(torch.int16)
+    step = part.element_size() // 2
+    return halves[step - 1::step]
+
+
+def _order_keys(high: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """Top 16 bits of floats as non-negative integers that grow with the value (or its abs value).
 
     A float's bits (sign, exponent, mantissa) order non-negative floats like integers; negative floats are
     ordered by flipping their magnitude bits. -0.0 falls just below +0.0 (any order of equal values is one
     that a sort may give).
     """
-    halves = part.detach().contiguous().reshape(-1).view(torch.int16)
-    step = part.element_size() // 2
-    high = halves[step - 1::step]  # little-endian: the most significant 16 bits of each element
     if absolute:
-        return high & 0x7FFF
+        return high.bitwise_and_(0x7FFF)
     flipped = high ^ ((high >> 15) & 0x7FFF)  # negative: reverse the magnitude's order
     return flipped.to(torch.int32) + 2**15
 
