@@ -28,3 +28,14 @@ def assert_float64_close(actual, expected):
     """Equal up to float64 rounding (float32 arithmetic anywhere would miss by ~1e-7)."""
     assert actual.dtype == expected.dtype == torch.float64
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+def elected_disjoint_mean(kept: list[list[float]]) -> torch.Tensor:
+    """Reference for the sparsify-then-TIES methods, element by element: the sign of the sum (+1 where it is
+    0, as mergekit), then the mean of the non-zero values that agree with it (0 where none)."""
+    expected = []
+    for values in zip(*kept):
+        sign = 1.0 if sum(values) >= 0 else -1.0
+        agree = [v for v in values if v != 0 and (v > 0) == (sign > 0)]
+        expected.append(sum(agree) / len(agree) if agree else 0.0)
+    return torch.tensor(expected, dtype=torch.float64)

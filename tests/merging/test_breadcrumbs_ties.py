@@ -4,7 +4,7 @@ import torch
 import weaving
 from weaving.merging.methods.breadcrumbs import breadcrumbs_mask
 
-from .conftest import delta, make_inputs
+from .conftest import delta, elected_disjoint_mean, make_inputs
 
 
 def test_keeping_everything_is_ties_keeping_everything(inputs):
@@ -30,12 +30,7 @@ def test_equals_an_elementwise_reference():
     for key in pretrained:
         kept = [(tv[key] * breadcrumbs_mask(tv[key], 0.5, 0.2) if tv[key].dim() else tv[key]).reshape(-1).tolist()
                 for tv in tvs]
-        expected = []
-        for values in zip(*kept):
-            sign = 1.0 if sum(values) >= 0 else -1.0
-            agree = [v for v in values if v != 0 and (v > 0) == (sign > 0)]
-            expected.append(sum(agree) / len(agree) if agree else 0.0)
-        torch.testing.assert_close(merged[key].reshape(-1), torch.tensor(expected, dtype=torch.float64))
+        torch.testing.assert_close(merged[key].reshape(-1), elected_disjoint_mean(kept))
 
 
 def test_bad_fractions(inputs):

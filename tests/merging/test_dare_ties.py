@@ -5,7 +5,7 @@ import weaving
 from weaving.merging.methods.dare_ties import elect_disjoint_mean
 from weaving.merging.registry import derive_seed
 
-from .conftest import delta, make_inputs
+from .conftest import delta, elected_disjoint_mean, make_inputs
 
 
 def test_elect_and_disjoint_mean_by_hand():
@@ -33,12 +33,7 @@ def test_equals_an_elementwise_reference_with_the_same_masks():
             generator = torch.Generator().manual_seed(derive_seed(derive_seed(seed, key), "dare", task))
             mask = torch.rand(tv[key].shape, generator=generator, dtype=torch.float64) >= p
             kept.append((tv[key] * mask / (1 - p)).reshape(-1).tolist())
-        expected = []
-        for values in zip(*kept):
-            sign = 1.0 if sum(values) >= 0 else -1.0
-            agree = [v for v in values if v != 0 and (v > 0) == (sign > 0)]
-            expected.append(sum(agree) / len(agree) if agree else 0.0)
-        torch.testing.assert_close(merged[key].reshape(-1), torch.tensor(expected, dtype=torch.float64))
+        torch.testing.assert_close(merged[key].reshape(-1), elected_disjoint_mean(kept))
 
 
 def test_seeded_random_and_p_checked(inputs):
