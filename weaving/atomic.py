@@ -98,6 +98,12 @@ def _remove(path: str) -> None:
         pass
 
 
+def write_failure(path: str | os.PathLike, error: OSError) -> ValueError:
+    """The one-line user error for an OSError while writing `path` (disk full, file too large, permissions)."""
+    reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+    return ValueError(f"output {path}: write failed, {reason}; nothing was written")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(temporary_path)`, then rename the temporary file to `path` (missing parents are created).
 
@@ -125,8 +131,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             terminated = signal_error
         except OSError as error:
             _remove(tmp)
-            reason = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-            raise ValueError(f"output {path}: write failed, {reason}; nothing was written") from None
+            raise write_failure(path, error) from None
         except BaseException:
             _remove(tmp)
             raise

@@ -1,14 +1,20 @@
 """Distributed merging: exact selection, the partition, and 2 gloo processes against one process."""
 
 import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file, save_file
 
 import weaving
-from weaving.formats.sharded import open_checkpoint
+from weaving.formats.sharded import nbytes, open_checkpoint
 from weaving.merging.distributed import partition
 from weaving.merging.recipe import run_recipe
 from weaving.merging.selection import radix_select
@@ -80,3 +86,76 @@ def test_two_gloo_processes_write_the_same_tensors_as_one(tmp_path):
             assert torch.equal(one.get(key), two.get(key)), (name, key)
         shards = {p.name for p in (tmp_path / "two" / name).iterdir()}
         assert "config.json" in shards and len([s for s in shards if s.endswith(".safetensors")]) >= 2
+
+
+def owned_by_rank_1(folder) -> list[str]:
+    """The tensors that rank 1 of 2 merges (the partition every rank computes from the pretrained)."""
+    base = open_checkpoint(folder)
+    names = base.keys()
+    owners = partition([nbytes(base.shape(k), base.dtype(k)) for k in names], 2)
+    return [name for name, rank in zip(names, owners) if rank == 1]
+
+
+def limit_file_size() -> None:
+    """Rank 1 of the write-failure test: any file it writes beyond 64 bytes fails with EFBIG (a full disk)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
+
+
+def run_two_ranks(tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple[int, list[str]]]:
+    """`weaving merge --config recipe.yaml` as ranks 0 and 1 of a 2-process gloo group (what torchrun sets
+    up); (exit code, stderr lines without progress bars) per rank. Neither may hang."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "PYTHONDONTWRITEBYTECODE": "1"}
+        processes.append(subprocess.Popen([sys.executable, "-m", "weaving", "merge", "--config", str(path)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          preexec_fn=rank_1_setup if rank == 1 else None))
+    try:
+        results = []
+        for process in processes:
+            _, err = process.communicate(timeout=120)
+            lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("merge[")]
+            results.append((process.returncode, lines))
+        return results
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def distributed_inputs(tmp_path, nan_in: str | None = None):
+    base = llama_like(layers=2)
+    base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
+    tuned = finetunes(base, count=2)
+    if nan_in is not None:
+        tuned[1][nan_in][0] = float("nan")
+    paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(tuned)]
+    return {"inputs": {"pretrained": str(base_dir), "finetuned": paths}, "output": str(tmp_path / "out"),
+            "out_shard_size": 600}
+
+
+def test_nan_on_one_rank_during_ties_statistics_stops_both_ranks(tmp_path):
+    key = owned_by_rank_1(write_hf_folder(tmp_path / "probe", llama_like(layers=2), shards=2))[0]
+    recipe = {**distributed_inputs(tmp_path, nan_in=key), "method": {"ties": {"k": 0.3}}}
+    (code_0, err_0), (code_1, err_1) = run_two_ranks(tmp_path, recipe)
+    assert (code_0, code_1) == (2, 2), (err_0, err_1)
+    cause = f"tensor {key!r} contains NaN or Inf values"
+    assert len(err_1) == 1 and err_1[0].startswith("weaving merge: error: ") and cause in err_1[0], err_1
+    assert len(err_0) == 1 and err_0[0].startswith("weaving merge: error: rank 1 failed: ") and cause in err_0[0], err_0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "probe", "recipe.yaml"]
+
+
+def test_write_failure_on_one_rank_removes_every_shard(tmp_path):
+    recipe = {**distributed_inputs(tmp_path), "method": "task_arithmetic"}
+    (code_0, err_0), (code_1, err_1) = run_two_ranks(tmp_path, recipe, rank_1_setup=limit_file_size)
+    assert (code_0, code_1) == (2, 2), (err_0, err_1)
+    cause = f"output {tmp_path / 'out'}: write failed, File too large; nothing was written"
+    assert err_1 == [f"weaving merge: error: {cause}"]
+    assert err_0 == [f"weaving merge: error: rank 1 failed: {cause}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "recipe.yaml"]

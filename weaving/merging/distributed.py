@@ -9,12 +9,18 @@ a task vector stay exact through collectives:
   selection (`weaving.merging.selection`) with each pass's histogram all-reduced.
 
 One process is the special case with no collectives; the output tensors are bit-identical either way.
+
+A failure on one rank (a NaN in its tensors, a missing shard, a full disk) never leaves the others waiting
+in a collective: every collective is preceded by a one-number failure check (`agree_on_failures`), a rank
+that fails announces its error there (`stop_together`), and the other ranks stop with `RankFailed`
+naming it. A failed run leaves no output and no partial shards.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +75,69 @@ def partition(sizes: Sequence[int], world: int) -> list[int]:
     return owner
 
 
+# ------------------------------------------------------------------------------------------- failures
+class RankFailed(ValueError):
+    """Another rank of a distributed merge failed; raised on every healthy rank (the message names it)."""
+
+
+def error_line(error: BaseException) -> str:
+    """An error as one line; its type is kept where it is not a user error (a bug or a crash)."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if isinstance(error, (ValueError, OSError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def agree_on_failures(failure: BaseException | None = None) -> None:
+    """The check that precedes every collective of a distributed merge: a MAX all-reduce of a failure flag.
+
+    A rank that failed calls it with its error (through `stop_together`); the other ranks meet that call at
+    their next collective, all ranks exchange one line per failed rank, and the healthy ones raise
+    RankFailed. A rank that died without a word (killed, crashed) also ends in RankFailed, not a hang."""
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([0 if failure is None else 1], device=device)
+    try:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    except dist.DistBackendError as error:
+        raise RankFailed(f"rank {dist.get_rank()} lost contact with another rank, which stopped without reporting "
+                         f"an error (killed, crashed or interrupted): {error_line(error)}") from None
+    if not int(flag.item()):
+        return
+    lines: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(lines, None if failure is None else error_line(failure))
+    if failure is None:
+        rank, line = next((rank, line) for rank, line in enumerate(lines) if line is not None)
+        raise RankFailed(f"rank {rank} failed: {line}")
+
+
+@contextmanager
+def stop_together() -> Iterator[None]:
+    """Run one phase of a distributed merge so that an error on this rank reaches every rank (at its next
+    collective) before it propagates here: all ranks stop, none waits for this one."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except (RankFailed, dist.DistBackendError):  # already known to every rank, or the group itself is broken
+        raise
+    except Exception as error:
+        try:
+            agree_on_failures(error)
+        except RankFailed:  # the others are gone too; this rank's own error is what to report
+            pass
+        raise
+
+
+def as_write_failure(error: OSError, output: Path, folder: Path) -> BaseException:
+    """A one-line user error for an OSError writing into `folder` (disk full, file too large, permissions);
+    errors about other files (an input read while merging) stay as they are."""
+    from weaving.atomic import write_failure
+
+    return write_failure(output, error) if error.filename is None or Path(error.filename).parent == folder else error
+
+
 # --------------------------------------------------------------------------------- the rank's tensors
 class DistributedTaskVectorSet(TaskVectorSet):
     """The task vectors' tensors this rank owns; statistics hooks reduce over every rank."""
@@ -82,6 +151,7 @@ class DistributedTaskVectorSet(TaskVectorSet):
         import torch.distributed as dist
 
         moved = tensor.to(self.device if self.device.type == "cuda" else "cpu")
+        agree_on_failures()
         dist.all_reduce(moved)
         return moved.to(tensor.device)
 
@@ -126,7 +196,8 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
                      copy_from=None) -> Path:
     """Each rank writes its own tensors as its own shards; rank 0 writes the index and renames the folder.
 
-    The output folder must be on a file system every rank sees (it is, on one node).
+    The output folder must be on a file system every rank sees (it is, on one node). When any rank fails,
+    every rank raises (see `stop_together`) and rank 0 removes the partial folder: nothing is published.
     """
     import json
     import shutil
@@ -145,42 +216,44 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
     count = sum(len(plan) for plan in plans)
     first = sum(len(plan) for plan in plans[:rank])
     tmp = output.parent / f".{output.name}.partial"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    failure = None
     try:
-        items = iter(items)
-        for i, shard in enumerate(plans[rank]):
-            _write_file(tmp / f"model-{first + i + 1:05d}-of-{count:05d}.safetensors", shard, items, metadata)
-    except BaseException as error:  # every rank must learn that one failed, or rank 0 would publish a half model
-        failure = error
-    failed = torch.tensor([0 if failure is None else 1])
-    dist.all_reduce(failed)
-    if int(failed):
-        dist.barrier()
+        with stop_together():
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            agree_on_failures()  # the folder exists
+            items = iter(items)
+            for i, shard in enumerate(plans[rank]):
+                try:
+                    _write_file(tmp / f"model-{first + i + 1:05d}-of-{count:05d}.safetensors", shard, items, metadata)
+                except OSError as error:
+                    raise as_write_failure(error, output, tmp) from None
+            agree_on_failures()  # every rank wrote its shards: rank 0 may publish them
+            if rank == 0:
+                weight_map = {}
+                index = 0
+                for plan in plans:
+                    for shard in plan:
+                        index += 1
+                        weight_map.update({key: f"model-{index:05d}-of-{count:05d}.safetensors" for key, _, _ in shard})
+                total = sum(nbytes(shape, dtype) for _, shape, dtype in layout)
+                try:
+                    (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total, **dict(metadata or {})},
+                                                              "weight_map": {key: weight_map[key] for key, _, _ in layout}}, indent=2))
+                    if copy_from is not None and Path(copy_from).is_dir():
+                        for name in SIDE_FILES:
+                            if (Path(copy_from) / name).is_file():
+                                shutil.copyfile(Path(copy_from) / name, tmp / name)
+                    if output.is_dir():
+                        output.rmdir()
+                    os.replace(tmp, output)
+                except OSError as error:
+                    raise as_write_failure(error, output, tmp) from None
+            agree_on_failures()
+    except BaseException:  # every rank has stopped writing (or is gone): remove the partial folder
+        if hasattr(items, "close"):
+            items.close()  # ends the merge's progress bar before the error is reported
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        if failure is not None:
-            raise failure
-        raise RuntimeError("another rank failed while writing its shards; nothing was written")
-    if rank == 0:
-        weight_map = {}
-        index = 0
-        for plan in plans:
-            for shard in plan:
-                index += 1
-                weight_map.update({key: f"model-{index:05d}-of-{count:05d}.safetensors" for key, _, _ in shard})
-        total = sum(nbytes(shape, dtype) for _, shape, dtype in layout)
-        (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total, **dict(metadata or {})},
-                                                  "weight_map": {key: weight_map[key] for key, _, _ in layout}}, indent=2))
-        if copy_from is not None and Path(copy_from).is_dir():
-            for name in SIDE_FILES:
-                if (Path(copy_from) / name).is_file():
-                    shutil.copyfile(Path(copy_from) / name, tmp / name)
-        if output.is_dir():
-            output.rmdir()
-        os.replace(tmp, output)
-    dist.barrier()
+        raise
     return output

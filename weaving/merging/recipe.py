@@ -30,6 +30,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import torch
 
 from weaving.atomic import check_writable
 from weaving.formats.sharded import check_output, nbytes, open_checkpoint, parse_size, resolve_location, save_streamed
-from weaving.merging.distributed import init_process_group, save_distributed
+from weaving.merging.distributed import init_process_group, save_distributed, stop_together
 from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, resolve_device
 from weaving.merging.registry import get_method, get_pooling
 from weaving.merging.search_space import parse_search_space
@@ -228,21 +229,22 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
     distributed = init_process_group(resolve_device(recipe.device))
     if distributed and Path(recipe.output).suffix == ".safetensors":
         raise ValueError(f"output {recipe.output}: a distributed merge writes a folder (shards per rank); give a folder name")
-    pretrained, task_vectors, base_folder = open_models(recipe)
-    output = Path(recipe.output)
-    size = sum(nbytes(pretrained.shape(k), DTYPES[recipe.dtype] if recipe.dtype and pretrained.dtype(k).is_floating_point
-                      else pretrained.dtype(k)) for k in pretrained.keys())
-    check_writable(output if output.suffix == ".safetensors" else output / "model.safetensors", expected_bytes=size)
-    if recipe.weaving is None:
-        inputs, delta_for, description = prepare_merge(pretrained, task_vectors, recipe.method, recipe.lam,
-                                                       device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
-                                                       distributed=distributed)
-    else:
-        weaving = recipe.weaving
-        inputs, delta_for, description = prepare_weave(
-            pretrained, task_vectors, recipe.method, weaving.get("lambdas"), weaving.get("pooling", "mean"),
-            weaving.get("include_deltas", True), device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
-            grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
+    with stop_together() if distributed else nullcontext():  # an error on one rank stops every rank
+        pretrained, task_vectors, base_folder = open_models(recipe)
+        output = Path(recipe.output)
+        size = sum(nbytes(pretrained.shape(k), DTYPES[recipe.dtype] if recipe.dtype and pretrained.dtype(k).is_floating_point
+                          else pretrained.dtype(k)) for k in pretrained.keys())
+        check_writable(output if output.suffix == ".safetensors" else output / "model.safetensors", expected_bytes=size)
+        if recipe.weaving is None:
+            inputs, delta_for, description = prepare_merge(pretrained, task_vectors, recipe.method, recipe.lam,
+                                                           device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
+                                                           distributed=distributed)
+        else:
+            weaving = recipe.weaving
+            inputs, delta_for, description = prepare_weave(
+                pretrained, task_vectors, recipe.method, weaving.get("lambdas"), weaving.get("pooling", "mean"),
+                weaving.get("include_deltas", True), device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
+                grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
     dtype = DTYPES[recipe.dtype] if recipe.dtype else None
     save = save_distributed if distributed else save_streamed
     return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype),
