@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
 import weaving
 from weaving.cli import main, run_dir_name, user_error_line
@@ -45,8 +51,12 @@ def test_user_errors_exit_2_with_one_line(args, message, capsys):
     assert "usage:" not in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="needs tensorboard absent")
-def test_missing_tensorboard_is_named(capsys, tmp_path):
+def test_missing_tensorboard_is_named(capsys, tmp_path, monkeypatch):
+    import lightning.fabric.loggers.tensorboard as tensorboard
+
+    # Installed or not here, the logger sees neither package (the flags its constructor checks).
+    monkeypatch.setattr(tensorboard, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(tensorboard, "_TENSORBOARDX_AVAILABLE", False)
     code, _, err = run_main(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path),
                             "--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", str(tmp_path))
     assert code == 2 and "TensorBoardLogger: Neither `tensorboard` nor `tensorboardX` is available" in err
@@ -76,3 +86,81 @@ def test_nested_key_errors_name_the_key():
               '        Parser key "stream":\n          Expected a Literal. Got value: parallel\n'
               "    - Expected a <class 'NoneType'>")
     assert user_error_line(ValueError(report)) == "model: w.FineTuner: stream: Expected a Literal. Got value: parallel"
+
+
+@pytest.mark.parametrize("command, entry", [
+    ("merge", "weaving.merging.cli.merge_main"), ("import", "weaving.formats.importer.import_main"),
+    ("demo", "weaving.evaluation.demo.demo_main"), ("fit", "weaving.cli.lightning_main"),
+    ("validate", "weaving.cli.lightning_main"),
+])
+def test_ctrl_c_is_one_line_and_exit_130(command, entry, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, interrupted)
+    code, _, err = run_main(capsys, command, "--anything")
+    assert code == 130 and err == f"weaving {command}: interrupted\n"
+
+
+def test_ctrl_c_during_fit_runs_lightnings_shutdown_then_exits_130(capsys, monkeypatch, tmp_path):
+    """Lightning catches Ctrl-C in fit, runs the on_exception hooks and calls sys.exit(1); weaving keeps that
+    shutdown and reports the interrupt as every command does."""
+    from weaving.training import FineTuner, TaskVectorWriter
+
+    seen = []
+
+    def interrupt(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FineTuner, "training_step", interrupt)
+    monkeypatch.setattr(TaskVectorWriter, "on_exception", lambda self, trainer, module, exception:
+                        seen.append(type(exception)))
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores further Ctrl-C while it shuts down
+    try:
+        code, _, err = run_main(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path))
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert code == 130 and seen == [KeyboardInterrupt]
+    assert err.splitlines()[-1] == "weaving fit: interrupted"
+
+
+SLOW_MERGE = """
+import sys, time
+from pathlib import Path
+import weaving.formats.sharded as sharded
+
+write = sharded.SafetensorsStream.write
+
+def slow_write(self, key, tensor):  # the second tensor: say so, then take long enough to be interrupted
+    write(self, key, tensor)
+    if self.position == 2:
+        Path(sys.argv[1]).write_text("writing")
+        time.sleep(120)
+
+sharded.SafetensorsStream.write = slow_write
+from weaving.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_sigint_during_a_merge_exits_130_with_one_line_and_no_temporary_files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    pretrained = {f"w{i}": torch.randn(4, 4, generator=g) for i in range(4)}
+    save_file(pretrained, tmp_path / "pre.safetensors")
+    save_file({k: v + 0.1 for k, v in pretrained.items()}, tmp_path / "ft.safetensors")
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_MERGE, str(ready), "merge", "--pretrained",
+                                str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft.safetensors"),
+                                "--method", "task_arithmetic", "--output", str(out / "merged.safetensors")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not ready.exists() and process.poll() is None:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("merge[")]
+    assert process.returncode == 130 and lines == ["weaving merge: interrupted"], err
+    assert os.listdir(out) == []  # the temporary file of the half-written output is gone

@@ -8,6 +8,7 @@
 
 One exit-code policy for every command: 0 on success, 2 for a user error (bad option, config, path or
 input; one line `weaving COMMAND: error: ...` on stderr, no traceback; `WEAVING_DEBUG=1` re-raises),
+130 when interrupted by Ctrl-C (one line `weaving COMMAND: interrupted`; temporary files are removed),
 1 for anything else (a bug or a crash: the traceback is printed).
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a command's options)
 
@@ -205,12 +207,20 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `weaving` command (see the module docstring for the exit-code policy)."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else ""
+    name = f"weaving {command}" if command in COMMANDS else "weaving"
     try:
         dispatch(argv)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C; atomic writes have removed their temporaries
+        # Inside trainer.fit/validate/test (`weaving fit`, the demo) Lightning catches Ctrl-C itself: it runs
+        # the on_exception hooks and its teardown, then calls sys.exit(1), whose context is the interrupt.
+        interrupted = isinstance(stop, KeyboardInterrupt) or isinstance(stop.__context__, KeyboardInterrupt)
+        if not interrupted or os.environ.get("WEAVING_DEBUG"):
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except _user_errors() as error:
         if os.environ.get("WEAVING_DEBUG"):
             raise
-        name = f"weaving {command}" if command in COMMANDS else "weaving"
         print(f"{name}: error: {user_error_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR)
     except BrokenPipeError:  # `weaving --help | head`: the reader left; end quietly, like other Unix tools

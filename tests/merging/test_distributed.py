@@ -159,3 +159,32 @@ def test_write_failure_on_one_rank_removes_every_shard(tmp_path):
     assert err_1 == [f"weaving merge: error: {cause}"]
     assert err_0 == [f"weaving merge: error: rank 1 failed: {cause}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "recipe.yaml"]
+
+
+SILENT_DEATH = """
+import os
+import torch.distributed as dist
+from weaving.merging.distributed import RankFailed, agree_on_failures
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    os._exit(1)  # killed: no error to report
+try:
+    agree_on_failures()
+except RankFailed as error:
+    print(error)
+"""
+
+
+def test_a_rank_that_dies_silently_ends_the_others_with_one_line():
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, "-c", SILENT_DEATH], stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                       "RANK": str(rank), "WORLD_SIZE": "2"}) for rank in range(2)]
+    try:
+        out = processes[0].communicate(timeout=120)[0]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    assert out.startswith("rank 0 lost contact with another rank, which stopped without reporting an error"), out
+    assert len(out.splitlines()) == 1

@@ -19,6 +19,7 @@ naming it. A failed run leaves no output and no partial shards.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,9 +101,10 @@ def agree_on_failures(failure: BaseException | None = None) -> None:
     flag = torch.tensor([0 if failure is None else 1], device=device)
     try:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    except dist.DistBackendError as error:
+    except RuntimeError as error:  # gloo: "[.../pair.cc:561] Connection closed by peer [host]:port. This is ..."
+        cause = re.sub(r"^\[\S+\]\s*", "", error_line(error).removeprefix("RuntimeError: ")).split(". ")[0]
         raise RankFailed(f"rank {dist.get_rank()} lost contact with another rank, which stopped without reporting "
-                         f"an error (killed, crashed or interrupted): {error_line(error)}") from None
+                         f"an error (killed, crashed or interrupted): {cause}") from None
     if not int(flag.item()):
         return
     lines: list[str | None] = [None] * dist.get_world_size()
@@ -116,11 +118,9 @@ def agree_on_failures(failure: BaseException | None = None) -> None:
 def stop_together() -> Iterator[None]:
     """Run one phase of a distributed merge so that an error on this rank reaches every rank (at its next
     collective) before it propagates here: all ranks stop, none waits for this one."""
-    import torch.distributed as dist
-
     try:
         yield
-    except (RankFailed, dist.DistBackendError):  # already known to every rank, or the group itself is broken
+    except RankFailed:  # every rank knows already
         raise
     except Exception as error:
         try:
@@ -251,8 +251,6 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
                     raise as_write_failure(error, output, tmp) from None
             agree_on_failures()
     except BaseException:  # every rank has stopped writing (or is gone): remove the partial folder
-        if hasattr(items, "close"):
-            items.close()  # ends the merge's progress bar before the error is reported
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise

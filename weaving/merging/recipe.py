@@ -30,7 +30,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,9 +247,10 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
                 grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
     dtype = DTYPES[recipe.dtype] if recipe.dtype else None
     save = save_distributed if distributed else save_streamed
-    return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype),
-                iter_assemble(inputs, delta_for, description, progress, dtype),
-                shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder)
+    # closing: on an error or Ctrl-C the progress bar ends before the message, not after it at exit
+    with closing(iter_assemble(inputs, delta_for, description, progress, dtype)) as items:
+        return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype), items,
+                    shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder)
 
 
 def describe(recipe: Recipe) -> str:
