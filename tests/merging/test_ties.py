@@ -78,3 +78,21 @@ def test_threshold_is_global_over_all_tensors_of_a_task():
 def test_bad_k(inputs, k):
     with pytest.raises(ValueError, match="k is the kept fraction"):
         weaving.merge(*inputs, "ties", k=k)
+
+
+@pytest.mark.parametrize("method", ["ties", "pcb"])
+def test_blocked_passes_do_not_depend_on_the_block_size(method, monkeypatch):
+    """The elementwise passes run over blocks of the stacked tensors; blocks of 7 entries (tails, one
+    block across several rows of a matrix) give the same bits as one block per tensor."""
+    from weaving.merging import tensor_ops
+
+    g = torch.Generator().manual_seed(5)
+    shapes = {"w": (13, 11), "b": (11,), "s": ()}
+    pre = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    tvs = [{k: torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(3)]
+    monkeypatch.setattr(tensor_ops, "CPU_BLOCK", 10**6)
+    whole = weaving.merge(pre, tvs, method)
+    monkeypatch.setattr(tensor_ops, "CPU_BLOCK", 7)
+    blocked = weaving.merge(pre, tvs, method)
+    for key in shapes:
+        assert torch.equal(whole[key], blocked[key]), key

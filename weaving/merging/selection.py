@@ -1,76 +1,126 @@
 """Exact k-th value selection over tensors streamed in passes, without holding them together.
 
-Radix selection over the floats' bit patterns, mapped to integers of the same order: each pass
-histograms the next 16 bits of the entries that share the prefix found so far and picks the bucket that
-holds the wanted rank; after 2 passes (float32) or 4 (float64) every bit is known, so the value is exactly
-the one a sort of all entries puts there. The histograms can be summed over processes (an all-reduce),
-which makes the selection exact across ranks that each hold part of the entries.
+Radix selection over the floats' bit patterns, 16 bits per pass: the first pass histograms the top 16
+bits of every entry (sign, exponent and the leading mantissa bits, mapped to integers in the floats'
+order); each further pass histograms the next 16 bits of only the entries whose higher bits equal the
+prefix found so far. After 2 passes (float32) or 4 (float64) every bit of the wanted entry is known, so the
+value is exactly the one a sort of all entries puts at that rank. The bits are read through an int16 view
+of each tensor: no copy of the values, no 64-bit keys. The histograms can be summed over processes (an
+all-reduce), which makes the selection exact across ranks that each hold part of the entries.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 DIGIT_BITS = 16
 DIGITS = 1 << DIGIT_BITS
+HALF = DIGITS // 2
 
 
-def order_keys(values: torch.Tensor) -> torch.Tensor:
-    """Integers (int64) whose order is the floats' order: sign-magnitude bits turned into two's complement.
-
-    float32 maps into [0, 2^32); float64 into the signed int64 range. -0.0 sorts just below +0.0 (both are
-    zero, so any selected value is still the value a sort gives).
-    """
-    if values.dtype == torch.float64:
-        bits = values.contiguous().view(torch.int64)
-        return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
-    bits = values.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)) + 2**31
+def halves_of(part: torch.Tensor) -> torch.Tensor:
+    """The entries' bits as (n, m) int16, column m - 1 the most significant (little-endian machines)."""
+    flat = part.detach().contiguous().reshape(-1)
+    return flat.view(torch.int16).view(-1, flat.element_size() // 2)
 
 
-def from_order_key(key: int, dtype: torch.dtype) -> torch.Tensor:
-    if dtype == torch.float64:
-        bits = key ^ ((key >> 63) & 0x7FFFFFFFFFFFFFFF)
-        return torch.tensor([bits], dtype=torch.int64).view(torch.float64)[0]
-    bits = key - 2**31
-    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return torch.tensor([bits], dtype=torch.int32).view(torch.float32)[0]
+def top_digits(top: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """The top 16 bits as integers in [0, 65536) that grow with the value (with its abs value when
+    `absolute`: the sign bit is ignored). Negative floats order by reversed magnitude; -0.0 falls just
+    below +0.0, an order a sort may give (they are equal)."""
+    if absolute:
+        return top & 0x7FFF
+    flipped = top ^ ((top >> 15) & 0x7FFF)  # negative: reverse the magnitude's order
+    return flipped.to(torch.int32) + HALF
 
 
-def digit_of(keys: torch.Tensor, shift: int, signed_top: bool) -> torch.Tensor:
-    digit = keys >> shift
-    return digit + DIGITS // 2 if signed_top else digit & (DIGITS - 1)
+def raw_half(digit: int, negative: bool) -> int:
+    """The int16 bit pattern of a lower 16-bit half whose digit is `digit`: its bits as an unsigned number,
+    reversed for negative values (a larger magnitude is a smaller value)."""
+    unsigned = (DIGITS - 1) - digit if negative else digit
+    return unsigned - DIGITS if unsigned >= HALF else unsigned
+
+
+def value_of(digits: Sequence[int], absolute: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The float whose digits (most significant first) are `digits`."""
+    top = digits[0]
+    if absolute or top >= HALF:
+        raw_top = top - HALF if not absolute else top  # non-negative: sign bit clear
+        negative = False
+    else:
+        raw_top = (HALF - 1 - top) - HALF  # negative: sign bit set, magnitude bits reversed back
+        negative = True
+    halves = [raw_half(d, negative) for d in reversed(digits[1:])] + [raw_top]
+    return torch.tensor(halves, dtype=torch.int16).view(dtype)[0]
 
 
 def radix_select(parts: Callable[[], Iterable[torch.Tensor]], indices: Sequence[int], count: int, dtype: torch.dtype,
-                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts) -> list[torch.Tensor]:
-    """[sorted(v)[i] for i in indices] over all entries v that `parts()` yields on every process together.
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+                 absolute: bool = False) -> list[torch.Tensor]:
+    """[sorted(v)[i] for i in indices] over all entries v that `parts()` yields on every process together
+    (their abs values when `absolute`); Python index rules (negative wraps).
 
     `parts` is called once per pass and yields this process's tensors (any shapes); `count` is the global
-    number of entries; `all_reduce` sums a tensor over processes (identity for one process).
+    number of entries. See `select_rows` for the rest.
     """
-    total_bits = 64 if dtype == torch.float64 else 32
-    positions = [i % count for i in indices]
-    state = {p: (0, p) for p in dict.fromkeys(positions)}  # position -> (prefix found so far, rank inside it)
-    for level in range(total_bits // DIGIT_BITS):
-        shift = total_bits - DIGIT_BITS * (level + 1)
-        signed_top = level == 0 and dtype == torch.float64
-        prefixes = sorted({prefix for prefix, _ in state.values()})
-        histograms = torch.zeros(len(prefixes), DIGITS, dtype=torch.int64)
-        for part in parts():
-            keys = order_keys(part.detach().reshape(-1).to("cpu"))
-            high = keys >> (shift + DIGIT_BITS) if level else None
-            for row, prefix in enumerate(prefixes):
-                chosen = keys if level == 0 else keys[high == prefix]
-                histograms[row] += torch.bincount(digit_of(chosen, shift, signed_top), minlength=DIGITS)
+    return select_rows(lambda: ([part] for part in parts()), [indices], count, dtype, all_reduce,
+                       absolute)[0]
+
+
+def select_rows(parts: Callable[[], Iterable[Sequence[torch.Tensor]]], indices: Sequence[Sequence[int]], count: int,
+                dtype: torch.dtype, all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+                absolute: bool = False) -> list[list[torch.Tensor]]:
+    """Several selections in the same passes: `parts()` yields blocks of R tensors (a list, or an (R, ...)
+    tensor), the r-th holding entries of stream r (R = len(indices)); the result's row r is
+    [sorted(v_r)[i] for i in indices[r]] over all of stream r's entries (each stream has `count` entries in
+    total, over every process).
+
+    Tensors may be float32 or float64 (widened to `dtype`) on any device; `all_reduce` sums a CPU int64
+    tensor over processes (identity for one process).
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"radix selection works on float32 or float64 values, got {dtype}")
+    if sys.byteorder != "little":
+        raise RuntimeError("radix selection reads the floats' bits and needs a little-endian machine")
+    if count == 0:
+        raise ValueError("cannot select from an empty tensor")
+    positions = [[i % count for i in row] for row in indices]
+    # Per stream: position -> (digits found so far, rank of the wanted entry among those with that prefix).
+    state = [{p: ((), p) for p in dict.fromkeys(row)} for row in positions]
+    for level in range(torch.finfo(dtype).bits // DIGIT_BITS):
+        prefixes = [sorted({prefix for prefix, _ in stream.values()}) for stream in state]
+        histograms = torch.zeros(len(state), max(map(len, prefixes)), DIGITS, dtype=torch.int64)
+        for block in parts():
+            for r, values in enumerate(block):
+                if values.numel():
+                    _count(histograms[r], values.to(dtype), prefixes[r], level, absolute)
         histograms = all_reduce(histograms)
-        ends = histograms.cumsum(dim=1)
-        for position, (prefix, rank) in list(state.items()):
-            row = prefixes.index(prefix)
-            digit = int(torch.searchsorted(ends[row], torch.tensor([rank]), right=True))
-            before = int(ends[row, digit - 1]) if digit else 0
-            value = digit - DIGITS // 2 if signed_top else digit
-            state[position] = ((prefix << DIGIT_BITS) | value if level else value, rank - before)
-    return [from_order_key(state[p][0], dtype) for p in positions]
+        for r, stream in enumerate(state):
+            for position, (prefix, rank) in list(stream.items()):
+                ends = histograms[r, prefixes[r].index(prefix)].cumsum(0)
+                digit = int(torch.searchsorted(ends, torch.tensor([rank]), right=True))
+                before = int(ends[digit - 1]) if digit else 0
+                stream[position] = (prefix + (digit,), rank - before)
+    return [[value_of(stream[p][0], absolute, dtype) for p in row] for stream, row in zip(state, positions)]
+
+
+def _count(histograms: torch.Tensor, values: torch.Tensor, prefixes: list[tuple[int, ...]], level: int,
+           absolute: bool) -> None:
+    """Add the digits at `level` of the entries of `values` under each prefix to that prefix's histogram."""
+    halves = halves_of(values)  # (n, m)
+    top = top_digits(halves[:, -1], absolute)
+    if level == 0:
+        histograms[0] += torch.bincount(top, minlength=DIGITS).cpu()
+        return
+    for slot, prefix in enumerate(prefixes):
+        negative = not absolute and prefix[0] < HALF
+        mask = top == prefix[0]
+        for depth in range(1, level):
+            mask &= halves[:, -1 - depth] == raw_half(prefix[depth], negative)
+        digits = halves[:, -1 - level][mask].to(torch.int32) & (DIGITS - 1)
+        if negative:
+            digits = (DIGITS - 1) - digits
+        histograms[slot] += torch.bincount(digits, minlength=DIGITS).cpu()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from weaving.merging.selection import radix_select
+from weaving.merging.selection import select_rows
 from weaving.merging.task_vectors import TensorSource, check_finite
 from weaving.merging.tensor_ops import select_sorted
 
-# Above this many entries per task vector, global selections stream the tensors in passes (exact radix
-# selection) instead of holding one whole task vector; both give the same values.
+# On a GPU, task vectors up to this many entries are sorted at once for global selections; larger ones,
+# and all on the CPU, stream the tensors in passes (exact radix selection). Both give the same values.
 IN_MEMORY_SELECTION = 2**26
 
 
@@ -28,6 +28,7 @@ class TaskVectorSet:
         self.sources = list(sources)
         self.keys = list(keys)
         self.device = device
+        self._checked: set[tuple[int, str]] = set()  # (task, key) pairs already checked for NaN / Inf
 
     @property
     def num_tasks(self) -> int:
@@ -42,7 +43,10 @@ class TaskVectorSet:
     def tensor(self, task: int, key: str) -> torch.Tensor:
         source = self.sources[task]
         value = source.get(key).to(device=self.device, dtype=self.dtype(key))
-        return check_finite(value, source.label, key)
+        if (task, key) not in self._checked:  # statistics passes read a tensor several times: check it once
+            check_finite(value, source.label, key)
+            self._checked.add((task, key))
+        return value
 
     def tensors(self, key: str) -> list[torch.Tensor]:
         return [self.tensor(t, key) for t in range(self.num_tasks)]
@@ -74,13 +78,39 @@ class TaskVectorSet:
                       absolute: bool = False) -> list[torch.Tensor]:
         """[sorted(v)[i] for i in indices], v = the entries of `values_of(key)` over every key (their abs
         values when `absolute`); Python index rules."""
-        if self.numel() <= IN_MEMORY_SELECTION:
-            return select_sorted([values_of(key) for key in self.keys], indices, absolute)
+        return self.select_sorted_rows(lambda key: [[values_of(key)]], [indices], absolute)[0]
+
+    def select_sorted_rows(self, blocks_of: Callable[[str], Iterable[torch.Tensor]], indices: list[list[int]],
+                           absolute: bool = False) -> list[list[torch.Tensor]]:
+        """Several selections at once: `blocks_of(key)` yields blocks of R tensors (lists, or (R, ...)
+        tensors) of that key's entries, the r-th belonging to stream r; the result's row r is [sorted(v_r)[i] for i in indices[r]] over all of
+        stream r's entries (abs values when `absolute`). Every stream holds one task vector's numel().
+
+        Streamed radix selection (two passes over the keys for float32, `weaving.merging.selection`): only
+        one key's blocks at a time are held. On a GPU, task vectors that fit (at most IN_MEMORY_SELECTION
+        entries) are sorted at once instead: one device-wide sort takes milliseconds.
+        """
         dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.keys) else torch.float32
+        count = self.numel()
+        if self.device.type == "cuda" and count <= IN_MEMORY_SELECTION:
+            streams: list[list[torch.Tensor]] = [[] for _ in indices]
+            for key in self.keys:
+                for block in blocks_of(key):
+                    for stream, values in zip(streams, block):
+                        stream.append(values.to(dtype))
+            return [select_sorted(stream, list(wanted), absolute) for stream, wanted in zip(streams, indices)]
 
         def parts():
             for key in self.keys:
-                value = values_of(key)
-                yield value.abs() if absolute else value
+                yield from blocks_of(key)
 
-        return [v.to(self.device) for v in radix_select(parts, indices, self.numel(), dtype)]
+        chosen = select_rows(parts, indices, count, dtype, self.reduce_counts, absolute=absolute)
+        return [[v.to(self.device) for v in row] for row in chosen]
+
+    def rows(self, key: str) -> Iterator[list[torch.Tensor]]:
+        """`key`'s T task tensors as one block of T streams (for `select_sorted_rows`)."""
+        yield self.tensors(key)
+
+    def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        """Histogram counts summed over every process holding part of the tensors (here: one process)."""
+        return counts

@@ -106,3 +106,15 @@ def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest entry (1-based) of a 1-D tensor."""
     return sorted_value(values, k - 1)
+
+
+# Entries per task in one block of a blocked elementwise pass: T blocks of float32 stay within a core's L2
+# cache, so the pass's dozen operations run in cache instead of streaming the T tensors through memory once
+# per operation (and allocating T-sized temporaries). On a GPU one block is the whole tensor.
+CPU_BLOCK = 1 << 15
+
+
+def blocks(numel: int, device: torch.device, size: int | None = None) -> list[slice]:
+    """Consecutive slices covering range(numel), `size` (default CPU_BLOCK) long on the CPU; one on a GPU."""
+    size = (size or CPU_BLOCK) if device.type == "cpu" else max(numel, 1)
+    return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
