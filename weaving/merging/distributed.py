@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from weaving.merging.selection import radix_select
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import TensorSource
 
@@ -142,6 +141,8 @@ def as_write_failure(error: OSError, output: Path, folder: Path) -> BaseExceptio
 class DistributedTaskVectorSet(TaskVectorSet):
     """The task vectors' tensors this rank owns; statistics hooks reduce over every rank."""
 
+    partial = True
+
     def __init__(self, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device,
                  all_keys: Sequence[str]):
         super().__init__(sources, keys, device)
@@ -165,17 +166,11 @@ class DistributedTaskVectorSet(TaskVectorSet):
             return int(self._all_reduce(torch.tensor([value], dtype=torch.int64))[0])
         return float(self._all_reduce(torch.tensor([float(value)], dtype=torch.float64))[0])
 
-    def select_sorted(self, values_of: Callable[[str], torch.Tensor], indices: list[int],
-                      absolute: bool = False) -> list[torch.Tensor]:
-        dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.all_keys) else torch.float32
-        count = self.numel()
+    def selection_dtype(self) -> torch.dtype:
+        return torch.float64 if any(self.dtype(key) == torch.float64 for key in self.all_keys) else torch.float32
 
-        def parts():
-            for key in self.keys:
-                value = values_of(key)
-                yield value.abs() if absolute else value
-
-        return [v.to(self.device) for v in radix_select(parts, indices, count, dtype, self._all_reduce)]
+    def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(counts)
 
 
 def local_inputs(base: TensorSource, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device):

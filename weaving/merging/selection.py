@@ -96,8 +96,9 @@ def select_rows(parts: Callable[[], Iterable[Sequence[torch.Tensor]]], indices: 
         for block in parts():
             for r, values in enumerate(block):
                 if values.numel():
+                    histograms = histograms.to(values.device)  # counted where the values are; one copy back
                     _count(histograms[r], values.to(dtype), prefixes[r], level, absolute)
-        histograms = all_reduce(histograms)
+        histograms = all_reduce(histograms.cpu())
         for r, stream in enumerate(state):
             for position, (prefix, rank) in list(stream.items()):
                 ends = histograms[r, prefixes[r].index(prefix)].cumsum(0)
@@ -113,7 +114,7 @@ def _count(histograms: torch.Tensor, values: torch.Tensor, prefixes: list[tuple[
     halves = halves_of(values)  # (n, m)
     top = top_digits(halves[:, -1], absolute)
     if level == 0:
-        histograms[0] += torch.bincount(top, minlength=DIGITS).cpu()
+        histograms[0] += torch.bincount(top, minlength=DIGITS)
         return
     for slot, prefix in enumerate(prefixes):
         negative = not absolute and prefix[0] < HALF
@@ -123,4 +124,4 @@ def _count(histograms: torch.Tensor, values: torch.Tensor, prefixes: list[tuple[
         digits = halves[:, -1 - level][mask].to(torch.int32) & (DIGITS - 1)
         if negative:
             digits = (DIGITS - 1) - digits
-        histograms[slot] += torch.bincount(digits, minlength=DIGITS).cpu()
+        histograms[slot] += torch.bincount(digits, minlength=DIGITS)

@@ -31,12 +31,16 @@ class DifferenceSource(TensorSource):
         self._shapes = {key: finetuned.shape(key) for key in keys}
         self._dtypes = {key: compute_dtype(finetuned.dtype(key)) for key in keys}
         self._tensors, self._file, self.metadata = None, None, {}
+        self._checked: set[str] = set()  # keys whose inputs were checked for NaN / Inf (read again by later passes)
 
     def get(self, key: str) -> torch.Tensor:
-        dtype = self._dtypes[key]
-        tuned = check_finite(self.finetuned.get(key), self.finetuned.label, key).to(dtype)
-        base = check_finite(self.pretrained.get(key), self.pretrained.label, key).to(dtype)
-        return tuned - base
+        tuned, base = self.finetuned.get(key), self.pretrained.get(key)
+        if key not in self._checked:
+            check_finite(tuned, self.finetuned.label, key)
+            check_finite(base, self.pretrained.label, key)
+            self._checked.add(key)
+        # One subtraction in the compute dtype (half-precision inputs are widened inside the kernel, exactly).
+        return torch.sub(tuned.to(self._dtypes[key]), base)
 
 
 class ScaledSource(TensorSource):

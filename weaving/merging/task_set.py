@@ -24,6 +24,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class TaskVectorSet:
     """T task vectors with the same keys; `tensors(key)` gives the T tensors of one parameter."""
 
+    partial = False  # True when other processes hold the rest of the tensors (weaving.merging.distributed)
+
     def __init__(self, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device):
         self.sources = list(sources)
         self.keys = list(keys)
@@ -90,9 +92,9 @@ class TaskVectorSet:
         one key's blocks at a time are held. On a GPU, task vectors that fit (at most IN_MEMORY_SELECTION
         entries) are sorted at once instead: one device-wide sort takes milliseconds.
         """
-        dtype = torch.float64 if any(self.dtype(key) == torch.float64 for key in self.keys) else torch.float32
+        dtype = self.selection_dtype()
         count = self.numel()
-        if self.device.type == "cuda" and count <= IN_MEMORY_SELECTION:
+        if self.device.type == "cuda" and count <= IN_MEMORY_SELECTION and not self.partial:
             streams: list[list[torch.Tensor]] = [[] for _ in indices]
             for key in self.keys:
                 for block in blocks_of(key):
@@ -110,6 +112,10 @@ class TaskVectorSet:
     def rows(self, key: str) -> Iterator[list[torch.Tensor]]:
         """`key`'s T task tensors as one block of T streams (for `select_sorted_rows`)."""
         yield self.tensors(key)
+
+    def selection_dtype(self) -> torch.dtype:
+        """float64 when any tensor is float64, else float32: the dtype selections are exact in."""
+        return torch.float64 if any(self.dtype(key) == torch.float64 for key in self.keys) else torch.float32
 
     def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor:
         """Histogram counts summed over every process holding part of the tensors (here: one process)."""

@@ -86,8 +86,15 @@ class AugmentedSet(TaskVectorSet):
     def all_sum(self, value: Any) -> Any:
         return self.base.all_sum(value)
 
-    def select_sorted(self, values_of, indices: list[int], absolute: bool = False) -> list[torch.Tensor]:
-        return self.base.select_sorted(values_of, indices, absolute)
+    @property
+    def partial(self) -> bool:
+        return self.base.partial
+
+    def selection_dtype(self) -> torch.dtype:
+        return self.base.selection_dtype()
+
+    def reduce_counts(self, counts: torch.Tensor) -> torch.Tensor:
+        return self.base.reduce_counts(counts)
 
     def merged(self, index: int, key: str, taus: list[torch.Tensor] | None = None) -> torch.Tensor:
         """g for the point `index` and one tensor: one g per group of hyper-parameters for a deterministic
