@@ -83,8 +83,9 @@ def test_bad_k(inputs, k):
 @pytest.mark.parametrize("method", ["ties", "pcb"])
 def test_blocked_passes_do_not_depend_on_the_block_size(method, monkeypatch):
     """The elementwise passes run over blocks of the stacked tensors; blocks of 7 entries (tails, one
-    block across several rows of a matrix) give the same bits as one block per tensor."""
+    block across several rows of a matrix) give the same bits as one block per tensor (pcb, ties)."""
     from weaving.merging import tensor_ops
+    from weaving.merging.methods import pcb as pcb_module
 
     g = torch.Generator().manual_seed(5)
     shapes = {"w": (13, 11), "b": (11,), "s": ()}
@@ -93,6 +94,7 @@ def test_blocked_passes_do_not_depend_on_the_block_size(method, monkeypatch):
     monkeypatch.setattr(tensor_ops, "CPU_BLOCK", 10**6)
     whole = weaving.merge(pre, tvs, method)
     monkeypatch.setattr(tensor_ops, "CPU_BLOCK", 7)
+    monkeypatch.setattr(pcb_module, "SELECTION_BLOCK", 10)  # pcb's score selection: blocks of blocks
     blocked = weaving.merge(pre, tvs, method)
     for key in shapes:
         assert torch.equal(whole[key], blocked[key]), key

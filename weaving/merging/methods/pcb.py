@@ -46,15 +46,18 @@ def scores(stacked: torch.Tensor, total: torch.Tensor, lo: torch.Tensor, hi: tor
     return intra.mul_(torch.mul(stacked, total).tanh_())
 
 
-# Entries per task in one block of the score selection: each block's scores feed 65536-bin histograms,
-# which cost as much as a cache-sized block; this size keeps them a small part of the pass.
+# Entries per task in one block of scores handed to the selection: each block's scores feed 65536-bin
+# histograms, which cost as much as a cache-sized block; this size keeps them a small part of the pass.
 SELECTION_BLOCK = 1 << 20
 
 
-def stacked_blocks(tensors: list[torch.Tensor], size: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(block, the T flattened tensors' entries in it stacked (T, n)) over blocks of `size` entries."""
+def stacked_blocks(tensors: list[torch.Tensor], start: int = 0, stop: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(block, the T flattened tensors' entries in it stacked (T, n)) over cache-sized blocks of the
+    entries start..stop."""
     flat = [value.reshape(-1) for value in tensors]
-    for block in blocks(flat[0].numel(), flat[0].device, size):
+    stop = flat[0].numel() if stop is None else stop
+    for block in blocks(stop - start, flat[0].device):
+        block = slice(block.start + start, block.stop + start)
         yield block, torch.stack([value[block] for value in flat])
 
 
@@ -69,10 +72,17 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
     lo, hi = [row[0] for row in clips], [row[1] for row in clips]
 
     def score_blocks(key: str) -> Iterator[torch.Tensor]:
+        """The T tasks' scores of `key` in (T, n) blocks of SELECTION_BLOCK entries, each computed in
+        cache-sized pieces into one reused buffer."""
         tensors = task_set.tensors(key)
         lo_column, hi_column = column(lo, tensors[0]), column(hi, tensors[0])
-        for block, stacked in stacked_blocks(tensors, SELECTION_BLOCK):
-            yield scores(stacked, totals[key][block], lo_column, hi_column)
+        total = totals[key]
+        buffer = torch.empty(n, min(total.numel(), SELECTION_BLOCK), dtype=total.dtype, device=total.device)
+        for outer in blocks(total.numel(), total.device, SELECTION_BLOCK):
+            out = buffer[:, : outer.stop - outer.start]
+            for block, stacked in stacked_blocks(tensors, start=outer.start, stop=outer.stop):
+                out[:, block.start - outer.start: block.stop - outer.start] = scores(stacked, total[block], lo_column, hi_column)
+            yield out
 
     bounds = task_set.select_sorted_rows(score_blocks, [[int(d * (1 - ratio)), int(d * (1 - 0)) - 1]] * n)
     return PcbStats(lo, hi, [row[0] for row in bounds], [row[1] for row in bounds])
