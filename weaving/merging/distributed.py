@@ -245,8 +245,13 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
                 except OSError as error:
                     raise as_write_failure(error, output, tmp) from None
             agree_on_failures()
-    except BaseException:  # every rank has stopped writing (or is gone): remove the partial folder
+    except BaseException as error:  # every rank has stopped writing (or is gone): remove the partial folder
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, Exception):  # every rank knows: none exits (and torchrun ends the rest) before that
+            try:
+                dist.barrier()
+            except RuntimeError:  # a rank is gone already
+                pass
         raise
     return output
