@@ -27,14 +27,16 @@ def halves_of(part: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.int16).view(-1, flat.element_size() // 2)
 
 
-def top_digits(top: torch.Tensor, absolute: bool) -> torch.Tensor:
-    """The top 16 bits as integers in [0, 65536) that grow with the value (with its abs value when
-    `absolute`: the sign bit is ignored). Negative floats order by reversed magnitude; -0.0 falls just
-    below +0.0, an order a sort may give (they are equal)."""
-    if absolute:
-        return top & 0x7FFF
-    flipped = top ^ ((top >> 15) & 0x7FFF)  # negative: reverse the magnitude's order
-    return flipped.to(torch.int32) + HALF
+def ordered_counts(raw: torch.Tensor) -> torch.Tensor:
+    """Counts of the top 16 bits indexed by their raw pattern + 32768 (sign-bit-set patterns first),
+    rearranged into digit order: non-negative floats keep their order above 32768; negative floats order
+    by reversed magnitude below it, -0.0 just below +0.0 (equal values, an order a sort may give)."""
+    return torch.cat([raw[:HALF].flip(0), raw[HALF:]])
+
+
+def raw_top(digit: int) -> int:
+    """The int16 pattern of the top 16 bits whose digit (signed order) is `digit`."""
+    return digit - HALF if digit >= HALF else -1 - digit
 
 
 def raw_half(digit: int, negative: bool) -> int:
@@ -46,14 +48,9 @@ def raw_half(digit: int, negative: bool) -> int:
 
 def value_of(digits: Sequence[int], absolute: bool, dtype: torch.dtype) -> torch.Tensor:
     """The float whose digits (most significant first) are `digits`."""
-    top = digits[0]
-    if absolute or top >= HALF:
-        raw_top = top - HALF if not absolute else top  # non-negative: sign bit clear
-        negative = False
-    else:
-        raw_top = (HALF - 1 - top) - HALF  # negative: sign bit set, magnitude bits reversed back
-        negative = True
-    halves = [raw_half(d, negative) for d in reversed(digits[1:])] + [raw_top]
+    negative = not absolute and digits[0] < HALF
+    top = digits[0] if absolute else raw_top(digits[0])  # absolute: the sign bit is clear
+    halves = [raw_half(d, negative) for d in reversed(digits[1:])] + [top]
     return torch.tensor(halves, dtype=torch.int16).view(dtype)[0]
 
 
@@ -112,13 +109,17 @@ def _count(histograms: torch.Tensor, values: torch.Tensor, prefixes: list[tuple[
            absolute: bool) -> None:
     """Add the digits at `level` of the entries of `values` under each prefix to that prefix's histogram."""
     halves = halves_of(values)  # (n, m)
-    top = top_digits(halves[:, -1], absolute)
+    top = halves[:, -1]
     if level == 0:
-        histograms[0] += torch.bincount(top, minlength=DIGITS)
+        # Histogram the raw bit patterns (one pass), then put the bins in digit order (65536 values).
+        if absolute:
+            histograms[0] += torch.bincount(top & 0x7FFF, minlength=DIGITS)
+        else:
+            histograms[0] += ordered_counts(torch.bincount(top.to(torch.int32).add_(HALF), minlength=DIGITS))
         return
     for slot, prefix in enumerate(prefixes):
         negative = not absolute and prefix[0] < HALF
-        mask = top == prefix[0]
+        mask = (top & 0x7FFF) == prefix[0] if absolute else top == raw_top(prefix[0])
         for depth in range(1, level):
             mask &= halves[:, -1 - depth] == raw_half(prefix[depth], negative)
         digits = halves[:, -1 - level][mask].to(torch.int32) & (DIGITS - 1)

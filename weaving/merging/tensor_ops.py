@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -118,3 +118,32 @@ def blocks(numel: int, device: torch.device, size: int | None = None) -> list[sl
     """Consecutive slices covering range(numel), `size` (default CPU_BLOCK) long on the CPU; one on a GPU."""
     size = (size or CPU_BLOCK) if device.type == "cpu" else max(numel, 1)
     return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
+
+
+class StackedBlocks:
+    """One parameter's T tensors, flattened, walked in blocks (`blocks`) of the entries start..stop; each
+    block is stacked (T, n) into a reused buffer, and `scratch(i)` gives reused (T, n) temporaries for the
+    current block: a blocked pass neither allocates per block nor, on the CPU, leaves the cache."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], scratch: int = 0, start: int = 0, stop: int | None = None):
+        self.flat = [value.reshape(-1) for value in tensors]
+        like = self.flat[0]
+        self.start, self.stop = start, like.numel() if stop is None else stop
+        self.blocks = blocks(self.stop - self.start, like.device)
+        size = len(self.flat) * (self.blocks[0].stop if self.blocks else 0)
+        self._buffers = [torch.empty(size, dtype=like.dtype, device=like.device) for _ in range(scratch + 1)]
+        self._width = 0
+
+    def _view(self, buffer: torch.Tensor) -> torch.Tensor:
+        return buffer[: len(self.flat) * self._width].view(len(self.flat), self._width)
+
+    def __iter__(self) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(block, the T tensors' entries in it stacked (T, n)); `block` indexes the flattened tensors."""
+        for block in self.blocks:
+            block = slice(block.start + self.start, block.stop + self.start)
+            self._width = block.stop - block.start
+            yield block, torch.stack([value[block] for value in self.flat], out=self._view(self._buffers[0]))
+
+    def scratch(self, index: int) -> torch.Tensor:
+        """The index-th (T, n) temporary of the current block (contents undefined)."""
+        return self._view(self._buffers[1 + index])

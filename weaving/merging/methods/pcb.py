@@ -14,7 +14,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import blocks
+from weaving.merging.tensor_ops import StackedBlocks, blocks
 
 CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
 
@@ -32,18 +32,37 @@ def column(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack([v.to("cpu", like.dtype) for v in values]).to(like.device).unsqueeze(1)
 
 
-def minmax_(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """(values - lo) / (hi - lo) in place, row by row with (T, 1) bounds (0 on rows where hi == lo)."""
-    span = hi - lo
-    flat = span == 0
-    values.sub_(lo).div_(torch.where(flat, torch.ones_like(span), span))
-    return values.mul_(~flat) if bool(flat.any()) else values
+@dataclass
+class Range:
+    """Per-task bounds as (T, 1) columns for clamping and min-max scaling, prepared once per tensor."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    span: torch.Tensor  # hi - lo; 1 where hi == lo (every clamped value is then lo and scales to 0)
+
+    @classmethod
+    def of(cls, lo: list[torch.Tensor], hi: list[torch.Tensor], like: torch.Tensor) -> Range:
+        lo_column, hi_column = column(lo, like), column(hi, like)
+        span = hi_column - lo_column
+        return cls(lo_column, hi_column, span.masked_fill(span == 0, 1.0))
+
+    def minmax_(self, values: torch.Tensor) -> torch.Tensor:
+        """(clamp(values, lo, hi) - lo) / (hi - lo) in place, row by row (0 on rows where hi == lo)."""
+        return values.clamp_(self.lo, self.hi).sub_(self.lo).div_(self.span)
 
 
-def scores(stacked: torch.Tensor, total: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """intra * inter for T stacked tasks (T, n): exp(T * minmax(clip|x_t|)^2) * tanh(x_t * sum_j x_j)."""
-    intra = minmax_(stacked.abs().clamp_(lo, hi), lo, hi).square_().mul_(stacked.shape[0]).exp_()
-    return intra.mul_(torch.mul(stacked, total).tanh_())
+def scores_(stacked: torch.Tensor, total: torch.Tensor, clip: Range, out: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+    """intra * inter for T stacked tasks (T, n), into `out`: exp(T * minmax(clip|x_t|)^2) * tanh(x_t * sum_j x_j)."""
+    intra = clip.minmax_(torch.abs(stacked, out=out)).square_().mul_(stacked.shape[0]).exp_()
+    return intra.mul_(torch.mul(stacked, total, out=spare).tanh_())
+
+
+def task_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j x_j, flattened, summed over the stacked tasks block by block (as the merge pass sums them)."""
+    total = torch.empty(tensors[0].numel(), dtype=tensors[0].dtype, device=tensors[0].device)
+    for block, stacked in StackedBlocks(tensors):
+        torch.sum(stacked, dim=0, out=total[block])
+    return total
 
 
 # Entries per task in one block of scores handed to the selection: each block's scores feed 65536-bin
@@ -51,22 +70,12 @@ def scores(stacked: torch.Tensor, total: torch.Tensor, lo: torch.Tensor, hi: tor
 SELECTION_BLOCK = 1 << 20
 
 
-def stacked_blocks(tensors: list[torch.Tensor], start: int = 0, stop: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(block, the T flattened tensors' entries in it stacked (T, n)) over cache-sized blocks of the
-    entries start..stop."""
-    flat = [value.reshape(-1) for value in tensors]
-    stop = flat[0].numel() if stop is None else stop
-    for block in blocks(stop - start, flat[0].device):
-        block = slice(block.start + start, block.stop + start)
-        yield block, torch.stack([value[block] for value in flat])
-
-
 def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"method 'pcb': ratio is the kept fraction and must be in (0, 1], got {ratio}")
     n = task_set.num_tasks
     d = task_set.numel()
-    totals = {key: torch.stack(task_set.tensors(key)).sum(dim=0).reshape(-1) for key in task_set.keys}  # sum_j x_j
+    totals = {key: task_sum(task_set.tensors(key)) for key in task_set.keys}  # sum_j x_j, one model's size
     clips = task_set.select_sorted_rows(task_set.rows, [[int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1]] * n,
                                         absolute=True)
     lo, hi = [row[0] for row in clips], [row[1] for row in clips]
@@ -75,13 +84,14 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
         """The T tasks' scores of `key` in (T, n) blocks of SELECTION_BLOCK entries, each computed in
         cache-sized pieces into one reused buffer."""
         tensors = task_set.tensors(key)
-        lo_column, hi_column = column(lo, tensors[0]), column(hi, tensors[0])
-        total = totals[key]
+        clip, total = Range.of(lo, hi, tensors[0]), totals[key]
         buffer = torch.empty(n, min(total.numel(), SELECTION_BLOCK), dtype=total.dtype, device=total.device)
         for outer in blocks(total.numel(), total.device, SELECTION_BLOCK):
             out = buffer[:, : outer.stop - outer.start]
-            for block, stacked in stacked_blocks(tensors, start=outer.start, stop=outer.stop):
-                out[:, block.start - outer.start: block.stop - outer.start] = scores(stacked, total[block], lo_column, hi_column)
+            pieces = StackedBlocks(tensors, scratch=2, start=outer.start, stop=outer.stop)
+            for block, stacked in pieces:
+                out[:, block.start - outer.start: block.stop - outer.start] = scores_(
+                    stacked, total[block], clip, pieces.scratch(0), pieces.scratch(1))
             yield out
 
     bounds = task_set.select_sorted_rows(score_blocks, [[int(d * (1 - ratio)), int(d * (1 - 0)) - 1]] * n)
@@ -91,10 +101,12 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
 @register_method("pcb", prepare=prepare_pcb)
 def pcb(tensors: list[torch.Tensor], *, key: str, stats: PcbStats, ratio: float = 0.1) -> torch.Tensor:
     like = tensors[0]
-    lo, hi, low, high = (column(values, like) for values in (stats.lo, stats.hi, stats.low, stats.high))
+    clip, keep = Range.of(stats.lo, stats.hi, like), Range.of(stats.low, stats.high, like)
     merged = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-    for block, stacked in stacked_blocks(tensors):
-        s = minmax_(scores(stacked, stacked.sum(dim=0), lo, hi).clamp_(low, high), low, high)
-        clipped = stacked.abs().clamp_(lo, hi).mul_(torch.sign(stacked))
-        torch.div(s.mul(clipped).sum(dim=0), s.sum(dim=0).clamp_(min=1e-12), out=merged[block])
+    stacked_blocks = StackedBlocks(tensors, scratch=3)
+    for block, stacked in stacked_blocks:
+        s, clipped, spare = (stacked_blocks.scratch(i) for i in range(3))
+        keep.minmax_(scores_(stacked, stacked.sum(dim=0), clip, s, spare))
+        torch.abs(stacked, out=clipped).clamp_(clip.lo, clip.hi).mul_(torch.sign(stacked, out=spare))
+        torch.div(clipped.mul_(s).sum(dim=0), s.sum(dim=0).clamp_(min=1e-12), out=merged[block])
     return merged.view(like.shape)

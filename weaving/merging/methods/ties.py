@@ -8,7 +8,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import blocks
+from weaving.merging.tensor_ops import StackedBlocks
 
 
 @dataclass
@@ -38,54 +38,39 @@ def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
     total = 0
     for key in task_set.keys:
         tensors = task_set.tensors(key)
-        space = Workspace(tensors, thresholds)
-        for block in blocks(tensors[0].numel(), tensors[0].device):
-            total += int(torch.sign(space.trimmed_sum(block)).sum())
+        columns = threshold_column(thresholds, tensors[0])
+        stacked_blocks = StackedBlocks(tensors, scratch=1)
+        for _, stacked in stacked_blocks:
+            total += int(torch.sign(trim_(stacked, columns, stacked_blocks.scratch(0)).sum(dim=0)).sum())
     total = task_set.all_sum(total)
     return TiesStats(thresholds, float((total > 0) - (total < 0)))
 
 
-class Workspace:
-    """Buffers for one tensor's blocked pass (`blocks`): the T trimmed blocks and their temporaries are
-    reused from block to block, so the pass neither allocates nor leaves the CPU cache."""
+def threshold_column(thresholds: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """The per-task thresholds as a (T, 1) column; 0 where a task keeps everything (no abs value is below 0)."""
+    column = [torch.zeros((), dtype=like.dtype) if t is None else t.to("cpu", like.dtype) for t in thresholds]
+    return torch.stack(column).to(like.device).unsqueeze(1)
 
-    def __init__(self, tensors: list[torch.Tensor], thresholds: list[torch.Tensor | None]):
-        self.tensors = [value.reshape(-1) for value in tensors]
-        like = self.tensors[0]
-        size = min(like.numel(), blocks(like.numel(), like.device)[0].stop) * len(tensors)
-        self.values = torch.empty(size, dtype=like.dtype, device=like.device)
-        self.scratch = torch.empty(size, dtype=like.dtype, device=like.device)
-        self.mask = torch.empty(size, dtype=like.dtype, device=like.device)  # 0/1 in the values' dtype
-        # 0 where a task keeps everything (k = 1): no abs value is below 0.
-        column = [torch.zeros((), dtype=like.dtype) if t is None else t.to("cpu", like.dtype) for t in thresholds]
-        self.thresholds = torch.stack(column).to(like.device).unsqueeze(1)
 
-    def view(self, buffer: torch.Tensor, block: slice) -> torch.Tensor:
-        return buffer[: len(self.tensors) * (block.stop - block.start)].view(len(self.tensors), -1)
-
-    def trimmed(self, block: slice) -> torch.Tensor:
-        """Entries `block` of the T tensors stacked (T, n), those below their task's threshold zeroed."""
-        stacked = torch.stack([value[block] for value in self.tensors], out=self.view(self.values, block))
-        keep = torch.ge(torch.abs(stacked, out=self.view(self.scratch, block)), self.thresholds,
-                        out=self.view(self.mask, block))
-        return stacked.mul_(keep)  # a trimmed negative entry becomes -0.0, which counts and sums as 0
-
-    def trimmed_sum(self, block: slice) -> torch.Tensor:
-        return self.trimmed(block).sum(dim=0)
+def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Zero, in place, the entries of the stacked (T, n) block below their task's threshold."""
+    keep = torch.ge(torch.abs(stacked, out=scratch), thresholds, out=scratch)  # 0/1 in the values' dtype
+    return stacked.mul_(keep)  # a trimmed negative entry becomes -0.0, which counts and sums as 0
 
 
 @register_method("ties", prepare=prepare_ties)
 def ties(tensors: list[torch.Tensor], *, key: str, stats: TiesStats, k: float = 0.2) -> torch.Tensor:
-    space = Workspace(tensors, stats.thresholds)
+    columns = threshold_column(stats.thresholds, tensors[0])
     merged = torch.empty(tensors[0].numel(), dtype=tensors[0].dtype, device=tensors[0].device)
-    for block in blocks(merged.numel(), merged.device):
-        stacked = space.trimmed(block)
+    stacked_blocks = StackedBlocks(tensors, scratch=1)
+    for block, stacked in stacked_blocks:
+        trim_(stacked, columns, scratch := stacked_blocks.scratch(0))
         sign = torch.sign(stacked.sum(dim=0))
         sign.add_(sign == 0, alpha=stats.majority_sign)  # the elected sign is never 0
         # x * sign > 0 exactly where x is non-zero with the elected sign; those entries' sum is the sum of
         # their magnitudes times the sign (negation is exact, so this is the same float sum).
-        aligned = torch.mul(stacked, sign, out=space.view(space.scratch, block))
-        count = torch.gt(aligned, 0, out=space.view(space.mask, block)).sum(dim=0).clamp_(min=1)  # exact in floats
+        aligned = torch.mul(stacked, sign, out=stacked)
+        count = torch.gt(aligned, 0, out=scratch).sum(dim=0).clamp_(min=1)  # exact in floats
         total = aligned.clamp_(min=0).sum(dim=0).mul_(sign)
         torch.div(total, count, out=merged[block]).add_(0.0)  # add 0.0: -0.0 (nothing elected) becomes 0.0
     return merged.view(tensors[0].shape)
