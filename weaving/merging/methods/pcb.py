@@ -46,9 +46,14 @@ class Range:
         span = hi_column - lo_column
         return cls(lo_column, hi_column, span.masked_fill(span == 0, 1.0))
 
+    def clamp_(self, values: torch.Tensor) -> torch.Tensor:
+        """clamp(values, lo, hi) in place, row by row (as two one-sided clamps: several times faster on
+        the CPU than a clamp with two tensor bounds, and the same values)."""
+        return values.clamp_min_(self.lo).clamp_max_(self.hi)
+
     def minmax_(self, values: torch.Tensor) -> torch.Tensor:
         """(clamp(values, lo, hi) - lo) / (hi - lo) in place, row by row (0 on rows where hi == lo)."""
-        return values.clamp_(self.lo, self.hi).sub_(self.lo).div_(self.span)
+        return self.clamp_(values).sub_(self.lo).div_(self.span)
 
 
 def scores_(stacked: torch.Tensor, total: torch.Tensor, clip: Range, out: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
@@ -107,6 +112,6 @@ def pcb(tensors: list[torch.Tensor], *, key: str, stats: PcbStats, ratio: float 
     for block, stacked in stacked_blocks:
         s, clipped, spare = (stacked_blocks.scratch(i) for i in range(3))
         keep.minmax_(scores_(stacked, stacked.sum(dim=0), clip, s, spare))
-        torch.abs(stacked, out=clipped).clamp_(clip.lo, clip.hi).mul_(torch.sign(stacked, out=spare))
+        clip.clamp_(torch.abs(stacked, out=clipped)).mul_(torch.sign(stacked, out=spare))
         torch.div(clipped.mul_(s).sum(dim=0), s.sum(dim=0).clamp_(min=1e-12), out=merged[block])
     return merged.view(like.shape)
