@@ -80,8 +80,15 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
         raise ValueError(f"method 'pcb': ratio is the kept fraction and must be in (0, 1], got {ratio}")
     n = task_set.num_tasks
     d = task_set.numel()
-    totals = {key: task_sum(task_set.tensors(key)) for key in task_set.keys}  # sum_j x_j, one model's size
-    clips = task_set.select_sorted_rows(task_set.rows, [[int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1]] * n,
+    totals: dict[str, torch.Tensor] = {}  # sum_j x_j per key (one model's size), made in the first pass
+
+    def rows(key: str) -> Iterator[list[torch.Tensor]]:
+        tensors = task_set.tensors(key)
+        if key not in totals:
+            totals[key] = task_sum(tensors)
+        yield tensors
+
+    clips = task_set.select_sorted_rows(rows, [[int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1]] * n,
                                         absolute=True)
     lo, hi = [row[0] for row in clips], [row[1] for row in clips]
 
