@@ -117,9 +117,11 @@ def _count(histograms: torch.Tensor, values: torch.Tensor, prefixes: list[tuple[
         else:
             histograms[0] += ordered_counts(torch.bincount(top.to(torch.int32).add_(HALF), minlength=DIGITS))
         return
+    if absolute:
+        top = top & 0x7FFF  # the sign bit ignored
     for slot, prefix in enumerate(prefixes):
         negative = not absolute and prefix[0] < HALF
-        mask = (top & 0x7FFF) == prefix[0] if absolute else top == raw_top(prefix[0])
+        mask = top == (prefix[0] if absolute else raw_top(prefix[0]))
         for depth in range(1, level):
             mask &= halves[:, -1 - depth] == raw_half(prefix[depth], negative)
         digits = halves[:, -1 - level][mask].to(torch.int32) & (DIGITS - 1)
