@@ -118,3 +118,24 @@ def test_hub_id_while_offline_and_missing_shard_tensor(models, monkeypatch):
 def test_parse_recipe_defaults():
     recipe = parse_recipe({"inputs": {"pretrained": "b", "finetuned": "a"}, "method": "task_arithmetic", "output": "o.safetensors"})
     assert (recipe.models[0].location, recipe.models[0].weight, recipe.lam, recipe.weaving, recipe.seed) == ("a", 1.0, 1.0, None, 0)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_the_pretrained_is_read_once_per_key_and_pass(models, monkeypatch, method):
+    """Each fine-tuned model subtracts the pretrained tensor, and the output adds it back: one read of it
+    per key and pass serves them all (ties makes 4 passes: two for its thresholds, its sign, the merge)."""
+    from weaving.formats import sharded
+
+    tmp, base_dir, paths, base, _ = models
+    reads: dict[str, int] = {}
+    original = sharded.SafetensorsFile.get
+
+    def counting(self, key):
+        if str(self.path).startswith(base_dir):
+            reads[key] = reads.get(key, 0) + 1
+        return original(self, key)
+
+    monkeypatch.setattr(sharded.SafetensorsFile, "get", counting)
+    run_recipe({"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": method, "output": str(tmp / "o")})
+    passes = 1 if method == "task_arithmetic" else 4
+    assert reads == {key: passes for key in base}

@@ -146,6 +146,6 @@ def prepare_merge(pretrained, task_vectors, method: str, lam: float, *, device, 
 
     def delta_for(key: str) -> torch.Tensor:
         g = spec.merge(inputs.task_set.tensors(key), key=key, stats=stats, **hparams, **method_seed(spec, seed, key))
-        return lam * g
+        return g if lam == 1.0 else lam * g  # 1.0 * g is g, bit for bit
 
     return inputs, delta_for, f"merge[{method}]"

@@ -43,7 +43,7 @@ from weaving.merging.distributed import init_process_group, save_distributed, st
 from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, resolve_device
 from weaving.merging.registry import get_method, get_pooling
 from weaving.merging.search_space import parse_search_space
-from weaving.merging.sources import DifferenceSource, ScaledSource
+from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
 from weaving.merging.task_vectors import TensorSource
 from weaving.merging.weave import prepare_weave
 
@@ -209,7 +209,7 @@ def open_models(recipe: Recipe) -> tuple[TensorSource, list[TensorSource], Path 
     """The pretrained source, the (weighted, lazy) task vectors, and the pretrained's folder (for its
     config and tokenizer files; None when the pretrained is a lone file)."""
     base_path = resolve_location(recipe.pretrained)
-    pretrained = open_checkpoint(base_path, recipe.pretrained)
+    pretrained = LastReadSource(open_checkpoint(base_path, recipe.pretrained))
     task_vectors: list[TensorSource] = []
     for model in recipe.models:
         source = open_checkpoint(resolve_location(model.location), model.location)

@@ -59,3 +59,22 @@ class ScaledSource(TensorSource):
         if not value.is_floating_point():
             return value
         return value.to(self._dtypes[key]) * self.weight
+
+
+class LastReadSource(TensorSource):
+    """A source that keeps the last tensor it read: the pretrained checkpoint is read once per key, not
+    once per fine-tuned model that subtracts it and once more for the output (read-only use)."""
+
+    def __init__(self, source: TensorSource):
+        self.source = source
+        self.label, self.metadata = source.label, source.metadata
+        self.path = getattr(source, "path", None)
+        self._shapes = {key: source.shape(key) for key in source.keys()}
+        self._dtypes = {key: source.dtype(key) for key in source.keys()}
+        self._tensors, self._file = None, None
+        self._last: tuple[str, torch.Tensor] | None = None
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self.source.get(key))
+        return self._last[1]
