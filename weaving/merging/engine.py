@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
 from weaving.merging.staging import make_task_set
+from weaving.merging.sources import LastReadSource
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, check_finite, validate_inputs
 
@@ -93,7 +94,10 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
                 yield key, value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
                 continue
             with torch.no_grad():
-                theta = check_finite(value.to(task_set.device, task_set.dtype(key)), base.label, key)
+                if isinstance(base, LastReadSource) and task_set.device.type == "cpu":
+                    theta = base.get_as(key, task_set.dtype(key))  # widened and checked once already
+                else:
+                    theta = check_finite(value.to(task_set.device, task_set.dtype(key)), base.label, key)
                 merged = (theta + delta_for(key)).to(device="cpu", dtype=dtype or value.dtype)
             del theta, value
             yield key, merged

@@ -31,16 +31,17 @@ class DifferenceSource(TensorSource):
         self._shapes = {key: finetuned.shape(key) for key in keys}
         self._dtypes = {key: compute_dtype(finetuned.dtype(key)) for key in keys}
         self._tensors, self._file, self.metadata = None, None, {}
-        self._checked: set[str] = set()  # keys whose inputs were checked for NaN / Inf (read again by later passes)
 
     def get(self, key: str) -> torch.Tensor:
-        tuned, base = self.finetuned.get(key), self.pretrained.get(key)
-        if key not in self._checked:
-            check_finite(tuned, self.finetuned.label, key)
-            check_finite(base, self.pretrained.label, key)
-            self._checked.add(key)
-        # One subtraction in the compute dtype (half-precision inputs are widened inside the kernel, exactly).
-        return torch.sub(tuned.to(self._dtypes[key]), base)
+        # A NaN or Inf in the fine-tuned tensor makes the difference non-finite, which the task-vector set
+        # reports under the fine-tuned model's name; the pretrained one is checked here, once per key.
+        dtype = self._dtypes[key]
+        tuned = self.finetuned.get(key)
+        if isinstance(self.pretrained, LastReadSource):  # widened and checked once for every fine-tune
+            base = self.pretrained.get_as(key, dtype)
+        else:
+            base = check_finite(self.pretrained.get(key), self.pretrained.label, key).to(dtype)
+        return tuned.to(dtype).sub_(base) if tuned.dtype != dtype else tuned - base
 
 
 class ScaledSource(TensorSource):
@@ -62,8 +63,8 @@ class ScaledSource(TensorSource):
 
 
 class LastReadSource(TensorSource):
-    """A source that keeps the last tensor it read: the pretrained checkpoint is read once per key, not
-    once per fine-tuned model that subtracts it and once more for the output (read-only use)."""
+    """A source that keeps the last tensor it read (and its conversions): the pretrained checkpoint is read,
+    widened and checked once per key, not once per fine-tuned model that subtracts it (read-only use)."""
 
     def __init__(self, source: TensorSource):
         self.source = source
@@ -72,9 +73,17 @@ class LastReadSource(TensorSource):
         self._shapes = {key: source.shape(key) for key in source.keys()}
         self._dtypes = {key: source.dtype(key) for key in source.keys()}
         self._tensors, self._file = None, None
-        self._last: tuple[str, torch.Tensor] | None = None
+        self._key: str | None = None
+        self._values: dict[torch.dtype | None, torch.Tensor] = {}
 
     def get(self, key: str) -> torch.Tensor:
-        if self._last is None or self._last[0] != key:
-            self._last = (key, self.source.get(key))
-        return self._last[1]
+        if key != self._key:
+            self._key, self._values = key, {None: self.source.get(key)}
+        return self._values[None]
+
+    def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """`get(key)` converted to `dtype` and checked for NaN / Inf."""
+        raw = self.get(key)
+        if dtype not in self._values:
+            self._values[dtype] = check_finite(raw.to(dtype), self.label, key)
+        return self._values[dtype]
