@@ -3,6 +3,9 @@ task vector scaled by a per-model weight (recipes). Nothing is computed before a
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import torch
 
 from weaving.merging.task_set import compute_dtype
@@ -63,8 +66,12 @@ class ScaledSource(TensorSource):
 
 
 class LastReadSource(TensorSource):
-    """A source that keeps the last tensor it read (and its conversions): the pretrained checkpoint is read,
-    widened and checked once per key, not once per fine-tuned model that subtracts it (read-only use)."""
+    """A source that keeps the tensors of the last two keys it read (and their conversions): the pretrained
+    checkpoint is read, widened and checked once per key, not once per fine-tuned model that subtracts it.
+    Two keys, because a staged read (weaving.merging.staging) works one key ahead of the merge; a lock,
+    because that read runs on another thread. Read-only use."""
+
+    KEPT = 2
 
     def __init__(self, source: TensorSource):
         self.source = source
@@ -73,17 +80,24 @@ class LastReadSource(TensorSource):
         self._shapes = {key: source.shape(key) for key in source.keys()}
         self._dtypes = {key: source.dtype(key) for key in source.keys()}
         self._tensors, self._file = None, None
-        self._key: str | None = None
-        self._values: dict[torch.dtype | None, torch.Tensor] = {}
+        self._kept: OrderedDict[str, dict[torch.dtype | None, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _values(self, key: str) -> dict[torch.dtype | None, torch.Tensor]:
+        if key not in self._kept:
+            self._kept[key] = {None: self.source.get(key)}
+            while len(self._kept) > self.KEPT:
+                self._kept.popitem(last=False)
+        return self._kept[key]
 
     def get(self, key: str) -> torch.Tensor:
-        if key != self._key:
-            self._key, self._values = key, {None: self.source.get(key)}
-        return self._values[None]
+        with self._lock:
+            return self._values(key)[None]
 
     def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """`get(key)` converted to `dtype` and checked for NaN / Inf."""
-        raw = self.get(key)
-        if dtype not in self._values:
-            self._values[dtype] = check_finite(raw.to(dtype), self.label, key)
-        return self._values[dtype]
+        with self._lock:
+            values = self._values(key)
+            if dtype not in values:
+                values[dtype] = check_finite(values[None].to(dtype), self.label, key)
+            return values[dtype]
