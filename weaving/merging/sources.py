@@ -66,14 +66,13 @@ class ScaledSource(TensorSource):
 
 
 class LastReadSource(TensorSource):
-    """A source that keeps the tensors of the last two keys it read (and their conversions): the pretrained
+    """A source that keeps the tensors of the last key it read (and their conversions): the pretrained
     checkpoint is read, widened and checked once per key, not once per fine-tuned model that subtracts it.
-    Two keys, because a staged read (weaving.merging.staging) works one key ahead of the merge; a lock,
-    because that read runs on another thread. Read-only use."""
-
-    KEPT = 2
+    A staged read (weaving.merging.staging) works one key ahead of the merge on another thread: it sets
+    `kept` to 2, and a lock serializes the two threads. Read-only use."""
 
     def __init__(self, source: TensorSource):
+        self.kept = 1
         self.source = source
         self.label, self.metadata = source.label, source.metadata
         self.path = getattr(source, "path", None)
@@ -86,7 +85,7 @@ class LastReadSource(TensorSource):
     def _values(self, key: str) -> dict[torch.dtype | None, torch.Tensor]:
         if key not in self._kept:
             self._kept[key] = {None: self.source.get(key)}
-            while len(self._kept) > self.KEPT:
+            while len(self._kept) > self.kept:
                 self._kept.popitem(last=False)
         return self._kept[key]
 

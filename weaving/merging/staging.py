@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from weaving.merging.sources import LastReadSource
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import _DTYPES, TensorSource, check_finite
 
@@ -88,6 +89,9 @@ class StagedTaskVectorSet(TaskVectorSet):
 
     def __init__(self, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device):
         super().__init__(sources, keys, device)
+        for source in self.sources:  # a pretrained shared by difference sources is read one key ahead too
+            if isinstance(getattr(source, "pretrained", None), LastReadSource):
+                source.pretrained.kept = max(source.pretrained.kept, 2)
         self.pin = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaving-staging")
