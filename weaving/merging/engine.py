@@ -46,11 +46,9 @@ def open_inputs(
     task_vectors: Sequence[StateDictLike | TensorSource],
     device: str | torch.device | None,
     distributed: bool = False,
-    light: bool = False,
 ) -> MergeInputs:
     """Check the inputs and open them lazily; `distributed`: keep only this rank's tensors (see
-    weaving.merging.distributed), with statistics reduced over every rank; `light`: the merge has no
-    statistics pass (reads may then be staged on the CPU, see weaving.merging.staging)."""
+    weaving.merging.distributed), with statistics reduced over every rank."""
     if isinstance(task_vectors, (str, bytes)) or not isinstance(task_vectors, Sequence):
         raise ValueError("task_vectors must be a list of state dicts or safetensors paths")
     base = as_source(pretrained, "pretrained")
@@ -61,7 +59,7 @@ def open_inputs(
         from weaving.merging.distributed import local_inputs
 
         return local_inputs(base, sources, keys, resolve_device(device))
-    return MergeInputs(base, make_task_set(sources, keys, resolve_device(device), light))
+    return MergeInputs(base, make_task_set(sources, keys, resolve_device(device)))
 
 
 def method_seed(method: MergeMethod, seed: int, *parts: object) -> dict[str, int]:
@@ -147,7 +145,7 @@ def prepare_merge(pretrained, task_vectors, method: str, lam: float, *, device, 
     hparams = spec.resolve(hparams)
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not torch.isfinite(torch.tensor(float(lam))):
         raise ValueError(f"lam must be a finite number, got {lam!r}")
-    inputs = open_inputs(pretrained, task_vectors, device, distributed, light=spec.prepare is None)
+    inputs = open_inputs(pretrained, task_vectors, device, distributed)
     with torch.no_grad():
         stats = prepare_method(spec, inputs.task_set, hparams)
 

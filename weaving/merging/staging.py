@@ -6,9 +6,9 @@ them, and the host-to-device copies run on a side stream, so the copy engine wor
 kernels run. On the CPU the same code path runs (background reads, the same look-ahead), without pinning
 or streams. The staged values are the bytes the plain path reads, so results are bit-identical.
 
-`WEAVING_STAGING` switches it: `auto` (default: staged on CUDA; on the CPU only for a merge with little
-work per tensor, no statistics pass, over inputs read from files, where a background read overlaps the
-merge on another core; a statistics pass already keeps the cores busy), `1` (always), `0` (never).
+`WEAVING_STAGING` switches it: `auto` (default: staged on CUDA, plain on the CPU), `1` (always), `0`
+(never). On the CPU, staging helps merges with little work per tensor over inputs read from files (a
+background read overlaps the merge on another core) and slows those with statistics passes.
 """
 
 from __future__ import annotations
@@ -31,20 +31,17 @@ from weaving.merging.task_vectors import _DTYPES, TensorSource, check_finite
 ENVIRONMENT = "WEAVING_STAGING"
 
 
-def staging_enabled(device: torch.device, light_file_reads: bool = False) -> bool:
-    """Whether to stage for `device`, from WEAVING_STAGING (auto: on CUDA, or for `light_file_reads`)."""
+def staging_enabled(device: torch.device) -> bool:
+    """Whether to stage for `device`, from WEAVING_STAGING (auto: only on CUDA)."""
     value = os.environ.get(ENVIRONMENT, "auto").strip().lower()
     if value not in ("auto", "0", "1"):
         raise ValueError(f"{ENVIRONMENT}={value!r}: use auto, 1 or 0")
-    return (device.type == "cuda" or light_file_reads) if value == "auto" else value == "1"
+    return device.type == "cuda" if value == "auto" else value == "1"
 
 
-def make_task_set(sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device,
-                  light: bool = False) -> TaskVectorSet:
-    """The engine's task-vector set: staged (see module docstring) or plain. `light`: the merge has no
-    statistics pass and little work per tensor."""
-    from_files = any(source._tensors is None for source in sources)  # not only in-memory state dicts
-    if staging_enabled(device, light and from_files):
+def make_task_set(sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device) -> TaskVectorSet:
+    """The engine's task-vector set: staged (see module docstring) or plain."""
+    if staging_enabled(device):
         return StagedTaskVectorSet(sources, keys, device)
     return TaskVectorSet(sources, keys, device)
 

@@ -154,8 +154,7 @@ def prepare_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, 
     pooling_method = get_pooling(pooling)
     if not isinstance(include_deltas, bool):
         raise ValueError(f"include_deltas must be true or false, got {include_deltas!r}")
-    light = spec.prepare is None and getattr(pooling_method, "prepare", None) is None
-    inputs = open_inputs(pretrained, task_vectors, device, distributed, light=light)
+    inputs = open_inputs(pretrained, task_vectors, device, distributed)
     plan = WeavePlan(spec, space, hparams, inputs.task_set.keys)
     with torch.no_grad():
         stats = [prepare_method(spec, inputs.task_set, setting) for setting, _ in plan.groups]
