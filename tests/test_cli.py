@@ -125,8 +125,12 @@ def test_ctrl_c_during_fit_runs_lightnings_shutdown_then_exits_130(capsys, monke
 
 
 SLOW_MERGE = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+
+# Python's own Ctrl-C handler, as a process started from a terminal has: python keeps an inherited SIG_IGN,
+# and in full clean-clone CI runs this child, started late in the suite, did not react to SIGINT at all.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import weaving.formats.sharded as sharded
 
 write = sharded.SafetensorsStream.write
