@@ -15,9 +15,8 @@ from tqdm.auto import tqdm
 
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
 from weaving.merging.staging import make_task_set
-from weaving.merging.sources import LastReadSource
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, check_finite, validate_inputs
+from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, validate_inputs
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -90,17 +89,14 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
         for key in base.keys():
             if inputs.owner is not None and inputs.owner[key] != inputs.rank:
                 continue
-            value = base.get(key)
             if key not in merged_keys:
+                value = base.get(key)
                 yield key, value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
                 continue
             with torch.no_grad():
-                if isinstance(base, LastReadSource) and task_set.device.type == "cpu":
-                    theta = base.get_as(key, task_set.dtype(key))  # widened and checked once already
-                else:
-                    theta = check_finite(value.to(task_set.device, task_set.dtype(key)), base.label, key)
-                merged = (theta + delta_for(key)).to(device="cpu", dtype=dtype or value.dtype)
-            del theta, value
+                theta = base.get_as(key, task_set.dtype(key)).to(task_set.device)  # a LastReadSource has it already
+                merged = (theta + delta_for(key)).to(device="cpu", dtype=dtype or base.dtype(key))
+            del theta
             yield key, merged
             bar.update(1)
     finally:

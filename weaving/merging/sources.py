@@ -40,10 +40,7 @@ class DifferenceSource(TensorSource):
         # reports under the fine-tuned model's name; the pretrained one is checked here, once per key.
         dtype = self._dtypes[key]
         tuned = self.finetuned.get(key)
-        if isinstance(self.pretrained, LastReadSource):  # widened and checked once for every fine-tune
-            base = self.pretrained.get_as(key, dtype)
-        else:
-            base = check_finite(self.pretrained.get(key), self.pretrained.label, key).to(dtype)
+        base = self.pretrained.get_as(key, dtype)  # a LastReadSource does this once for every fine-tune
         return tuned.to(dtype).sub_(base) if tuned.dtype != dtype else tuned - base
 
 
@@ -94,7 +91,6 @@ class LastReadSource(TensorSource):
             return self._values(key)[None]
 
     def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
-        """`get(key)` converted to `dtype` and checked for NaN / Inf."""
         with self._lock:
             values = self._values(key)
             if dtype not in values:

@@ -88,6 +88,10 @@ class TensorSource:
         except (SafetensorError, OSError, RuntimeError) as error:
             raise ValueError(f"{self.label}: cannot read tensor {key!r} ({error})") from None
 
+    def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """`get(key)` converted to `dtype` and checked for NaN / Inf (a one-line ValueError)."""
+        return check_finite(self.get(key).to(dtype), self.label, key)
+
 
 def as_source(source: StateDictLike | TensorSource, label: str) -> TensorSource:
     return source if isinstance(source, TensorSource) else TensorSource(source, label)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 
 import torch
+
+from weaving.merging.selection import radix_select
 
 
 def sequential_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -42,60 +43,21 @@ def sorted_values(values: torch.Tensor, indices: list[int]) -> list[torch.Tensor
 
 def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: bool = False) -> list[torch.Tensor]:
     """[sorted(v)[i] for i in indices], v = all entries of `parts` flattened together (abs values when
-    `absolute`), without concatenating them. Python index rules (negative wraps).
+    `absolute`), without concatenating them on the CPU. Python index rules (negative wraps).
 
-    On the CPU: one histogram of the values' top 16 bits (their order as floats) over every part finds the
-    bucket holding each rank; a second pass gathers only those buckets' entries, and `kthvalue` on them gives
-    the exact value. On a GPU, `kthvalue` works on one slice with one thread block and takes seconds for a
-    whole task vector, while one device-wide sort takes milliseconds and serves every index. Both return
-    exactly the value a full sort puts at that index.
+    On the CPU: the streamed radix selection of `weaving.merging.selection`. On a GPU, one device-wide sort
+    takes milliseconds and serves every index (`kthvalue` works on one slice with one thread block and
+    takes seconds for a whole task vector). Both return exactly the value a full sort puts at that index.
     """
     d = sum(p.numel() for p in parts)
     if d == 0:
         raise ValueError("cannot select from an empty tensor")
-    positions = [i % d for i in indices]
     dtype = parts[0].dtype
-    if parts[0].device.type != "cpu" or dtype not in (torch.float32, torch.float64) or sys.byteorder != "little":
-        flat = torch.cat([p.reshape(-1) for p in parts])
-        ordered = torch.sort(flat.abs() if absolute else flat).values
-        return [ordered[i] for i in positions]
-    # All parts' top 16 bits in one int16 vector: a few large operations rather than a few per tensor
-    # (each parallel operation has a fixed cost, large on a busy machine).
-    keys = _order_keys(torch.cat([_high_halves(p) for p in parts]), absolute)
-    ends = torch.bincount(keys, minlength=2**15 if absolute else 2**16).cumsum(0)
-    buckets = torch.searchsorted(ends, torch.tensor(positions, dtype=torch.int64), right=True).tolist()
-    starts = torch.tensor([0] + [p.numel() for p in parts]).cumsum(0)
-    members = {}
-    for bucket in dict.fromkeys(buckets):
-        where = (keys == bucket).nonzero().squeeze(1)  # global positions of the bucket's entries
-        owner = torch.searchsorted(starts, where, right=True) - 1
-        chosen = [parts[j].reshape(-1)[where[owner == j] - starts[j]] for j in owner.unique().tolist()]
-        members[bucket] = torch.cat(chosen).abs_() if absolute else torch.cat(chosen)
-    result = []
-    for position, bucket in zip(positions, buckets):
-        before = int(ends[bucket - 1]) if bucket > 0 else 0
-        result.append(torch.kthvalue(members[bucket], position - before + 1).values)
-    return result
-
-
-def _high_halves(part: torch.Tensor) -> torch.Tensor:
-    """The most significant 16 bits of each element (a strided int16 view; little-endian)."""
-    halves = part.detach().contiguous().reshape(-1).view(torch.int16)
-    step = part.element_size() // 2
-    return halves[step - 1::step]
-
-
-def _order_keys(high: torch.Tensor, absolute: bool) -> torch.Tensor:
-    """Top 16 bits of floats as non-negative integers that grow with the value (or its abs value).
-
-    A float's bits (sign, exponent, mantissa) order non-negative floats like integers; negative floats are
-    ordered by flipping their magnitude bits. -0.0 falls just below +0.0 (any order of equal values is one
-    that a sort may give).
-    """
-    if absolute:
-        return high.bitwise_and_(0x7FFF)
-    flipped = high ^ ((high >> 15) & 0x7FFF)  # negative: reverse the magnitude's order
-    return flipped.to(torch.int32) + 2**15
+    if parts[0].device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        return radix_select(lambda: iter(parts), indices, d, dtype, absolute=absolute)
+    flat = torch.cat([p.reshape(-1) for p in parts])
+    ordered = torch.sort(flat.abs() if absolute else flat).values
+    return [ordered[i % d] for i in indices]
 
 
 def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:
@@ -106,6 +68,11 @@ def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th smallest entry (1-based) of a 1-D tensor."""
     return sorted_value(values, k - 1)
+
+
+def task_column(values: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Per-task scalars as a (T, 1) column on `like`'s device and dtype (broadcasts over (T, n) blocks)."""
+    return torch.stack([v.to("cpu", like.dtype) for v in values]).to(like.device).unsqueeze(1)
 
 
 # Entries per task in one block of a blocked elementwise pass: T blocks of float32 stay within a core's L2

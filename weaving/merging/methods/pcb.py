@@ -14,7 +14,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import StackedBlocks, blocks
+from weaving.merging.tensor_ops import StackedBlocks, blocks, task_column
 
 CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
 
@@ -27,11 +27,6 @@ class PcbStats:
     high: list[torch.Tensor]
 
 
-def column(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Per-task scalars as a (T, 1) column on `like`'s device and dtype."""
-    return torch.stack([v.to("cpu", like.dtype) for v in values]).to(like.device).unsqueeze(1)
-
-
 @dataclass
 class Range:
     """Per-task bounds as (T, 1) columns for clamping and min-max scaling, prepared once per tensor."""
@@ -42,7 +37,7 @@ class Range:
 
     @classmethod
     def of(cls, lo: list[torch.Tensor], hi: list[torch.Tensor], like: torch.Tensor) -> Range:
-        lo_column, hi_column = column(lo, like), column(hi, like)
+        lo_column, hi_column = task_column(lo, like), task_column(hi, like)
         span = hi_column - lo_column
         return cls(lo_column, hi_column, span.masked_fill(span == 0, 1.0))
 

@@ -8,7 +8,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import StackedBlocks
+from weaving.merging.tensor_ops import StackedBlocks, task_column
 
 
 @dataclass
@@ -48,8 +48,7 @@ def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
 
 def threshold_column(thresholds: list[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
     """The per-task thresholds as a (T, 1) column; 0 where a task keeps everything (no abs value is below 0)."""
-    column = [torch.zeros((), dtype=like.dtype) if t is None else t.to("cpu", like.dtype) for t in thresholds]
-    return torch.stack(column).to(like.device).unsqueeze(1)
+    return task_column([torch.zeros(()) if t is None else t for t in thresholds], like)
 
 
 def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
