@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
 from weaving.merging.staging import make_task_set
+from weaving.merging.summed import summed_merger
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, validate_inputs
 
@@ -38,6 +39,9 @@ class MergeInputs:
     task_set: TaskVectorSet
     owner: dict[str, int] | None = None  # distributed: the rank that owns each output tensor
     rank: int = 0
+    # A faster way to theta + delta in the output dtype, when the method has one (None for a key: the
+    # plain path); see weaving.merging.summed.
+    merged_for: Callable[[str, torch.dtype], torch.Tensor | None] | None = None
 
 
 def open_inputs(
@@ -94,9 +98,12 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
                 yield key, value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
                 continue
             with torch.no_grad():
-                theta = base.get_as(key, task_set.dtype(key)).to(task_set.device)  # a LastReadSource has it already
-                merged = (theta + delta_for(key)).to(device="cpu", dtype=dtype or base.dtype(key))
-            del theta
+                out_dtype = dtype or base.dtype(key)
+                merged = inputs.merged_for(key, out_dtype) if inputs.merged_for is not None else None
+                if merged is None:
+                    theta = base.get_as(key, task_set.dtype(key)).to(task_set.device)  # a LastReadSource has it already
+                    merged = (theta + delta_for(key)).to(device="cpu", dtype=out_dtype)
+                    del theta
             yield key, merged
             bar.update(1)
     finally:
@@ -149,4 +156,6 @@ def prepare_merge(pretrained, task_vectors, method: str, lam: float, *, device, 
         g = spec.merge(inputs.task_set.tensors(key), key=key, stats=stats, **hparams, **method_seed(spec, seed, key))
         return g if lam == 1.0 else lam * g  # 1.0 * g is g, bit for bit
 
+    if spec.sums_tasks:
+        inputs.merged_for = summed_merger(inputs.base, inputs.task_set, float(lam))
     return inputs, delta_for, f"merge[{method}]"
