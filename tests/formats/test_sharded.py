@@ -122,3 +122,26 @@ def test_plain_reads_match_safetensors_and_catch_damaged_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"not json at all!")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         SafetensorsFile(tmp_path / "junk.safetensors")
+
+
+def test_views_map_the_stored_bytes_and_outlive_the_source(tmp_path):
+    import gc
+
+    from weaving.formats.sharded import SafetensorsFile
+
+    tensors = {**llama_like(dtype=torch.bfloat16), "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5, dtype=torch.float64)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    source = SafetensorsFile(tmp_path / "m.safetensors")
+    views = {k: source.view(k) for k in tensors}
+    assert all(views[k].dtype == tensors[k].dtype and torch.equal(views[k], tensors[k]) for k in tensors)
+    views["lm_head.weight"].add_(1)  # a private mapping: the file keeps its bytes
+    assert torch.equal(SafetensorsFile(tmp_path / "m.safetensors").get("lm_head.weight"), tensors["lm_head.weight"])
+    del source
+    gc.collect()
+    assert torch.equal(views["model.norm.weight"], tensors["model.norm.weight"])
+    folder = write_hf_folder(tmp_path / "model", tensors, shards=2)
+    assert torch.equal(open_checkpoint(folder).view("model.norm.weight"), tensors["model.norm.weight"])
+    source = SafetensorsFile(tmp_path / "m.safetensors")
+    (tmp_path / "m.safetensors").write_bytes(b"")  # shrunk after opening
+    with pytest.raises(ValueError, match=r"cannot read tensor '.*' \(the file is truncated\)"):
+        source.view("lm_head.weight")

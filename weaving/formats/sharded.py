@@ -15,6 +15,7 @@ base model's `config.json` and tokenizer files.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 import shutil
@@ -43,12 +44,12 @@ HUB_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # ------------------------------------------------------------------------------------------------- in
 class SafetensorsFile(TensorSource):
-    """A safetensors file read with plain reads into fresh tensors, not through a memory map.
+    """A safetensors file read with plain reads into fresh tensors, not through one memory map of the file.
 
-    A memory map keeps every page it touched in the process's resident memory until the file is closed,
-    so streaming a model through mapped files makes the resident size grow to the inputs' size; reading
-    each tensor's bytes with `readinto` keeps it at the tensors being merged (the OS page cache still
-    serves repeated reads).
+    A memory map of the whole file keeps every page it touched in the process's resident memory until the
+    file is closed, so streaming a model through mapped files makes the resident size grow to the inputs'
+    size; reading each tensor's bytes with `readinto` keeps it at the tensors being merged (the OS page
+    cache still serves repeated reads). `view` maps one tensor's bytes for as long as that tensor lives.
     """
 
     def __init__(self, path: str | os.PathLike, label: str | None = None):
@@ -86,6 +87,22 @@ class SafetensorsFile(TensorSource):
                 if handle.readinto(buffer) != len(buffer):
                     raise ValueError(f"{self.label}: cannot read tensor {key!r} (the file is truncated)")
         return tensor
+
+    def view(self, key: str) -> torch.Tensor:
+        """The tensor over a private memory map of its bytes: no copy (the pages are the OS cache's), and the
+        mapping ends when the tensor is freed. For reading; a write only changes this process's copy."""
+        shape, dtype, offset = self._shapes[key], self._dtypes[key], self._offsets[key]
+        count = nbytes(shape, dtype) // dtype.itemsize
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            with open(self.path, "rb") as handle:
+                mapping = mmap.mmap(handle.fileno(), offset - start + count * dtype.itemsize, access=mmap.ACCESS_COPY,
+                                    offset=start)
+        except (OSError, ValueError):  # the file shrank (or went away) since it was opened
+            raise ValueError(f"{self.label}: cannot read tensor {key!r} (the file is truncated)") from None
+        return torch.frombuffer(mapping, dtype=dtype, count=count, offset=offset - start).view(shape)
 
 
 class ShardedSource(TensorSource):
@@ -127,6 +144,9 @@ class ShardedSource(TensorSource):
 
     def get(self, key: str) -> torch.Tensor:
         return self._shard_of[key].get(key)
+
+    def view(self, key: str) -> torch.Tensor:
+        return self._shard_of[key].view(key)
 
 
 def read_torch_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

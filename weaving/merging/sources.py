@@ -90,6 +90,9 @@ class LastReadSource(TensorSource):
         with self._lock:
             return self._values(key)[None]
 
+    def view(self, key: str) -> torch.Tensor:
+        return self.source.view(key)  # nothing to keep: a view costs no read
+
     def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         with self._lock:
             values = self._values(key)

@@ -97,9 +97,9 @@ def summed_merger(base: TensorSource, task_set: TaskVectorSet, lam: float) -> Ca
         dtype = task_set.dtype(key)
         if compute_dtype(base.dtype(key)) != dtype or any(compute_dtype(t.stored.dtype(key)) != dtype for t in terms):
             return None
-        theta = base.get(key)
+        theta = base.view(key)  # memory maps where the checkpoints are files: each entry is read once, here
         out = torch.empty(theta.shape, dtype=out_dtype)
-        stored = [t.stored.get(key) for t in terms]
+        stored = [t.stored.view(key) for t in terms]
         if not sum_into(out, theta, stored, [t.minus_theta for t in terms], [t.weight for t in terms], lam, dtype):
             return None  # the plain path names the input with NaN / Inf (or gives the same overflowed sum)
         return out

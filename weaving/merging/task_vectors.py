@@ -88,6 +88,10 @@ class TensorSource:
         except (SafetensorError, OSError, RuntimeError) as error:
             raise ValueError(f"{self.label}: cannot read tensor {key!r} ({error})") from None
 
+    def view(self, key: str) -> torch.Tensor:
+        """`get(key)` without a copy where the storage allows it (a memory map of a file): for reading only."""
+        return self.get(key)
+
     def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """`get(key)` converted to `dtype` and checked for NaN / Inf (a one-line ValueError)."""
         return check_finite(self.get(key).to(dtype), self.label, key)
