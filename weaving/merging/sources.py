@@ -39,7 +39,7 @@ class DifferenceSource(TensorSource):
         # A NaN or Inf in the fine-tuned tensor makes the difference non-finite, which the task-vector set
         # reports under the fine-tuned model's name; the pretrained one is checked here, once per key.
         dtype = self._dtypes[key]
-        tuned = self.finetuned.get(key)
+        tuned = self.finetuned.view(key)  # only read: a memory map of a file's tensor saves a copy
         base = self.pretrained.get_as(key, dtype)  # a LastReadSource does this once for every fine-tune
         return tuned.to(dtype).sub_(base) if tuned.dtype != dtype else tuned - base
 
