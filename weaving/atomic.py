@@ -104,6 +104,12 @@ def write_failure(path: str | os.PathLike, error: OSError) -> ValueError:
     return ValueError(f"output {path}: write failed, {reason}; nothing was written")
 
 
+def folder_write_failure(error: OSError, output: str | os.PathLike, folder: str | os.PathLike) -> BaseException:
+    """`write_failure` for an OSError while writing into `folder` (a folder output built in place of
+    `output`); an error about a file elsewhere (an input read while merging) stays as it is."""
+    return write_failure(output, error) if error.filename is None or Path(error.filename).parent == Path(folder) else error
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(temporary_path)`, then rename the temporary file to `path` (missing parents are created).
 

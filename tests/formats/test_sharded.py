@@ -107,6 +107,30 @@ def test_a_failed_stream_leaves_nothing(tmp_path):
         save_streamed(tmp_path / "a.safetensors", layout, iter(tensors.items()), shard_size=100)
 
 
+@pytest.mark.parametrize("output, shard_size", [("out", 200), ("out", None), ("out.safetensors", None)])
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, output, shard_size):
+    import errno
+
+    from weaving.formats import sharded
+
+    tensors = llama_like()
+    layout = [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
+    original = sharded.SafetensorsStream.write
+    written = []
+
+    def write(self, key, tensor):
+        if len(written) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(key)
+        original(self, key, tensor)
+
+    monkeypatch.setattr(sharded.SafetensorsStream, "write", write)
+    with pytest.raises(ValueError) as info:
+        save_streamed(tmp_path / output, layout, iter(tensors.items()), shard_size=shard_size)
+    assert str(info.value) == f"output {tmp_path / output}: write failed, the disk is full; nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_plain_reads_match_safetensors_and_catch_damaged_files(tmp_path):
     from weaving.formats.sharded import SafetensorsFile
 

@@ -141,3 +141,11 @@ def test_the_pretrained_is_read_once_per_key_and_pass(models, monkeypatch, metho
     run_recipe({"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": method, "output": str(tmp / "o")})
     passes = 1 if method == "task_arithmetic" else 4
     assert reads == {key: passes for key in base}
+
+
+def test_the_progress_bar_of_a_streamed_merge_ends_full(models, capsys):
+    tmp, base_dir, paths, base, _ = models
+    run_recipe({"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": "ties", "output": str(tmp / "o")},
+               progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert f"{len(base)}/{len(base)}" in bar[-1]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from weaving.atomic import atomic_write
+from weaving.atomic import atomic_write, folder_write_failure
 from weaving.merging.task_vectors import _DTYPES, TensorSource
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -358,8 +358,11 @@ def save_streamed(output: str | os.PathLike, layout: Layout, items: Iterable[tup
     items = iter(items)
     if output.suffix == ".safetensors":
         return atomic_write(output, lambda tmp: _write_file(Path(tmp), layout, items, metadata))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as error:
+        raise ValueError(f"output {output}: cannot write there ({error.strerror or error})") from None
     try:
         shards = plan_shards(layout, shard_size)
         if len(shards) == 1:
@@ -381,6 +384,9 @@ def save_streamed(output: str | os.PathLike, layout: Layout, items: Iterable[tup
         if output.is_dir():
             output.rmdir()  # empty (checked above)
         os.replace(tmp, output)
+    except OSError as error:  # disk full, file too large: one line, and the partial folder is gone
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise folder_write_failure(error, output, tmp) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -129,14 +129,6 @@ def stop_together() -> Iterator[None]:
         raise
 
 
-def as_write_failure(error: OSError, output: Path, folder: Path) -> BaseException:
-    """A one-line user error for an OSError writing into `folder` (disk full, file too large, permissions);
-    errors about other files (an input read while merging) stay as they are."""
-    from weaving.atomic import write_failure
-
-    return write_failure(output, error) if error.filename is None or Path(error.filename).parent == folder else error
-
-
 # --------------------------------------------------------------------------------- the rank's tensors
 class DistributedTaskVectorSet(TaskVectorSet):
     """The task vectors' tensors this rank owns; statistics hooks reduce over every rank."""
@@ -199,6 +191,7 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
 
     import torch.distributed as dist
 
+    from weaving.atomic import folder_write_failure
     from weaving.formats.sharded import INDEX_FILE, SIDE_FILES, _write_file, check_output, nbytes, parse_size, plan_shards
 
     shard_size = parse_size(shard_size)
@@ -222,7 +215,7 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
                 try:
                     _write_file(tmp / f"model-{first + i + 1:05d}-of-{count:05d}.safetensors", shard, items, metadata)
                 except OSError as error:
-                    raise as_write_failure(error, output, tmp) from None
+                    raise folder_write_failure(error, output, tmp) from None
             agree_on_failures()  # every rank wrote its shards: rank 0 may publish them
             if rank == 0:
                 weight_map = {}
@@ -243,7 +236,7 @@ def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_
                         output.rmdir()
                     os.replace(tmp, output)
                 except OSError as error:
-                    raise as_write_failure(error, output, tmp) from None
+                    raise folder_write_failure(error, output, tmp) from None
             agree_on_failures()
     except BaseException as error:  # every rank has stopped writing (or is gone): remove the partial folder
         if rank == 0:

@@ -104,8 +104,8 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
                     theta = base.get_as(key, task_set.dtype(key)).to(task_set.device)  # a LastReadSource has it already
                     merged = (theta + delta_for(key)).to(device="cpu", dtype=out_dtype)
                     del theta
+            bar.update(1)  # before the yield: a writer takes the last tensor and never resumes this generator
             yield key, merged
-            bar.update(1)
     finally:
         bar.close()
 
