@@ -66,6 +66,9 @@ def sum_into(out: torch.Tensor, theta: torch.Tensor, stored: Sequence[torch.Tens
         base, acc, one = theta_block[:width], total[:width], term[:width]
         base.copy_(theta_flat[start:stop])
         for t, (value, minus, weight) in enumerate(zip(stored_flat, minus_theta, weights)):
+            if t > 0 and not minus and weight is None:
+                acc.add_(value[start:stop])  # widened exactly to `dtype` inside the add, as a separate copy would
+                continue
             target = acc if t == 0 else one
             if minus:
                 torch.sub(value[start:stop], base, out=target)
