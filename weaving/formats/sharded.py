@@ -15,6 +15,7 @@ base model's `config.json` and tokenizer files.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import re
@@ -92,7 +93,7 @@ class SafetensorsFile(TensorSource):
         """The tensor over a private memory map of its bytes: no copy (the pages are the OS cache's), and the
         mapping ends when the tensor is freed. For reading; a write only changes this process's copy."""
         shape, dtype, offset = self._shapes[key], self._dtypes[key], self._offsets[key]
-        count = nbytes(shape, dtype) // dtype.itemsize
+        count = math.prod(shape)
         if count == 0:
             return torch.empty(shape, dtype=dtype)
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
