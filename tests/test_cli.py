@@ -168,3 +168,13 @@ def test_sigint_during_a_merge_exits_130_with_one_line_and_no_temporary_files(tm
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("merge[")]
     assert process.returncode == 130 and lines == ["weaving merge: interrupted"], err
     assert os.listdir(out) == []  # the temporary file of the half-written output is gone
+
+
+def test_validate_config_numbers_read_as_yaml_1_2(capsys, tmp_path):
+    """A merge config's `lambdas: 1:3:1` stays a range (YAML 1.1: 3781) and `lam: 1e-3` is a number."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    lambdas: 1:3:1\n    lam: 1e-3\n")
+    code, out, _ = run_main(capsys, "validate", "--config", str(CONFIGS / "merge" / "digits_ties_weave.yaml"),
+                            "--config", str(extra), "--print_config")
+    init_args = yaml.safe_load(out)["model"]["init_args"]
+    assert code in (0, None) and init_args["lambdas"] == "1:3:1" and init_args["lam"] == 1e-3

@@ -217,3 +217,47 @@ def test_bad_recipe_files_are_one_line_errors(files, recipe, message):
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("flag, space", [
+    ("1:3:1", "1:3:1"),  # YAML 1.1 would read a base-60 integer: one lambda of 3781
+    ("[1e-3, 0.5]", [1e-3, 0.5]),
+    ("{distribution: uniform, low: 0.1, high: 1.5, n: 4, seed: 2}", {"distribution": "uniform", "low": 0.1, "high": 1.5, "n": 4, "seed": 2}),
+    ("{kind: linear_depth, start: 0.2, stop: 1.0}", {"kind": "linear_depth", "start": 0.2, "stop": 1.0}),
+    ("[0.5, {kind: pattern, patterns: {'*proj*': 2.0}}]", [0.5, {"kind": "pattern", "patterns": {"*proj*": 2.0}}]),
+])
+def test_every_documented_lambdas_form_works_on_the_command_line(files, flag, space):
+    tmp, pretrained, tvs, finetuned = files
+    out = tmp / "woven.safetensors"
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", *[str(tmp / f"tv{i}.safetensors") for i in range(3)],
+                "--method", "task_arithmetic", "--lambdas", flag, "--output", str(out)])
+    expected = weaving.weave(pretrained, tvs, "task_arithmetic", space)
+    got = load_file(out)
+    for key in pretrained:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)
+
+
+def test_lambdas_range_and_exponents_in_a_config_file(files):
+    tmp, pretrained, tvs, _ = files
+    tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
+    config = tmp / "merge.yaml"
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlambdas: 2:4:1\noutput: {tmp / 'a.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlam: 1e-3\noutput: {tmp / 'b.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    woven, merged = load_file(tmp / "a.safetensors"), load_file(tmp / "b.safetensors")
+    expected_woven = weaving.weave(pretrained, tvs, "task_arithmetic", [2.0, 3.0, 4.0])
+    expected_merged = weaving.merge(pretrained, tvs, "task_arithmetic", lam=1e-3)
+    for key in pretrained:
+        torch.testing.assert_close(woven[key], expected_woven[key], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged[key], expected_merged[key], atol=1e-6, rtol=1e-6)
+
+
+def test_a_range_is_not_a_lambda(files, capsys):
+    tmp, *_ = files
+    code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors",
+                               str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "1:3:1",
+                               "--output", str(tmp / "never.safetensors"))
+    assert code == 2 and "--lam: expected float, got 1:3:1" in err and not (tmp / "never.safetensors").exists()
