@@ -43,6 +43,8 @@ def test_version(capsys):
     (["test", "--config", str(CONFIGS / "merge" / "digits_task_arithmetic.yaml")],
      "weaving test: error: MergeModule has no test loop; run `weaving validate`"),
     (["merge", "--pretrained", "x.safetensors", "--bogus", "1"], "weaving merge: error:"),
+    (["validate", "--config", str(CONFIGS / "merge" / "digits_task_arithmetic.yaml"), "--model.init_args.lam", "1e39"],
+     "weaving validate: error: lam=1e+39 overflows float32 (largest 3.403e+38)"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, capsys):
     code, _, err = run_main(capsys, *args)

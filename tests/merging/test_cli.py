@@ -261,3 +261,34 @@ def test_a_range_is_not_a_lambda(files, capsys):
                                str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "1:3:1",
                                "--output", str(tmp / "never.safetensors"))
     assert code == 2 and "--lam: expected float, got 1:3:1" in err and not (tmp / "never.safetensors").exists()
+
+
+def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
+    pre = {"visual.a.weight": torch.full((4, 4), 40000.0, dtype=torch.float16), "visual.b": torch.ones(3, dtype=torch.float16)}
+    save_file(pre, tmp_path / "pre.safetensors")
+    for i in range(2):
+        save_file({k: v + 20000.0 for k, v in pre.items()}, tmp_path / f"ft{i}.safetensors")
+    big = {k: torch.full(v.shape, 1e30) for k, v in pre.items()}
+    save_file({k: v.float() for k, v in pre.items()}, tmp_path / "pre32.safetensors")
+    save_file({k: v.float() + big[k] for k, v in pre.items()}, tmp_path / "big.safetensors")
+    half = ["--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft0.safetensors"),
+            str(tmp_path / "ft1.safetensors")]
+    single = ["--pretrained", str(tmp_path / "pre32.safetensors"), "--finetuned", str(tmp_path / "big.safetensors")]
+    cases = [
+        (half + ["--method", "task_arithmetic"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "ties", "--lambdas", "1.0,2.0", "--pooling", "magmax"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "task_arithmetic", "--out_shard_size", "100"], "folder", "(float16) is not finite"),
+        (single + ["--method", "task_arithmetic", "--dtype", "float16"], "out.safetensors", "overflow float16"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e37"], "out.safetensors", "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lambdas", "0.5,1e39", "--pooling", "magmax"], "out.safetensors",
+         "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e39"], "out.safetensors", "lam=1e+39 overflows float32"),
+    ]
+    for args, output, message in cases:
+        code, err = run_in_process(capsys, *args, "--output", str(tmp_path / output))
+        errors = [line for line in err.splitlines() if line.startswith("weaving merge: error: ")]  # the progress bar aside
+        assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (args, err)
+        assert "'visual.a.weight'" in errors[0] or "lam=" in errors[0]
+        assert not (tmp_path / output).exists(), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "ft0.safetensors", "ft1.safetensors",
+                                                          "pre.safetensors", "pre32.safetensors"]

@@ -204,6 +204,17 @@ def number(value: Any, what: str) -> float:
     return float(value)
 
 
+def check_lambda(lam: Any, dtype: torch.dtype = torch.float32, what: str = "lam") -> float:
+    """A lambda that scales tensors of `dtype`: a finite number whose size that dtype can hold (1e39 is
+    finite, but lam * g overflows float32 to Inf)."""
+    value = number(lam, what)
+    largest = torch.finfo(dtype).max
+    if abs(value) > largest:
+        raise ValueError(f"{what}={value:g} overflows {str(dtype).removeprefix('torch.')} (largest {largest:.4g}): "
+                         "use a smaller lambda")
+    return value
+
+
 def _positive(value: float, space: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"search space {space!r} holds {value}; every lambda must be a finite positive number")
