@@ -121,22 +121,12 @@ def configs() -> dict[Path, str]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    wanted = configs()
-    stale = [path for path, text in wanted.items()
-             if not (FOLDER / path).is_file() or (FOLDER / path).read_text() != text]
-    extra = [p.relative_to(FOLDER) for p in FOLDER.glob("*/*.yaml") if p.relative_to(FOLDER) not in wanted]
-    if check:
-        for path in stale + extra:
-            print(f"configs/compare/{path} differs from generate.py's output", file=sys.stderr)
-        return 1 if stale or extra else 0
-    for path in stale:
-        (FOLDER / path).parent.mkdir(parents=True, exist_ok=True)
-        (FOLDER / path).write_text(wanted[path])
-    for path in extra:
-        (FOLDER / path).unlink()
-    print(f"wrote {len(stale)} of {len(wanted)} configs, removed {len(extra)}")
-    return 0
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("continual_generate", FOLDER.parent / "continual" / "generate.py")
+    continual = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(continual)
+    return continual.sync(FOLDER, configs(), argv)  # the same writer and check as the continual configs
 
 
 if __name__ == "__main__":

@@ -743,6 +743,13 @@ class ComparisonModule(pl.LightningModule):
             self.log(f"val/{row['method']}/{row_label(row)}", float(row["mean"]), add_dataloader_idx=False,
                      rank_zero_only=True)
 
+    def own_hparams(self) -> dict[str, Any]:
+        """This class's init arguments (a preset's, not the base module's it passes on)."""
+        import inspect
+
+        own = inspect.signature(type(self).__init__).parameters
+        return {k: v for k, v in self.hparams.items() if k in own}
+
     def config_text(self) -> str:
         """The resolved config of this job as YAML: the CLI's when it ran one, else this module's init args."""
         import yaml
@@ -751,10 +758,7 @@ class ComparisonModule(pl.LightningModule):
             return self.resolved_config
         cls = type(self)
         module = cls.__module__.rsplit(".", 1)[0] if cls.__module__.startswith("weaving.evaluation.") else cls.__module__
-        import inspect
-
-        own = inspect.signature(cls.__init__).parameters
-        init_args = json.loads(json.dumps({k: v for k, v in self.hparams.items() if k in own}, default=str))
+        init_args = json.loads(json.dumps(self.own_hparams(), default=str))
         trainer = {"logger": False, "accelerator": "auto", "devices": 1}
         if self._trainer is not None:
             trainer["accelerator"] = self.trainer.strategy.root_device.type
