@@ -9,6 +9,7 @@
 One exit-code policy for every command: 0 on success, 2 for a user error (bad option, config, path or
 input; one line `weaving COMMAND: error: ...` on stderr, no traceback; `WEAVING_DEBUG=1` re-raises),
 130 when interrupted by Ctrl-C (one line `weaving COMMAND: interrupted`; temporary files are removed),
+143 when `weaving fit` (or validate) is stopped by SIGTERM (one line; resume with --ckpt_path last),
 1 for anything else (a bug or a crash: the traceback is printed).
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
 
 USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a command's options)
 
@@ -233,6 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         # Inside trainer.fit/validate/test (`weaving fit`, the demo) Lightning catches Ctrl-C itself: it runs
         # the on_exception hooks and its teardown, then calls sys.exit(1), whose context is the interrupt.
         interrupted = isinstance(stop, KeyboardInterrupt) or isinstance(stop.__context__, KeyboardInterrupt)
+        if type(stop).__name__ == "SIGTERMException" and not os.environ.get("WEAVING_DEBUG"):
+            # Lightning ends fit/validate with SIGTERMException, a SystemExit of code 0, on SIGTERM (what a
+            # cluster's time limit sends): the run did not finish, so say so and fail like a killed process.
+            hint = "; resume with --ckpt_path last" if name == "weaving fit" else ""
+            print(f"{name}: terminated by SIGTERM before the end{hint}", file=sys.stderr)
+            sys.exit(TERMINATED)
         if not interrupted or os.environ.get("WEAVING_DEBUG"):
             raise
         print(f"{name}: interrupted", file=sys.stderr)

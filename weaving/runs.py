@@ -172,6 +172,27 @@ def _index_entries(folder: Path, index: Mapping[str, Any]) -> dict[str, tuple[Pa
     return found
 
 
+def disagreement(folder: Path, index: Mapping[str, Any], entries: Mapping[str, tuple[Path, dict[str, Any]]]) -> str | None:
+    """How a task_vectors folder's index.json and files disagree, in words (None when they agree): tasks of
+    the run's stream without a task vector (a fit that stopped, an entry lost), or task vector files the
+    index does not list. Such a folder is not the run's result; only an explicit choice of tasks reads it."""
+    listed = {path.name for path, _ in entries.values()}
+    unlisted = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in listed)
+    stream = [str(task) for task in index.get("tasks") or []]
+    unfinished = [task for task in stream if task not in entries]
+    problems = []
+    if unfinished:
+        problems.append(f"{len(unfinished)} of its {len(stream)} tasks have no task vector ({', '.join(unfinished[:5])}"
+                        f"{', ...' if len(unfinished) > 5 else ''}; a fit that stopped early: resume it with --ckpt_path last)")
+    if unlisted:
+        problems.append(f"{len(unlisted)} task vector files are not in its index ({', '.join(unlisted[:5])}"
+                        f"{', ...' if len(unlisted) > 5 else ''})")
+    if not problems:
+        return None
+    return (f"{folder / INDEX_NAME} does not cover the run: {'; '.join(problems)}; to merge only some task vectors, "
+            "name them (their files, or the tasks to use)")
+
+
 def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict[str, Any] | None, Path | None, Path]:
     """Entries (task -> file, index entry), index, run root and folder of one run folder, folder or file."""
     folder, root = item, None
@@ -192,9 +213,13 @@ def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict
     return entries, index, root, folder
 
 
-def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False) -> Run:
+def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False,
+             tasks: Sequence[str] | None = None) -> Run:
     """Task vectors and their run identity from a run folder (uses RUN/task_vectors/), a task_vectors
-    folder, one file, or a list of any of these.
+    folder, one file, or a list of any of these; `tasks`: only those (in that order, see `Run.select`).
+
+    A folder must hold its whole run (`disagreement`: every task of the stream has its task vector, every
+    file is in index.json) unless `tasks` names the ones wanted, e.g. a prefix of a stopped run.
 
     Order: index.json's when present, else sorted file names (or the list's order). Task names come from
     the index / file metadata ("task"), else the file stem. Unless `allow_mixed`, every file must share the
@@ -214,6 +239,9 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     first_index, first_root = None, None
     for item in items:
         entries, index, root, folder = _read_item(Path(item))
+        problem = disagreement(folder, index, entries) if index is not None and tasks is None else None
+        if problem:
+            raise ValueError(problem)
         if first_index is None and len(items) == 1:
             first_index, first_root = index, root
         group = by_folder.setdefault(folder.resolve(), [])
@@ -240,7 +268,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     if first_index is not None and first_index.get("pretrained_file") and first_root is not None:
         pretrained_file = first_root / first_index["pretrained_file"]
     return Run(paths, identity, None if seed is None else int(seed), _none(first.get("stream")), first_root,
-               pretrained_file, metadata)
+               pretrained_file, metadata).select(tasks)
 
 
 def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: int | None, stream: str | None,

@@ -292,3 +292,25 @@ def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
         assert not (tmp_path / output).exists(), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "ft0.safetensors", "ft1.safetensors",
                                                           "pre.safetensors", "pre32.safetensors"]
+
+
+def test_a_run_whose_index_and_files_disagree_is_refused_unless_tasks_are_named(files, capsys):
+    """A stopped fit (tasks of the stream without a task vector) or a lost index entry is not the run's
+    result: merge refuses the folder, and merges the files when they are named."""
+    tmp, pretrained, tvs, _ = files
+    folder = tmp / "run" / "task_vectors"
+    folder.mkdir(parents=True)
+    for name, tv in zip("abc", tvs):
+        save_file(tv, folder / f"{name}.safetensors")
+    entries = [{"task": name, "file": f"{name}.safetensors"} for name in "ab"]
+    out = tmp / "never.safetensors"
+    for tasks, message in ((["a", "b", "c"], "1 of its 3 tasks have no task vector (c"),
+                           (["a", "b"], "1 task vector files are not in its index (c.safetensors)")):
+        (folder / "index.json").write_text(json.dumps({"format": "weaving.run/1", "tasks": tasks, "task_vectors": entries}))
+        code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(tmp / "run"),
+                                   "--method", "task_arithmetic", "--output", str(out))
+        assert code == 2 and message in err and "does not cover the run" in err and not out.exists(), err
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(folder / "a.safetensors"),
+                str(folder / "b.safetensors"), "--method", "task_arithmetic", "--output", str(out)])
+    expected = weaving.merge(pretrained, tvs[:2], "task_arithmetic")
+    assert all(torch.equal(load_file(out)[k], expected[k]) for k in pretrained)

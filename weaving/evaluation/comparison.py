@@ -283,7 +283,7 @@ class ComparisonModule(pl.LightningModule):
         self.run = None
         self.vector_names: list[str] = []
         if task_vectors is not None:
-            self.run = read_run(task_vectors, allow_mixed=allow_mixed).select(vectors)
+            self.run = read_run(task_vectors, allow_mixed=allow_mixed, tasks=vectors)
             self.vector_names = list(self.run.paths)
             if model is None:
                 if self.run.model is None:
