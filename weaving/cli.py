@@ -224,11 +224,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_WARNING_PREFIX: list[str] = []  # the running command's name; the formatter below is installed once
+
+
+def _one_line_warnings(name: str) -> None:
+    """weaving's own warnings about inputs (weaving.runs.InputWarning) as `weaving COMMAND: warning: ...`."""
+    import warnings
+
+    from weaving.runs import InputWarning
+
+    if not _WARNING_PREFIX:
+        original = warnings.formatwarning
+
+        def formatwarning(message, category, *args, **kwargs):  # noqa: ANN001
+            if issubclass(category, InputWarning):
+                return f"{_WARNING_PREFIX[0]}: warning: {message}\n"
+            return original(message, category, *args, **kwargs)
+
+        warnings.formatwarning = formatwarning
+        _WARNING_PREFIX.append(name)
+    _WARNING_PREFIX[0] = name
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `weaving` command (see the module docstring for the exit-code policy)."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else ""
     name = f"weaving {command}" if command in COMMANDS else "weaving"
+    if command in COMMANDS:
+        _one_line_warnings(name)
     try:
         dispatch(argv)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C; atomic writes have removed their temporaries

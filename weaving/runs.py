@@ -108,6 +108,63 @@ def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixe
                     "merge task vectors of one run, or pass --allow_mixed to merge them anyway")
 
 
+# ------------------------------------------------------------------------------------- kinds of input
+# What a weights file is, as its own metadata says: `weaving fit` writes `format` (weaving.pretrained/1,
+# weaving.task_vector/1), `weaving import` writes `kind` (pretrained, task_vector). Files without either
+# (public checkpoints, other tools' task vectors) are not judged by this; see `looks_like_full_weights`.
+FORMAT_KINDS = {"weaving.pretrained/1": "pretrained", "weaving.task_vector/1": "task_vector"}
+KIND_WORDS = {"pretrained": "theta_pre (pretrained weights)", "task_vector": "a task vector (theta_t - theta_pre)",
+              "finetuned": "fine-tuned weights"}
+KIND_FLAGS = {"pretrained": "--pretrained", "task_vector": "--task_vectors", "finetuned": "--finetuned"}
+
+
+def recorded_kind(metadata: Mapping[str, Any]) -> str | None:
+    """'pretrained' or 'task_vector' as a file's metadata records it, else None (not recorded)."""
+    kind = metadata.get("kind")
+    return kind if kind in ("pretrained", "task_vector") else FORMAT_KINDS.get(str(metadata.get("format")))
+
+
+def check_kind(metadata: Mapping[str, Any], label: str, expected: str) -> None:
+    """Refuse an input whose metadata says it is another kind than `expected` (pretrained, task_vector,
+    finetuned): theta_pre given as a task vector would add the weights again, a task vector given as
+    fine-tuned weights would subtract theta_pre from a delta, theta_pre given as fine-tuned adds nothing."""
+    kind = recorded_kind(metadata)
+    if kind is None or kind == expected:
+        return
+    if expected == "finetuned" and kind == "pretrained":
+        raise ValueError(f"{label} is {KIND_WORDS[kind]} itself, not fine-tuned weights: its task vector is zero; "
+                         "give the fine-tuned checkpoints")
+    raise ValueError(f"{label}: its metadata says it is {KIND_WORDS[kind]}, not {KIND_WORDS[expected]}; "
+                     f"give it with {KIND_FLAGS[kind]}")
+
+
+FULL_WEIGHTS_RATIO = 0.5
+
+
+class InputWarning(UserWarning):
+    """An input that is probably of the wrong kind, where no metadata says so (`weaving` prints it as one line)."""
+
+
+def looks_like_full_weights(task_vector: Any, pretrained: Any, label: str, keys: int = 4) -> str | None:
+    """A warning when a task vector without a recorded kind looks like full fine-tuned weights (None when
+    it does not). The heuristic: over the first `keys` floating-point matrices both hold, ||tau|| /
+    ||theta_pre|| above FULL_WEIGHTS_RATIO (0.5). Fine-tuning moves weights by a few percent, so a task vector
+    is far smaller than the weights; a full checkpoint is about as large as them (ratio near 1)."""
+    if recorded_kind(getattr(task_vector, "metadata", {}) or {}) is not None:
+        return None
+    shared = [k for k in pretrained.keys() if k in set(task_vector.keys()) and len(pretrained.shape(k)) >= 2
+              and pretrained.dtype(k).is_floating_point][:keys]
+    if not shared:
+        return None
+    delta = sum(float(task_vector.get(k).double().square().sum()) for k in shared) ** 0.5
+    base = sum(float(pretrained.get(k).double().square().sum()) for k in shared) ** 0.5
+    if base == 0 or delta / base <= FULL_WEIGHTS_RATIO:
+        return None
+    return (f"{label} looks like full fine-tuned weights, not a task vector: ||tau|| / ||theta_pre|| = "
+            f"{delta / base:.2f} over {len(shared)} tensors (task vectors are usually below 0.1); if it is a "
+            "fine-tuned checkpoint, give it with --finetuned")
+
+
 @dataclass
 class Run:
     """Task vector files by task name (in run order) and the identity of the run they belong to."""
@@ -251,6 +308,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
             if not path.is_file():
                 raise FileNotFoundError(f"task vector file {path} is missing; rerun the fine-tuning that writes it")
             own = read_metadata(path)
+            check_kind(own, str(path), "task_vector")
             meta = {**own, **extra}
             name = str(extra.get("task") or meta.get("task") or stem)
             if name in paths:

@@ -28,7 +28,7 @@ from weaving.merging.registry import METHODS, get_method, get_pooling
 from weaving.merging.search_space import load_yaml, parse_search_space, use_in_jsonargparse
 from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
 from weaving.merging.weave import run_weave
-from weaving.runs import RunIdentity, check_same_base, read_run
+from weaving.runs import RunIdentity, check_kind, check_same_base, read_run
 
 LIST_OPTIONS = ("finetuned", "task_vectors")
 
@@ -141,10 +141,18 @@ def run(cfg) -> str:
         if model is None:
             raise ValueError(f"--format {cfg.format} needs the open_clip model name: pass --model NAME")
     pretrained = TensorSource(cfg.pretrained)
+    check_kind(pretrained.metadata, f"--pretrained {cfg.pretrained}", "pretrained")
     if cfg.format != "hf":  # an hf export is a folder, checked by check_export
         check_writable(cfg.output, expected_bytes=output_size(pretrained))
     if cfg.finetuned:
-        task_vectors = [task_vector_from_finetuned(pretrained, TensorSource(path)) for path in cfg.finetuned]
+        finetuned = [TensorSource(path) for path in cfg.finetuned]
+        seen: dict[str, str] = {str(Path(cfg.pretrained).resolve()): "--pretrained"}
+        for path, source in zip(cfg.finetuned, finetuned):  # what recipe.open_models checks on the other path
+            first = seen.setdefault(str(Path(path).resolve()), path)
+            if first != path:
+                raise ValueError(f"--finetuned {path}: the same file as {first}; give each model once")
+            check_kind(source.metadata, f"--finetuned {path}", "finetuned")
+        task_vectors = [task_vector_from_finetuned(pretrained, source) for source in finetuned]
     else:
         run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)
         task_vectors = [TensorSource(path) for path in run.paths.values()]
