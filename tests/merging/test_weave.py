@@ -215,3 +215,12 @@ def test_grid_with_one_value_equals_the_fixed_hyper_parameter(inputs):
 def test_bad_grids_and_points(inputs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         weaving.weave(*inputs, "ties", **kwargs)
+
+
+def test_two_seeds_give_different_random_pooling(inputs):
+    pretrained, tvs = inputs
+    a = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=0)
+    b = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=1)
+    assert any(not torch.equal(a[k], b[k]) for k in pretrained)
+    differing = sum(int((a[k] != b[k]).sum()) for k in pretrained)
+    assert differing > sum(v.numel() for v in pretrained.values()) // 2  # 13 members: most elements change
