@@ -158,7 +158,7 @@ def looks_like_full_weights(task_vector: Any, pretrained: Any, label: str, keys:
         return None
     delta = sum(float(task_vector.get(k).double().square().sum()) for k in shared) ** 0.5
     base = sum(float(pretrained.get(k).double().square().sum()) for k in shared) ** 0.5
-    if base == 0 or delta / base <= FULL_WEIGHTS_RATIO:
+    if not base or not delta / base > FULL_WEIGHTS_RATIO:  # NaN (a damaged file): the finite check says so
         return None
     return (f"{label} looks like full fine-tuned weights, not a task vector: ||tau|| / ||theta_pre|| = "
             f"{delta / base:.2f} over {len(shared)} tensors (task vectors are usually below 0.1); if it is a "

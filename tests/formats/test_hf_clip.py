@@ -112,7 +112,7 @@ def test_offline_hub_id_is_one_line(monkeypatch, tmp_path):
     assert "someone/clip-that-is-not-cached" in message and "\n" not in message
 
 
-def test_conversion_with_random_layer_norm_parameters(tmp_path):
+def test_conversion_with_random_layer_norm_parameters(tiny_hf, tmp_path):
     """Fresh models have layer norms at weight 1, bias 0, under which swapped or dropped norm names still
     give equal features; random ones do not."""
     import open_clip
@@ -120,7 +120,7 @@ def test_conversion_with_random_layer_norm_parameters(tmp_path):
 
     from .conftest import TINY
 
-    name = register_config(tmp_path, "test-tiny-random-ln-quickgelu", **TINY)
+    name = tiny_hf[3]  # the open_clip config of this shape (a second one would make imports ambiguous)
     full_cfg, _ = hf_configs(**TINY)
     torch.manual_seed(3)
     pre = transformers.CLIPModel(full_cfg).eval()
