@@ -5,7 +5,7 @@ import pytest
 from weaving.evaluation import report, setups
 from weaving.evaluation.compare import add_scaled, run_comparison, write_comparison
 from weaving.evaluation.evaluate import Evaluator
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip
 

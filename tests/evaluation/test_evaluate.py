@@ -89,7 +89,7 @@ def test_one_pass_gives_the_accuracies_of_evaluating_each_merged_model_separatel
     import weaving
     from weaving.evaluation.compare import add_scaled
     from weaving.evaluation.evaluate import Request, WeightSet
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     paths = list(read_run(domain_run).paths.values())
     evaluator = Evaluator(load_clip("weaving-tiny-vit", None, seed=0), ["digits", "digits_rot90"], batch_size=64,

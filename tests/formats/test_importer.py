@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weaving.cli import main
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 from weaving.formats.importer import state_dict_hash
-from weaving.formats.run_inputs import pretrained_path, task_vector_paths
-from weaving.merging.task_vectors import read_metadata
+from weaving.io.safetensors import read_metadata
 
 from .conftest import hf_configs
 

@@ -71,7 +71,7 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
     import lightning.pytorch as pl
 
     from weaving.data.datamodule import TaskStreamDataModule
-    from weaving.runs import read_index
+    from weaving.io.runs import read_index
     from weaving.training.callbacks import TaskVectorWriter
     from weaving.training.finetune import FineTuner
 
@@ -109,7 +109,7 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
                       pretrained: str | None) -> str | None:
     """None when a run's task vectors are what this demo would train (tasks, seed, theta_pre); else why not."""
     from weaving.models import load_clip
-    from weaving.runs import state_dict_hash
+    from weaving.io.runs import state_dict_hash
 
     index = index or {}
     if [e.get("task") for e in index.get("task_vectors", [])] != tasks:
@@ -124,8 +124,10 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
 
 def pretrain(config: DemoConfig) -> str | None:
     """Step 0 (module docstring): the demo's theta_pre as a local checkpoint; None keeps the random init."""
-    from weaving.runs import read_run
-    from weaving.merging.task_vectors import load_task_vector, read_metadata, save_state_dict
+    from weaving.io.runs import read_run
+    from weaving.io.safetensors import read_metadata
+    from weaving.io.writer import save_state_dict
+    from weaving.merging.task_vectors import load_task_vector
     from weaving.models import load_clip
 
     if not config.pretrain_tasks:
@@ -158,7 +160,7 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     from weaving.evaluation import report, setups
     from weaving.evaluation.compare import run_comparison, write_comparison
     from weaving.evaluation.evaluate import Evaluator
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
     from weaving.models import load_clip
 
     import torch

@@ -29,7 +29,7 @@ from torchmetrics import Metric
 
 from weaving.evaluation.evaluate import WeightBank, WeightSet, autocast_for, score_batch
 from weaving.evaluation.report import check_results
-from weaving.runs import RunIdentity, check_same_base, read_run, state_dict_hash
+from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
 from weaving.merging.search_space import check_setup, default_search_space, parse_search_space, search_space_numbers
 from weaving.evaluation.setups import MergeJob, Setup, Tally, mean_accuracy, setup_for_loaders
 
@@ -83,7 +83,7 @@ class MergeModule(pl.LightningModule):
             file for `open_clip.create_model(model, pretrained=FILE)`, or "hf" folder for transformers), with
             the recipe in its metadata (multi_task and continual setups: one merged model).
         allow_mixed: merge task vectors whose base model or run identities disagree (`weaving validate
-            --allow_mixed`); by default that is a one-line error (weaving.runs.check_same_base).
+            --allow_mixed`); by default that is a one-line error (weaving.io.runs.check_same_base).
     """
 
     def __init__(

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from weaving.atomic import atomic_save_safetensors
+from weaving.io.publish import atomic_save_safetensors
 from weaving.models.clip import CLIPBundle
 
 HEAD_FORMAT_VERSION = "1"  # bump when the head formula changes, so old cache files are not reused

@@ -1,6 +1,6 @@
 """TaskVectorWriter: saves theta_t - theta_pre of the image encoder at the end of each task of a stream.
 
-It writes a run folder (`weaving.runs`): `<run dir>/pretrained.safetensors` (theta_pre; skipped for a public
+It writes a run folder (`weaving.io.runs`): `<run dir>/pretrained.safetensors` (theta_pre; skipped for a public
 open_clip tag, whose name and hash are recorded instead), `<run dir>/task_vectors/<task>.safetensors` (keys
 "visual.*", with metadata and the run identity) and `<run dir>/task_vectors/index.json` listing them in
 stream order; all written atomically by rank zero. The run dir defaults to `trainer.default_root_dir`:
@@ -24,8 +24,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 import weaving
-from weaving.merging.task_vectors import save_state_dict, save_task_vector
-from weaving.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, index_payload, read_index, run_contents,
+from weaving.io.writer import save_state_dict
+from weaving.merging.task_vectors import save_task_vector
+from weaving.io.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, index_payload, read_index, run_contents,
                           write_index)
 from weaving.training.finetune import FineTuner, classes_digest
 

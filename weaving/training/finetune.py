@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from weaving.models import ClassificationHead, build_head, load_clip
-from weaving.runs import RunIdentity, new_run_id, state_dict_hash
+from weaving.io.runs import RunIdentity, new_run_id, state_dict_hash
 
 STREAMS = ("independent", "sequential")
 
@@ -157,7 +157,7 @@ class FineTuner(pl.LightningModule):
 
     @property
     def identity(self) -> RunIdentity:
-        """The run identity written into task vectors, index.json and checkpoints (weaving.runs)."""
+        """The run identity written into task vectors, index.json and checkpoints (weaving.io.runs)."""
         return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
 
     def pretrained_state_dict(self) -> dict[str, Tensor]:
