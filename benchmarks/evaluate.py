@@ -8,8 +8,11 @@ Two cases, each side by side in one run:
 - the tiny CLIP on the digits test set (no download).
 
 For each case it measures: one decode of the set (DataLoader, the model's eval transform), one pure forward
-pass over the preprocessed set (tensors already in memory), today's path per lambda, and the one-pass path
-for all lambdas (cold: the cache is built inside the timed region). The goal of issue 12 is
+pass over the preprocessed set (tensors already in memory), today's path per lambda, the one-pass loop
+for all lambdas (the former `Evaluator.score`, kept here as the baseline; cold: the cache is built inside
+the timed region), and the same sweep as one `ComparisonModule` validation job (the project's scoring path
+since the comparison became a Lightning job: Trainer, its own sharded dataloaders, counts per class; cold
+cache too; "module / one-pass" is its overhead, "module_same_counts" checks it counts the same). The goal of issue 12 is
 one-pass <= 1.5 x (one decode + L forward passes). Today's path is timed on `--today_lambdas` lambdas and
 reported per lambda and for L (it is L independent passes: linear in L by construction, and labelled so).
 
@@ -139,19 +142,58 @@ def today_path(clip, head, dataset, pre, g, lambdas, batch_size: int, device: to
     return clock.read(), correct
 
 
-def one_pass(clip, task, g, lambdas, *, batch_size, device, cache_dir, max_samples, root):
-    """Evaluator (cache cold: decoding included) + one score() call for all lambdas."""
-    from weaving.evaluation.evaluate import Evaluator, Request, WeightSet
-    from weaving.evaluation.setups import Column
+@torch.inference_mode()
+def previous_one_pass(clip, task, g, lambdas, *, batch_size, device, cache_dir, max_samples, root):
+    """The one-pass loop before the Lightning module (the former `Evaluator.score`, kept here as the baseline):
+    the decoded cache (cold: built inside the timed region), each batch moved once and scored by every lambda,
+    weights built in place by a WeightBank."""
+    from weaving.data.cache import open_test_set
+    from weaving.evaluation.evaluate import WeightBank, WeightSet, class_counts, evenly_spaced, predict
+    from weaving.data.tasks import get_task
+    from weaving.models import build_head
 
     clock = Clock(torch.device(device))
-    evaluator = Evaluator(clip, [task], root=root, batch_size=batch_size, device=device, cache_dir=cache_dir,
-                          max_samples=max_samples, num_workers=0, progress=False)
+    spec = get_task(task)
+    head = build_head(clip, spec.classnames, spec.templates).to(device)
+    n = len(spec.dataset(root, "test", None))
+    subset = evenly_spaced(n, max_samples) if max_samples is not None and n > max_samples else None
+    test_set = open_test_set(task, root=root, transform=clip.eval_transform, image_size=clip.model.visual.image_size,
+                             cache_dir=cache_dir, subset=subset, num_workers=0, progress=False)
+    bank = WeightBank(clip.model)
+    bank.add("g", g)
     built = clock.read()
-    evaluator.bank.add("g", g)
-    column = (Column(task, task),)
-    tallies = evaluator.score([Request(WeightSet("g", lam), column) for lam in lambdas])
-    return clock.read(), built, [t[task].correct for t in tallies]
+    counts = [torch.zeros(len(spec.classnames), 2, dtype=torch.long, device=device) for _ in lambdas]
+    for images, labels in test_set.batches(batch_size, device):
+        for lam, count in zip(lambdas, counts):
+            bank.load(WeightSet("g", lam))
+            count += class_counts(predict(clip.model, head, images), labels, len(spec.classnames))
+    correct = [int(c[:, 0].sum()) for c in counts]
+    bank.load(WeightSet())
+    return clock.read(), built, correct
+
+
+def module_pass(model, task, g, lambdas, *, batch_size, device, cache_dir, max_samples, root, workdir):
+    """The same sweep as one `ComparisonModule` validation job (what `weaving validate --config` runs): g stored as a
+    task vector file, task arithmetic of it (g itself) at every lambda as the analysis rows, the cache cold."""
+    import lightning.pytorch as pl
+
+    from weaving.evaluation.comparison import ComparisonModule
+    from weaving.io.writer import save_state_dict
+
+    path = workdir / f"g_{task}.safetensors"
+    save_state_dict(path, g, {"task": task})
+    clock = Clock(torch.device(device))
+    module = ComparisonModule(str(path), tasks=[task], methods=["task_arithmetic"], rows=[], analysis=["task_arithmetic"],
+                              lambdas=lambdas, model=model, init_seed=0, root=root, batch_size=batch_size,
+                              max_samples=max_samples, cache_dir=str(cache_dir), plots=False)
+    trainer = pl.Trainer(accelerator=torch.device(device).type if torch.device(device).type != "cuda" else "gpu",
+                         devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    trainer.validate(module, verbose=False)
+    took = clock.read()
+    curve = module.analysis_results["methods"]["task_arithmetic"]["accuracy"][task]
+    total = module.scored[("task_arithmetic", 0)][task].total
+    return took, [round(acc * total) for acc in curve]
 
 
 class CachedItem:
@@ -256,14 +298,19 @@ def run_case(name: str, args, workdir: Path) -> dict:
     row["today_lambdas_timed"] = len(today_lambdas)
     row["today_s"] = row["today"][key] / len(today_lambdas) * len(lambdas)
     load_visual_state_dict(clip.model, pre)
-    cache_dir = workdir / f"cache_{name}"
-    row["one_pass"], row["cache_build"], correct = one_pass(
-        clip, task, g, lambdas, batch_size=batch, device=device, cache_dir=cache_dir, max_samples=max_samples,
-        root=str(workdir))
+    row["one_pass"], row["cache_build"], correct = previous_one_pass(
+        clip, task, g, lambdas, batch_size=batch, device=device, cache_dir=workdir / f"cache_{name}",
+        max_samples=max_samples, root=str(workdir))
     row["one_pass_s"] = row["one_pass"][key]
     row["one_pass_over_ideal"] = row["one_pass_s"] / row["ideal_s"]
     row["today_over_one_pass"] = row["today_s"] / row["one_pass_s"]
     row["same_predictions"] = correct[: len(today_correct)] == today_correct
+    row["module"], module_correct = module_pass(model, task, g, lambdas, batch_size=batch, device=device,
+                                                cache_dir=workdir / f"cache_{name}_module", max_samples=max_samples,
+                                                root=str(workdir), workdir=workdir)
+    row["module_s"] = row["module"][key]
+    row["module_over_one_pass"] = row["module_s"] / row["one_pass_s"]
+    row["module_same_counts"] = module_correct == correct
     print(json.dumps(row), flush=True)
     return row
 
@@ -292,13 +339,14 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("\n| case | clock | images | lambdas | decode (s) | forward/pass (s) | ideal = decode + L x fwd (s) "
-          "| today (s) | one-pass (s) | one-pass / ideal | today / one-pass |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| today (s) | one-pass loop (s) | module job (s) | one-pass / ideal | module / one-pass | today / module |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         k = r["clock"]
         print(f"| {r['model']} on {r['task']} | {k} | {r['images']} | {r['lambdas']} | {r['decode'][k]:.2f} | "
               f"{r['forward'][k]:.2f} | {r['ideal_s']:.1f} | {r['today_s']:.1f} | {r['one_pass_s']:.1f} | "
-              f"{r['one_pass_over_ideal']:.2f} | {r['today_over_one_pass']:.2f} |")
+              f"{r['module_s']:.1f} | {r['one_pass_over_ideal']:.2f} | {r['module_over_one_pass']:.2f} | "
+              f"{r['today_s'] / r['module_s']:.2f} |")
 
 
 if __name__ == "__main__":

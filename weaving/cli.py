@@ -156,14 +156,33 @@ def lightning_main(args: list[str] | None = None) -> None:
 
     WeavingCLI(
         pl.LightningModule,
-        pl.LightningDataModule,
+        None,  # the data section is optional: a ComparisonModule reads its test sets itself
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        save_config_callback=_save_config_callback(),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"exit_on_error": False, "default_env": True, "env_prefix": "PL"},
     )
+
+
+def _save_config_callback() -> type:
+    """Lightning's SaveConfigCallback, except for a comparison job with an output folder: its resolved config
+    goes to the module, which writes it as config.yaml beside its results (so a later job, which writes its
+    own output folder, never overwrites it)."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    class OutputConfig(SaveConfigCallback):
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            from weaving.evaluation.comparison import ComparisonModule
+
+            if isinstance(pl_module, ComparisonModule) and pl_module.output_dir:
+                pl_module.resolved_config = self.parser.dump(self.config, skip_none=False)
+                return
+            super().setup(trainer, pl_module, stage)
+
+    return OutputConfig
 
 
 def user_error_line(error: BaseException) -> str:

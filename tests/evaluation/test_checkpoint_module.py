@@ -8,8 +8,9 @@ from safetensors.torch import save_file
 from weaving.data.datamodule import MultiTaskDataModule
 from weaving.evaluation import report, setups
 from weaving.evaluation.checkpoint_module import CheckpointModule
-from weaving.evaluation.evaluate import Evaluator
 from weaving.models import load_clip
+
+from .direct import direct_accuracies
 
 TASKS = ["digits", "digits_rot90"]
 
@@ -36,9 +37,7 @@ def files(tmp_path_factory):
 def expected_accuracy(state, head_cache):
     clip = load_clip("weaving-tiny-vit", None, seed=3)
     clip.model.load_state_dict(state)
-    evaluator = Evaluator(clip, TASKS, head_cache_dir=head_cache, progress=False, device="cpu")
-    tallies = evaluator.evaluate([setups.Column(t, t) for t in TASKS])
-    return {t: tallies[t].accuracy for t in TASKS}
+    return direct_accuracies(clip, None, [setups.Column(t, t) for t in TASKS], head_cache=head_cache)
 
 
 def test_fine_tuned_encoder_with_its_pretrained_and_the_exports_agree(files, tmp_path):

@@ -47,6 +47,41 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     for run in ("domains", "continual"):
         index = json.loads((tmp_path / "runs" / run / "task_vectors" / "index.json").read_text())
         assert Path(index["pretrained"]).resolve() == theta_pre.resolve()
+    recompute_from_the_kept_configs(tmp_path)
+
+
+def numbers(results):
+    """results.json without the job record (its device count differs between the runs compared)."""
+    return {k: v for k, v in results.items() if k != "job"}
+
+
+def recompute_from_the_kept_configs(demo):
+    """Each setup's resolved config, kept by the demo, recomputes its results with `weaving validate`; two DDP
+    processes (gloo) write the numbers of one process, also where a rank's share is padded (59 samples)."""
+    import os
+    import subprocess
+    import sys
+
+    for setup in ("multi_task", "domain_generalization", "continual"):
+        config = demo / setup / "config.yaml"
+        assert "class_path: weaving.evaluation.ComparisonModule" in config.read_text()
+        again = demo / "again" / setup
+        main(["validate", "--config", str(config), f"--model.init_args.output_dir={again}",
+              "--trainer.enable_progress_bar=false"])
+        assert numbers(report.load_results(again)) == numbers(report.load_results(demo / setup)), setup
+        assert (again / "config.yaml").read_text() != config.read_text()  # the CLI's resolved config
+    odd = ["--model.init_args.max_samples=59", "--model.init_args.batch_size=16", "--trainer.enable_progress_bar=false"]
+    main(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'one'}", *odd])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "weaving", "validate", "--config", str(config),
+                             f"--model.init_args.output_dir={demo / 'ddp'}", "--trainer.accelerator=cpu",
+                             "--trainer.devices=2", "--trainer.strategy=ddp", *odd],
+                            cwd=demo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, ddp = report.load_results(demo / "one"), report.load_results(demo / "ddp")
+    assert ddp["job"]["devices"] == 2 and one["job"]["devices"] == 1
+    assert numbers(ddp) == numbers(one)
+    assert numbers(one) != numbers(report.load_results(demo / "continual"))  # 59 samples, not 60
 
 
 def test_options_override_the_fast_preset():

@@ -1,17 +1,29 @@
 import pytest
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
-from weaving.data.tasks import get_task
-from weaving.evaluation.evaluate import Evaluator, Tally, column_tally, evenly_spaced, mean_accuracy
-from weaving.evaluation.setups import Column
-from weaving.models import build_head, load_clip
+from weaving.evaluation.evaluate import (EvalSet, ShardSampler, Tally, class_counts, column_tally, evenly_spaced,
+                                         padding_mask)
+from weaving.evaluation.setups import Column, mean_accuracy
+from weaving.models import load_clip
 
 
-def test_column_tally_counts_only_the_columns_classes():
+def test_class_counts_and_the_columns_that_follow_from_them():
     preds, labels = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 3, 3, 1])
-    assert column_tally(preds, labels, Column("all", "t")) == Tally(3, 5)
-    assert column_tally(preds, labels, Column("part", "t", (1,))) == Tally(1, 2)
-    assert column_tally(preds, labels, Column("none", "t", (7,))).total == 0
+    counts = class_counts(preds, labels, 5)
+    assert counts.tolist() == [[1, 1], [1, 2], [0, 0], [1, 2], [0, 0]]  # per class: [correct, total]
+    assert column_tally(counts, Column("all", "t")) == Tally(3, 5)
+    assert column_tally(counts, Column("part", "t", (1,))) == Tally(1, 2)
+    assert column_tally(counts, Column("none", "t", (4,))).total == 0
+    valid = torch.tensor([True, True, True, False, False])  # a rank's padding is not counted
+    assert column_tally(class_counts(preds, labels, 5, valid), Column("all", "t")) == Tally(2, 3)
+    with pytest.raises(ValueError, match="outside the head's 3 classes"):
+        class_counts(preds, labels, 3)
+    # the same numbers as torchmetrics' per-class stat scores (true positives, support)
+    from torchmetrics.classification import MulticlassStatScores
+
+    scores = MulticlassStatScores(num_classes=5, average=None)(preds, labels)
+    assert counts[:, 0].tolist() == scores[:, 0].tolist() and counts[:, 1].tolist() == scores[:, 4].tolist()
 
 
 def test_mean_rules():
@@ -30,86 +42,42 @@ def test_evenly_spaced_is_deterministic_and_distinct():
         evenly_spaced(4, 0)
 
 
-def test_evaluator_matches_a_plain_loop_and_restores_pretrained(head_cache):
-    clip = load_clip("weaving-tiny-vit", None, seed=0)
-    evaluator = Evaluator(clip, ["digits"], head_cache_dir=head_cache, max_samples=50, progress=False)
-    column = Column("digits", "digits")
-    before = evaluator.evaluate([column])["digits"]
-
-    reference = load_clip("weaving-tiny-vit", None, seed=0)
-    task = get_task("digits")
-    head = build_head(reference, task.classnames, task.templates)
-    dataset = task.dataset("data", "test", reference.eval_transform)
-    subset = evenly_spaced(len(dataset), 50)
-    images = torch.stack([dataset[i][0] for i in subset])
-    labels = torch.tensor([dataset[i][1] for i in subset])
-    with torch.no_grad():
-        correct = int((head(reference.model.visual(images)).argmax(-1) == labels).sum())
-    assert before == Tally(correct, 50)
-
-    noisy = {k: v + 0.5 * torch.randn_like(v) for k, v in evaluator.pretrained.items()}
-    evaluator.evaluate([column], noisy)
-    assert evaluator.evaluate([column], None)["digits"] == before
+@pytest.mark.parametrize("n, ranks, batch", [(10, 3, 2), (7, 2, 4), (2, 3, 1), (8, 4, 8)])
+def test_shards_cover_every_sample_once_in_equal_batch_counts(n, ranks, batch):
+    seen, batches = [], set()
+    for rank in range(ranks):
+        sampler = ShardSampler(n, batch, ranks, rank)
+        shard = list(sampler)
+        batches.add(len(shard))
+        assert len(shard) == len(sampler)
+        seen += [i for b in shard for i in b if i >= 0]
+    assert sorted(seen) == list(range(n)) and len(batches) == 1  # no sample twice; every rank as many batches
 
 
-def test_evaluator_rejects_a_task_it_did_not_load(head_cache):
-    evaluator = Evaluator(load_clip("weaving-tiny-vit", None, seed=0), ["digits"], head_cache_dir=head_cache,
-                          max_samples=8, progress=False)
-    with pytest.raises(ValueError, match="not loaded"):
-        evaluator.evaluate([Column("digits_rot90", "digits_rot90")])
+def test_padding_of_lightnings_distributed_sampler_is_masked():
+    n, ranks = 7, 3
+    counted = []
+    for rank in range(ranks):
+        sampler = DistributedSampler(range(n), num_replicas=ranks, rank=rank, shuffle=False)
+        indices = list(sampler)
+        mask = torch.cat([padding_mask(sampler, start, 2, n)[: len(indices[start: start + 2])]
+                          for start in range(0, len(indices), 2)])
+        counted += [i for i, keep in zip(indices, mask.tolist()) if keep]
+    assert sorted(counted) == list(range(n))
+    with pytest.raises(ValueError, match="must not be shuffled"):
+        padding_mask(DistributedSampler(range(n), num_replicas=2, rank=0, shuffle=True), 0, 2, n)
 
 
-def _separately(weights, columns, head_cache):
-    """Reference: a fresh model per weight set, the test set decoded again through a plain DataLoader."""
-    from torch.utils.data import DataLoader
+def test_eval_set_marks_padding():
+    class Streamed:
+        dataset = [(torch.full((1,), float(i)), i % 2) for i in range(3)]
 
-    from weaving.models.clip import load_visual_state_dict
+        def __len__(self):
+            return 3
 
-    clip = load_clip("weaving-tiny-vit", None, seed=0)
-    if weights is not None:
-        load_visual_state_dict(clip.model, weights)
-    clip.model.eval()
-    tallies = {}
-    for task in dict.fromkeys(c.task for c in columns):
-        spec = get_task(task)
-        head = build_head(clip, spec.classnames, spec.templates, cache_dir=head_cache, task=spec.name)
-        preds, labels = [], []
-        with torch.no_grad():
-            for images, targets in DataLoader(spec.dataset("data", "test", clip.eval_transform), batch_size=100):
-                preds.append(head(clip.model.visual(images)).argmax(-1))
-                labels.append(targets)
-        preds, labels = torch.cat(preds), torch.cat(labels)
-        for column in columns:
-            if column.task == task:
-                tallies[column.name] = column_tally(preds, labels, column)
-    return tallies
-
-
-def test_one_pass_gives_the_accuracies_of_evaluating_each_merged_model_separately(domain_run, head_cache):
-    import weaving
-    from weaving.evaluation.compare import add_scaled
-    from weaving.evaluation.evaluate import Request, WeightSet
-    from weaving.io.runs import read_run
-
-    paths = list(read_run(domain_run).paths.values())
-    evaluator = Evaluator(load_clip("weaving-tiny-vit", None, seed=0), ["digits", "digits_rot90"], batch_size=64,
-                          head_cache_dir=head_cache, progress=False)
-    pre = evaluator.pretrained
-    merged = weaving.merge(pre, paths, "ties", lam=1.0)
-    g = {k: merged[k] - pre[k] for k in pre}
-    woven = weaving.weave(pre, paths, "magmax", "0.5:1.5:0.5")
-    evaluator.bank.add("g", g)
-    evaluator.bank.add("woven", woven, full=True)
-    columns = (Column("digits", "digits"), Column("low", "digits", (0, 1, 2, 3, 4)), Column("digits_rot90", "digits_rot90"))
-    lambdas = [0.3, 0.8, 1.0, 1.7]
-    requests = [Request(WeightSet("g", lam), columns) for lam in lambdas]
-    requests += [Request(WeightSet(), columns), Request(WeightSet("woven"), columns[1:])]
-    one_pass = evaluator.score(requests)
-    references = [add_scaled(pre, g, lam) for lam in lambdas] + [None, woven]
-    for request, weights, tallies in zip(requests, references, one_pass):
-        assert tallies == _separately(weights, request.columns, head_cache)
-    assert len({tuple(t.values()) for t in one_pass}) > 3  # the weight sets really differ
-    assert all(t["digits"].total == len(get_task("digits").dataset("data", "test")) for t in one_pass[:5])
+    images, labels, valid = EvalSet(Streamed())[[0, 2, -1 - 1]]
+    assert images[:, 0].tolist() == [0.0, 2.0, 1.0] and labels.tolist() == [0, 0, 1]
+    assert valid.tolist() == [True, True, False]
 
 
 def test_weight_bank_builds_weights_in_place():

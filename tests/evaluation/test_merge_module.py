@@ -4,12 +4,13 @@ import torch
 
 from weaving.data.datamodule import MultiTaskDataModule
 from weaving.evaluation import report, setups
-from weaving.evaluation.compare import add_scaled, run_comparison
-from weaving.evaluation.evaluate import Evaluator
+from weaving.evaluation.comparison import run_comparison
 from weaving.evaluation.merge_module import MergeModule
 from weaving.io.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
+
+from .direct import add_scaled, direct_accuracies
 
 DOMAINS = ["digits", "digits_rot90", "digits_inverted"]
 
@@ -22,31 +23,26 @@ def validate(module, tasks):
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@pytest.fixture(scope="module")
-def evaluator(head_cache):
-    return Evaluator(load_clip("weaving-tiny-vit", None, seed=0), DOMAINS, head_cache_dir=head_cache, progress=False)
-
-
-def test_one_task_at_lam_1_reproduces_the_fine_tuned_model(domain_run, evaluator, head_cache):
+def test_one_task_at_lam_1_reproduces_the_fine_tuned_model(domain_run, head_cache):
     module = MergeModule(str(domain_run), method="task_arithmetic", lam=1.0, tasks=["digits"], head_cache_dir=head_cache)
     metrics = validate(module, ["digits"])
     tau = load_task_vector(domain_run / "task_vectors" / "digits.safetensors")
-    finetuned = add_scaled(evaluator.pretrained, tau)
+    clip = load_clip("weaving-tiny-vit", None, seed=0)
+    finetuned = add_scaled(visual_state_dict(clip.model), tau)
     merged = visual_state_dict(module.clip_model)
     assert all(torch.allclose(merged[k], finetuned[k], atol=1e-6) for k in finetuned)
-    expected = evaluator.evaluate([setups.Column("digits", "digits")], finetuned)["digits"].accuracy
+    expected = direct_accuracies(clip, finetuned, [setups.Column("digits", "digits")], head_cache=head_cache)["digits"]
     assert metrics["val/acc/digits"] == pytest.approx(expected)
     assert metrics["val/acc/mean"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("weave", [False, True])
-def test_domain_generalization_agrees_with_the_comparison_runner(domain_run, evaluator, head_cache, weave):
+def test_domain_generalization_agrees_with_the_comparison(domain_run, head_cache, weave):
     module = MergeModule(str(domain_run), method="ties", weave=weave, lambdas="0.5:1.0:0.5",
                          setup="domain_generalization", head_cache_dir=head_cache)
     metrics = validate(module, DOMAINS)
-    results, _ = run_comparison(setups.domain_generalization(DOMAINS), evaluator, read_run(domain_run).paths,
-                                ["ties"], lambdas="0.5:1.0:0.5", analysis=False, recommended=False,
-                                privileged=False, progress=False)
+    results, _ = run_comparison(domain_run, setup="domain_generalization", methods=["ties"], lambdas="0.5:1.0:0.5",
+                                rows=["lam", "weave"], analysis=[], head_cache_dir=head_cache)
     row = results["rows"][int(weave)]
     assert row["weave"] is weave
     for task in DOMAINS:
@@ -54,15 +50,15 @@ def test_domain_generalization_agrees_with_the_comparison_runner(domain_run, eva
     assert metrics["val/acc/mean"] == pytest.approx(row["mean"])
 
 
-def test_continual_reports_the_full_test_set_and_each_part(continual_run, evaluator, head_cache, tmp_path):
+def test_continual_reports_the_full_test_set_and_each_part(continual_run, head_cache, tmp_path):
     module = MergeModule(str(continual_run), method="magmax", setup="continual", head_cache_dir=head_cache,
                          output_dir=str(tmp_path))
     metrics = validate(module, ["digits"])
     parts = [f"digits_part{i}of3" for i in (1, 2, 3)]
     assert {f"val/acc/{p}" for p in parts} <= set(metrics)
     assert metrics["val/acc/mean"] == pytest.approx(metrics["val/acc/digits"])  # over samples = full test set
-    results, _ = run_comparison(setups.continual("digits", 3), evaluator, read_run(continual_run).paths,
-                                ["magmax"], lambdas=[1.0], analysis=False, progress=False)
+    results, _ = run_comparison(continual_run, setup="continual", methods=["magmax"], rows=["lam"], analysis=[],
+                                head_cache_dir=head_cache)
     assert metrics["val/acc/mean"] == pytest.approx(results["rows"][0]["mean"])
     written = report.load_results(tmp_path)
     assert written["tasks"] == parts and written["rows"][0]["method"] == "magmax"
@@ -87,16 +83,21 @@ def test_configuration_errors_are_one_line(domain_run, head_cache, tmp_path):
         validate(module, ["digits"])
 
 
-def test_each_column_and_the_mean_are_shown_once(domain_run, head_cache):
+def test_each_column_and_the_mean_are_logged_once(domain_run, head_cache):
     module = MergeModule(str(domain_run), method="task_arithmetic", lam=0.5, head_cache_dir=head_cache)
+    metrics = validate(module, DOMAINS)
+    assert sorted(metrics) == sorted([f"val/acc/{t}" for t in DOMAINS] + ["val/acc/mean"])
+    assert metrics["val/acc/mean"] == pytest.approx(sum(metrics[f"val/acc/{t}"] for t in DOMAINS) / 3)
+    assert module.last_accuracy["mean"] == pytest.approx(metrics["val/acc/mean"])
+
+
+def test_without_a_datamodule_it_reads_the_test_sets_itself(domain_run, head_cache):
+    with_data = validate(MergeModule(str(domain_run), method="ties", lam=0.8, head_cache_dir=head_cache), DOMAINS)
+    module = MergeModule(str(domain_run), method="ties", lam=0.8, head_cache_dir=head_cache)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    per_loader = trainer.validate(module, MultiTaskDataModule(DOMAINS, batch_size=128), verbose=False)
-    assert [sorted(k for k in d) for d in per_loader] == [
-        ["val/acc/digits"], ["val/acc/digits_rot90"], ["val/acc/digits_inverted", "val/acc/mean"]]
-    accuracies = [per_loader[i][f"val/acc/{t}"] for i, t in enumerate(DOMAINS)]
-    assert per_loader[-1]["val/acc/mean"] == pytest.approx(sum(accuracies) / 3)
-    assert module.last_accuracy["mean"] == pytest.approx(per_loader[-1]["val/acc/mean"])
+    trainer.validate(module, verbose=False)
+    assert {k: float(v) for k, v in trainer.callback_metrics.items()} == with_data
 
 
 def test_validate_from_the_decoded_cache_gives_the_same_numbers(domain_run, head_cache, tmp_path):

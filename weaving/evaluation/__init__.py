@@ -1,8 +1,9 @@
-"""Evaluation: MergeModule (`weaving validate`), the three setups, comparison tables, plots and the demo."""
+"""Evaluation: `ComparisonModule` (the comparison as one `weaving validate` job; `MergeModule` and
+`CheckpointModule` are its one-row presets), the three setups, tables, plots and the demo."""
 
 from weaving.evaluation.checkpoint_module import CheckpointModule
-from weaving.evaluation.compare import Row, run_comparison, write_comparison
-from weaving.evaluation.evaluate import Evaluator, Request, WeightBank, WeightSet
+from weaving.evaluation.comparison import ComparisonModule, run_comparison, write_comparison
+from weaving.evaluation.evaluate import WeightBank, WeightSet, class_counts, column_tally
 from weaving.evaluation.merge_module import MergeModule
 from weaving.evaluation.report import check_results, format_markdown, format_summary, load_results, write_results
 from weaving.merging.search_space import SETUPS, default_search_space
@@ -23,16 +24,16 @@ __all__ = [
     "SETUPS",
     "CheckpointModule",
     "Column",
-    "Evaluator",
+    "ComparisonModule",
     "MergeJob",
     "MergeModule",
-    "Request",
-    "Row",
     "Setup",
     "Tally",
     "WeightBank",
     "WeightSet",
     "check_results",
+    "class_counts",
+    "column_tally",
     "continual",
     "default_search_space",
     "domain_generalization",

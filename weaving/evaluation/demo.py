@@ -10,7 +10,9 @@
    to <output>/runs/{domains,continual}/task_vectors/.
 2. Merge with every method at lam = 1 and with Weight Weaving, in the three setups (multi-task,
    continual, domain generalization); write results.json/csv/md per setup, the lambda analysis (uses
-   evaluation data) with its plots, and summary.md across setups; print the tables.
+   evaluation data) with its plots, and summary.md across setups; print the tables. Each setup is one
+   `ComparisonModule` validation job, whose resolved config is kept as <output>/<setup>/config.yaml:
+   `weaving validate --config <output>/<setup>/config.yaml --model.init_args.output_dir DIR` recomputes it.
 
 `--fast` is a reduced run (fewer tasks, steps, methods, lambdas, test images) used by the tests.
 """
@@ -157,11 +159,9 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     import lightning.pytorch as pl
 
     import weaving
-    from weaving.evaluation import report, setups
-    from weaving.evaluation.compare import run_comparison, write_comparison
-    from weaving.evaluation.evaluate import Evaluator
+    from weaving.evaluation import report
+    from weaving.evaluation.comparison import run_comparison
     from weaving.io.runs import read_run
-    from weaving.models import load_clip
 
     import torch
 
@@ -171,7 +171,7 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     methods = list(config.methods or weaving.METHODS)
-    analysis_methods = set(methods if config.analysis_methods is None else config.analysis_methods)
+    analysis_methods = [m for m in methods if config.analysis_methods is None or m in config.analysis_methods]
     pl.seed_everything(config.seed, verbose=False)
 
     if config.pretrain_tasks:
@@ -179,31 +179,27 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     pretrained = pretrain(config)
     print(f"[1/3] fine-tuning {config.model} on {', '.join(config.domains)} (independent) "
           f"and on {CONTINUAL_TASK} in {config.splits} class-incremental parts (sequential)")
-    domain_vectors = read_run(finetune_run(out / "runs" / "domains", list(config.domains),
-                                                    stream="independent", splits=None, config=config,
-                                                    pretrained=pretrained))
-    continual_vectors = read_run(finetune_run(out / "runs" / "continual", [CONTINUAL_TASK],
-                                                       stream="sequential", splits=config.splits, config=config,
-                                                       pretrained=pretrained))
+    domain_run = finetune_run(out / "runs" / "domains", list(config.domains), stream="independent", splits=None,
+                              config=config, pretrained=pretrained)
+    continual_run = finetune_run(out / "runs" / "continual", [CONTINUAL_TASK], stream="sequential",
+                                 splits=config.splits, config=config, pretrained=pretrained)
+    read_run(domain_run), read_run(continual_run)  # both runs are readable before any merge
 
     print(f"[2/3] merging with {len(methods)} methods at lam=1 and with weaving ({', '.join(config.poolings)} pooling)")
-    clip = load_clip(config.model, pretrained, seed=config.seed)
-    evaluator = Evaluator(clip, list(dict.fromkeys([*config.domains, CONTINUAL_TASK])), device=config.device,
-                          head_cache_dir=str(out / "heads"), max_samples=config.max_test_samples, progress=False)
-    plans = {
-        "multi_task": (setups.multi_task(config.domains), domain_vectors),
-        "continual": (setups.continual(CONTINUAL_TASK, config.splits), continual_vectors),
-        "domain_generalization": (setups.domain_generalization(config.domains), domain_vectors),
-    }
+    runs = {"multi_task": (domain_run, list(config.domains)), "continual": (continual_run, [CONTINUAL_TASK]),
+            "domain_generalization": (domain_run, list(config.domains))}
     all_results, all_analyses = [], []
     for name in config.setups:
-        setup, vectors = plans[name]
-        results, analysis = run_comparison(setup, evaluator, vectors.paths, methods, lambdas=config.lambdas,
-                                           poolings=config.poolings, seed=config.seed, progress=config.progress)
-        analysis = _keep_methods(analysis, analysis_methods)
-        write_comparison(results, analysis, out / name)
+        run, tasks = runs[name]
+        # one ComparisonModule job per setup; it keeps its resolved config as <output>/<setup>/config.yaml
+        results, analysis = run_comparison(
+            str(Path(run).resolve()), accelerator="cpu" if config.device == "cpu" else
+            ("gpu" if config.device and config.device.startswith("cuda") else "auto"),
+            setup=name, tasks=tasks, methods=methods, lambdas=config.lambdas, poolings=list(config.poolings),
+            analysis=analysis_methods, seed=config.seed, max_samples=config.max_test_samples, progress=config.progress,
+            head_cache_dir=str((out / "heads").resolve()), output_dir=str((out / name).resolve()))
         all_results.append(results)
-        all_analyses.append(analysis)
+        all_analyses.append(analysis or {"setup": name, "methods": {}})
 
     print("[3/3] writing tables and plots")
     summary = report.format_summary(all_results)
@@ -217,13 +213,6 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     print("Summary (mean accuracy %, the paper's Table 2 layout)\n\n" + summary)
     print(f"wrote {out}/ (results per setup, analysis plots, summary.md) in {time.time() - start:.0f} s")
     return all_results
-
-
-def _keep_methods(analysis: dict[str, Any] | None, methods: set[str]) -> dict[str, Any] | None:
-    """The analysis restricted to `methods` (the curves of the others are not plotted or stored)."""
-    if analysis is None:
-        return None
-    return {**analysis, "methods": {m: v for m, v in analysis["methods"].items() if m in methods}}
 
 
 class _Parser(argparse.ArgumentParser):

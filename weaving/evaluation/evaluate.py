@@ -1,31 +1,38 @@
-"""Scoring a CLIP image encoder with zero-shot heads, many weight sets per pass over the data.
+"""Scoring a CLIP image encoder with zero-shot heads: the one counting path, weights built in place, and the
+test sets each rank reads.
 
-The one scoring path of `weaving validate` (`MergeModule`) and of the comparison runner (`Evaluator`):
+- `class_counts`: per class, [correct, total] of a batch (torchmetrics' `MulticlassStatScores(average=None)`
+  true positives and support). Every number the project reports follows from these counts: a column's
+  accuracy is the sum over its classes (all of them, or a continual part's), and both mean rules of
+  `weaving.evaluation.setups.mean_accuracy` follow from the column tallies (`column_tally`). The comparison
+  (`weaving.evaluation.comparison.ComparisonModule`, with its presets `MergeModule` and `CheckpointModule`)
+  and the fine-tuner's seen-task matrix (`weaving.training.seen_tasks`) count with it.
 - a `WeightBank` keeps theta_pre and the merged tensors on the device and builds any weight set into the
   model in place: theta_pre + lam * g is one fused op per tensor (`torch.add(pre, g, alpha=lam, out=w)`),
   so a lambda sweep never merges again and never copies weights from the host;
-- `score_batch` scores one batch, already on the device, with every weight set that needs it, and adds
-  the per-column correct/total counts (`column_counts`) to device tensors (no sync per batch);
+- `EvalSet` + `ShardSampler`: a test set from the decoded cache (`weaving.data.cache`: decoded once, ever,
+  then memory-mapped uint8 batches normalized on the device), split across ranks into equal shards whose
+  padding is marked, so no sample is dropped or counted twice;
 - forward passes run under bf16 autocast on CUDA (`precision="auto"`), float32 on the CPU.
-
-The `Evaluator` reads each test set from the decoded cache (`weaving.data.cache`): decoded once, ever,
-then memory-mapped uint8 batches normalized on the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
 
-from weaving.evaluation.setups import Column, Tally, mean_accuracy
+from weaving.evaluation.setups import Column, Tally
 
-__all__ = ["Evaluator", "Request", "Tally", "WeightBank", "WeightSet", "column_mask", "column_tally",
-           "mean_accuracy", "predict", "score_batch"]
+__all__ = ["EvalSet", "ShardSampler", "Tally", "WeightBank", "WeightSet", "autocast_for", "class_counts",
+           "column_tally", "evenly_spaced", "padding_mask", "predict"]
 
 PRECISIONS = ("auto", "32", "bf16")
 
@@ -37,24 +44,26 @@ def predict(clip_model: nn.Module, head: nn.Module, images: Tensor) -> Tensor:
     return head(encode_images(clip_model, images)).argmax(dim=-1)
 
 
-def column_mask(labels: Tensor, column: Column) -> Tensor:
-    """Boolean mask of the samples a column scores (all of them, or those whose label is in column.classes)."""
-    if column.classes is None:
-        return torch.ones_like(labels, dtype=torch.bool)
-    classes = torch.as_tensor(column.classes, device=labels.device, dtype=labels.dtype)
-    return torch.isin(labels, classes)
+# ------------------------------------------------------------------------------------------- counting
+def class_counts(preds: Tensor, labels: Tensor, num_classes: int, valid: Tensor | None = None) -> Tensor:
+    """[num_classes, 2] int64 on the labels' device: per true class, [correct predictions, samples].
+
+    `valid` (bool per sample) leaves out the samples it marks False (a rank's padding)."""
+    labels = labels.long()
+    if valid is not None:
+        preds, labels = preds[valid], labels[valid]
+    total = torch.bincount(labels, minlength=num_classes)
+    correct = torch.bincount(labels[preds == labels], minlength=num_classes)
+    if len(total) > num_classes:
+        raise ValueError(f"a label {int(labels.max())} is outside the head's {num_classes} classes")
+    return torch.stack([correct, total], dim=1)
 
 
-def column_counts(preds: Tensor, labels: Tensor, column: Column) -> Tensor:
-    """[correct, total] (int64, on the predictions' device) of one column over a batch."""
-    mask = column_mask(labels, column)
-    return torch.stack([(mask & (preds == labels)).sum(), mask.sum()])
-
-
-def column_tally(preds: Tensor, labels: Tensor, column: Column) -> Tally:
-    """Correct/total of one column over a whole test set's predictions."""
-    correct, total = column_counts(preds, labels, column).tolist()
-    return Tally(int(correct), int(total))
+def column_tally(counts: Tensor | Sequence[Sequence[int]], column: Column) -> Tally:
+    """The tally of one column from its task's per-class counts: all classes, or those of `column.classes`."""
+    rows = counts.tolist() if isinstance(counts, Tensor) else counts
+    classes = range(len(rows)) if column.classes is None else column.classes
+    return Tally(int(sum(rows[c][0] for c in classes)), int(sum(rows[c][1] for c in classes)))
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:
@@ -73,6 +82,79 @@ def autocast_for(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+# ------------------------------------------------------------------------------------------ test sets
+class ShardSampler(DistributedSampler):
+    """Rank `rank`'s share of a test set of `n` samples, in batches: contiguous shards of ceil(n / ranks)
+    positions, so every rank runs the same number of batches (its collective calls line up); positions past
+    the end are padding, yielded as -1 - index so that `EvalSet` marks them invalid and they are not counted.
+
+    A DistributedSampler subclass, so that Lightning keeps it instead of inserting its own (whose padding
+    repeats samples that would then count twice)."""
+
+    def __init__(self, n: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.n, self.batch_size, self.num_replicas, self.rank = n, batch_size, num_replicas, rank
+        self.per_rank = math.ceil(n / num_replicas) if n else 0
+        self.epoch, self.shuffle, self.drop_last, self.seed = 0, False, False, 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.rank * self.per_rank
+        positions = range(start, start + self.per_rank)
+        for i in range(0, len(positions), self.batch_size):
+            yield [p if p < self.n else -1 - (p % self.n) for p in positions[i: i + self.batch_size]]
+
+
+class EvalSet(Dataset):
+    """A test set indexed by whole batches (`ShardSampler`'s lists): (images, labels, valid).
+
+    From the decoded cache, images are the uint8 batch (normalized on the device by `normalize`: 4x fewer
+    bytes moved than float32); from a plain dataset (`cache=False`), the transformed float images."""
+
+    def __init__(self, test_set) -> None:
+        from weaving.data.cache import DecodedTestSet
+
+        self.test_set = test_set
+        self.decoded = isinstance(test_set, DecodedTestSet)
+        self.mean, self.std = (test_set.mean, test_set.std) if self.decoded else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.test_set)
+
+    def __getitem__(self, batch: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        valid = torch.tensor([i >= 0 for i in batch])
+        index = [i if i >= 0 else -1 - i for i in batch]
+        if self.decoded:
+            images = torch.from_numpy(np.ascontiguousarray(self.test_set.images[np.asarray(index)]))
+            labels = self.test_set.labels[index]
+        else:
+            items = [self.test_set.dataset[i] for i in index]
+            images = torch.stack([torch.as_tensor(image) for image, _ in items])
+            labels = torch.as_tensor([int(label) for _, label in items])
+        return images, labels, valid
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """The float32 normalized batch on the images' device (uint8 cache batches; others are unchanged)."""
+        if not self.decoded:
+            return images
+        from weaving.data.cache import normalize
+
+        return normalize(images, self.mean, self.std)
+
+
+def padding_mask(sampler, start: int, count: int, n: int) -> Tensor | None:
+    """For a batch of `count` samples at offset `start` of this rank's share: False where Lightning's
+    DistributedSampler (shuffle off) padded the share with a repeated sample (padded position >= n)."""
+    if not isinstance(sampler, DistributedSampler) or isinstance(sampler, ShardSampler):
+        return None
+    if sampler.shuffle:
+        raise ValueError("an evaluation dataloader must not be shuffled across ranks (its padding could not be "
+                         "told apart from the samples)")
+    positions = sampler.rank + sampler.num_replicas * torch.arange(start, start + count)
+    return positions < n
+
+
 # ------------------------------------------------------------------------------------------ weight sets
 @dataclass(frozen=True)
 class WeightSet:
@@ -81,14 +163,6 @@ class WeightSet:
 
     stored: str | None = None
     scale: float = 1.0
-
-
-@dataclass(frozen=True)
-class Request:
-    """Score `weights` on `columns`."""
-
-    weights: WeightSet
-    columns: tuple[Column, ...]
 
 
 class WeightBank:
@@ -157,121 +231,3 @@ class WeightBank:
                 else:
                     torch.add(self.pretrained[key], tensors[key], alpha=weights.scale, out=target)
         self.loaded = weights
-
-
-def score_batch(clip_model: nn.Module, head: nn.Module, bank: WeightBank, images: Tensor, labels: Tensor,
-                requests: Iterable[tuple[WeightSet, Sequence[Column], Tensor]], precision: str = "auto") -> None:
-    """Score one batch (on the device) with each weight set of `requests` and add its [correct, total] per
-    column to the request's counts tensor ([len(columns), 2], int64, on the device)."""
-    with autocast_for(images.device, precision):
-        for weights, columns, counts in requests:
-            bank.load(weights)
-            preds = predict(clip_model, head, images)
-            for i, column in enumerate(columns):
-                counts[i] += column_counts(preds, labels, column)
-
-
-# ------------------------------------------------------------------------------------------- evaluator
-class Evaluator:
-    """One CLIP model, the heads and test sets of `tasks`, and a `WeightBank`: scores many weight sets per
-    pass over each test set.
-
-    Test sets come from the decoded cache (`cache_dir`, default $WEAVING_CACHE_DIR or
-    ~/.cache/weaving/test_sets; `cache=False` streams them through a DataLoader instead). `max_samples`
-    scores a fixed, evenly spaced subset of each test set (quick runs only; None: all). `precision`:
-    "auto" (bf16 autocast on CUDA, float32 on the CPU), "bf16" or "32".
-    """
-
-    def __init__(
-        self,
-        clip,
-        tasks: Sequence[str],
-        *,
-        root: str = "data",
-        split: str = "test",
-        batch_size: int | None = None,
-        num_workers: int | None = None,
-        device: torch.device | str | None = None,
-        head_cache_dir: str | None = None,
-        download: bool = False,
-        max_samples: int | None = None,
-        cache_dir: str | None = None,
-        cache: bool = True,
-        precision: str = "auto",
-        progress: bool = True,
-    ) -> None:
-        from weaving.data.cache import open_test_set
-        from weaving.data.tasks import get_task
-        from weaving.models.heads import build_head
-
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        autocast_for(self.device, precision)  # checks the name
-        self.precision = precision
-        self.batch_size = batch_size or (1024 if self.device.type == "cuda" else 256)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.clip = clip
-        self.model = clip.model.to(self.device).eval()
-        self.bank = WeightBank(self.model)
-        self.progress = progress
-        self.heads: dict[str, nn.Module] = {}
-        self.test_sets = {}
-        size = getattr(self.model.visual, "image_size", None)
-        for name in dict.fromkeys(tasks):
-            task = get_task(name)
-            head = build_head(clip, task.classnames, task.templates, cache_dir=head_cache_dir, task=task.name)
-            self.heads[name] = head.to(self.device).eval()
-            subset = None
-            if max_samples is not None:
-                n = len(task.dataset(root, split, None, download=download))
-                subset = evenly_spaced(n, max_samples) if n > max_samples else None
-            self.test_sets[name] = open_test_set(name, root=root, split=split, transform=clip.eval_transform,
-                                                 image_size=size, cache_dir=cache_dir, cache=cache, download=download,
-                                                 subset=subset, num_workers=num_workers, progress=progress)
-            if not len(self.test_sets[name]):
-                raise ValueError(f"the test set of {name!r} is empty; check the dataset root and split")
-
-    @property
-    def pretrained(self) -> dict[str, Tensor]:
-        """theta_pre's visual weights (CPU copies)."""
-        return {key: value.cpu() for key, value in self.bank.pretrained.items()}
-
-    @torch.inference_mode()
-    def score(self, requests: Sequence[Request], desc: str = "scoring") -> list[dict[str, Tally]]:
-        """Tallies of every request's columns: one pass over each needed test set, each batch moved to the
-        device once and scored by every request that needs it."""
-        counts = [torch.zeros(len(r.columns), 2, dtype=torch.long, device=self.device) for r in requests]
-        tasks = list(dict.fromkeys(c.task for r in requests for c in r.columns))
-        unknown = [t for t in tasks if t not in self.test_sets]
-        if unknown:
-            raise ValueError(f"tasks {unknown} were not loaded by this Evaluator; it has {list(self.test_sets)}")
-        total = sum(len(self.test_sets[t]) * sum(any(c.task == t for c in r.columns) for r in requests) for t in tasks)
-        with tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress) as bar:
-            for task in tasks:
-                needs, where = [], []
-                for request, count in zip(requests, counts):
-                    index = [i for i, c in enumerate(request.columns) if c.task == task]
-                    if index:
-                        sub = torch.zeros(len(index), 2, dtype=torch.long, device=self.device)
-                        needs.append((request.weights, [request.columns[i] for i in index], sub))
-                        where.append((count, index, sub))
-                for images, labels in self.test_sets[task].batches(self.batch_size, self.device):
-                    score_batch(self.model, self.heads[task], self.bank, images, labels, needs, self.precision)
-                    bar.update(len(labels) * len(needs))
-                for count, index, sub in where:
-                    count[index] += sub
-        out = []
-        for request, count in zip(requests, counts):
-            rows = count.tolist()
-            out.append({c.name: Tally(int(rows[i][0]), int(rows[i][1])) for i, c in enumerate(request.columns)})
-        return out
-
-    def evaluate(self, columns: Sequence[Column], state: Mapping[str, Tensor] | None = None) -> dict[str, Tally]:
-        """Tally of every column for one set of full visual weights (None: theta_pre)."""
-        if state is None:
-            return self.score([Request(WeightSet(), tuple(columns))])[0]
-        self.bank.add("_evaluate", state, full=True)
-        try:
-            return self.score([Request(WeightSet("_evaluate"), tuple(columns))])[0]
-        finally:
-            self.bank.remove("_evaluate")

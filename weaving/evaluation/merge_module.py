@@ -1,66 +1,30 @@
-"""MergeModule: `weaving validate` for a merged CLIP image encoder.
+"""MergeModule: `weaving validate` for one merged CLIP image encoder, a one-row preset of `ComparisonModule`.
 
 Configured with task vectors (a fine-tuning run dir, its task_vectors/ folder, or files), a merge method
-and its hyper-parameters, and either `lam` or Weight Weaving (search space, pooling, include_deltas).
-Before validation starts it merges on the module's device (the accelerator) and keeps the merged weights
-there (`WeightBank`); then it validates one dataloader per evaluated task (from the datamodule, e.g.
-`weaving.data.datamodule.MultiTaskDataModule`), each with that task's zero-shot head, and logs the
-accuracy of each column as `val/acc/<column>` (under its own dataloader) and the setup's mean as
-`val/acc/mean` (once, under the last dataloader: it is computed over all of them at the epoch's end).
+and its hyper-parameters, and either `lam` or Weight Weaving (search space, pooling, include_deltas). It
+scores that one row with the comparison's path (merged on the module's device, weights built in place,
+per-class counts summed across ranks) and logs the accuracy of each column as `val/acc/<column>` and the
+setup's mean as `val/acc/mean`. With a datamodule (e.g. `weaving.data.datamodule.MultiTaskDataModule`) it
+scores that datamodule's dataloaders, one per task; without one it reads the test sets itself (`tasks`).
 
-What is merged for which dataloader is the setup (`weaving.evaluation.setups.setup_for_loaders`, the
-same definitions the comparison runner uses), and the mean is the setup's rule (`Setup.mean_of`):
-- multi_task: all task vectors, once, for every dataloader; mean over tasks;
-- continual: all task vectors (the parts of a task), scored task-agnostically: each dataloader's full test
-  set with the head over all its classes (`val/acc/<task>`) and each part's classes (`val/acc/<part>`);
-  mean over the parts' samples;
-- domain_generalization: for the dataloader of task t, all task vectors but t's; mean over tasks.
-Batches are scored with `weaving.evaluation.evaluate.score_batch`, the comparison runner's function.
+What is merged for which task is the setup (`weaving.evaluation.setups.setup_for_loaders`):
+- multi_task: all task vectors, once, for every task; mean over tasks;
+- continual: all task vectors (the parts of a task), scored task-agnostically: each task's full test set
+  with the head over all its classes (`val/acc/<task>`) and each part's classes (`val/acc/<part>`); mean
+  over the parts' samples;
+- domain_generalization: for task t, all task vectors but t's; mean over tasks.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
-import torch
-from torch import Tensor, nn
-from torchmetrics import Metric
-
-from weaving.evaluation.evaluate import WeightBank, WeightSet, autocast_for, score_batch
-from weaving.evaluation.report import check_results
-from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
-from weaving.merging.search_space import check_setup, default_search_space, parse_search_space, search_space_numbers
-from weaving.evaluation.setups import MergeJob, Setup, Tally, mean_accuracy, setup_for_loaders
+from weaving.evaluation.comparison import ComparisonModule
+from weaving.merging.search_space import default_search_space
 
 
-class TallyMetric(Metric):
-    """Correct/total counts of some columns (summed across batches and processes); computes their mean by
-    `rule` (`weaving.evaluation.setups.mean_accuracy`): one column's accuracy, or a setup's mean."""
-
-    full_state_update = False
-
-    def __init__(self, columns: list[str], rule: str = "columns") -> None:
-        super().__init__()
-        self.columns, self.rule = list(columns), rule
-        self.add_state("correct", torch.zeros(len(columns), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(len(columns), dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, index: int, counts: Tensor) -> None:
-        """Add [correct, total] of one batch to column `index`."""
-        self.correct[index] += counts[0]
-        self.total[index] += counts[1]
-
-    def tallies(self) -> dict[str, Tally]:
-        correct, total = self.correct.tolist(), self.total.tolist()
-        return {name: Tally(int(c), int(t)) for name, c, t in zip(self.columns, correct, total)}
-
-    def compute(self) -> Tensor:
-        return torch.tensor(mean_accuracy(self.tallies(), self.rule), dtype=torch.float64)
-
-
-class MergeModule(pl.LightningModule):
-    """Merge task vectors into the pretrained CLIP image encoder, then validate per task.
+class MergeModule(ComparisonModule):
+    """Merge task vectors into the pretrained CLIP image encoder, then validate per task (one row).
 
     Args:
         task_vectors: a run dir (with task_vectors/), a folder of .safetensors task vectors, or a list of files.
@@ -77,7 +41,7 @@ class MergeModule(pl.LightningModule):
             task vectors' metadata (what the fine-tuning recorded).
         seed: seed of random methods and poolings (dare, random pooling).
         head_cache_dir: where zero-shot heads are cached (None: recompute).
-        output_dir: when set, also write results.json/csv/md there (one row) after validation.
+        output_dir: when set, also write results.json/csv/md and config.yaml there (one row) after validation.
         precision: "auto" (bf16 autocast on CUDA, float32 on the CPU), "bf16" or "32".
         export: when set, also write the merged model there as a full checkpoint in `export_format` ("open_clip"
             file for `open_clip.create_model(model, pretrained=FILE)`, or "hf" folder for transformers), with
@@ -111,153 +75,56 @@ class MergeModule(pl.LightningModule):
         export_format: str = "open_clip",
         allow_mixed: bool = False,
     ) -> None:
-        super().__init__()
-        import weaving
-        from weaving.merging.registry import get_method
-        from weaving.models.clip import load_clip, visual_state_dict
+        from weaving.merging.search_space import check_setup
 
-        self.save_hyperparameters()
-        self.setup_name = check_setup(setup)
-        get_method(method).resolve(dict(method_args or {}))  # unknown method or hyper-parameter: fail before loading
         if export is not None:
             from weaving.formats.export import check_export
 
-            if setup == "domain_generalization":
+            if check_setup(setup) == "domain_generalization":
                 raise ValueError("export writes one merged model; domain_generalization merges one per held-out task")
             check_export(export, export_format)
-        self.files = read_run(task_vectors, allow_mixed=allow_mixed).select(tasks)
-        if model is None:
-            if self.files.model is None:
-                raise ValueError("MergeModule: the task vectors record no model name; set model (and pretrained, init_seed)")
-            model, pretrained, init_seed = self.files.model, self.files.pretrained, self.files.seed
-        self.method, self.method_args, self.lam = method, dict(method_args or {}), float(lam)
-        self.weave, self.pooling, self.include_deltas, self.seed = weave, pooling, include_deltas, seed
-        self.grid, self.points, self.lambdas = grid, points, None
+        space: Any = None
         if weave:
-            self.search_space = lambdas if lambdas is not None or points is not None else default_search_space(method, setup)
-            space = parse_search_space(self.search_space, grid, points)
-            for point in space:
-                weaving.METHODS[method].resolve({**self.method_args, **point.setting})
-            self.lambdas = search_space_numbers(space)
-        self.clip = load_clip(model, pretrained, seed=init_seed or 0)
-        self.clip_model = self.clip.model.eval()
-        if self.files.pretrained_hash is not None:
-            check_same_base([("the task vectors", self.files.identity),
-                             (f"the pretrained model ({model}, {pretrained}, seed {init_seed})",
-                              RunIdentity(self.files.run_id, self.files.model, self.files.pretrained,
-                                          state_dict_hash(self.clip_model.state_dict())))],
-                            allow_mixed=allow_mixed, same_run=False)
-        self.theta_pre = visual_state_dict(self.clip_model)  # CPU, not a buffer: never moved nor checkpointed
-        self.head_cache_dir, self.output_dir = head_cache_dir, output_dir
-        self.heads = nn.ModuleDict()
-        self.metrics = nn.ModuleDict()
-        self.eval_precision = precision
-        autocast_for(torch.device("cpu"), precision)  # checks the name
-        self.plan: Setup | None = None
-        self.bank: WeightBank | None = None
+            space = {"lambdas": lambdas if lambdas is not None or points is not None
+                     else default_search_space(method, check_setup(setup))}
+            if points is not None:
+                space = {"points": points} if lambdas is None else {"lambdas": lambdas, "points": points}
+            if grid is not None:
+                space["grid"] = grid
+        super().__init__(task_vectors, setup=setup, vectors=tasks, methods=[method],
+                         method_args={method: dict(method_args or {})}, lambdas={method: space} if weave else None,
+                         poolings=[pooling], include_deltas=include_deltas, lam=lam, rows=["weave" if weave else "lam"],
+                         analysis=[], stages=False, seed=seed, model=model, pretrained=pretrained, init_seed=init_seed,
+                         head_cache_dir=head_cache_dir, output_dir=output_dir, plots=False, precision=precision,
+                         allow_mixed=allow_mixed)
+        self.method, self.weave, self.pooling = method, weave, pooling
+        self.search_space = space
+        self.lambdas = self.numbers[method] if weave else None
+        self.export_path, self.export_format = export, export_format
 
-    # ----------------------------------------------------------------------------------- what to score
-    def setup(self, stage: str) -> None:
-        from weaving.data.tasks import get_task
-        from weaving.models.heads import build_head
-
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        loader_tasks = list(getattr(datamodule, "task_names", None) or [])
-        if not loader_tasks:
-            raise ValueError("MergeModule needs a datamodule with task_names, one dataloader per task "
-                             "(e.g. data: class_path: weaving.data.datamodule.MultiTaskDataModule)")
-        self.loader_tasks = loader_tasks
-        self.plan = setup_for_loaders(self.setup_name, loader_tasks, list(self.files.paths))
-        for task in loader_tasks:
-            spec = get_task(task)
-            self.heads[task] = build_head(self.clip, spec.classnames, spec.templates, cache_dir=self.head_cache_dir, task=spec.name)
-        self.column_keys = {}
-        for column in (*self.plan.columns, *self.plan.extra):
-            self.column_keys[column.name] = f"c{len(self.column_keys)}"
-            self.metrics[self.column_keys[column.name]] = TallyMetric([column.name])
-        self.metrics["mean"] = TallyMetric(self.plan.tasks, self.plan.mean)
-
-    # ------------------------------------------------------------------------------------------ merging
-    def merged_weights(self, job: MergeJob) -> dict[str, torch.Tensor]:
-        """Full merged visual weights of one job (weaving, or the merge at lam = 1), computed on this module's device."""
-        import weaving
-
-        members = [self.files.paths[name] for name in job.task_vectors]
-        if self.weave:
-            return weaving.weave(self.theta_pre, members, self.method, self.search_space, pooling=self.pooling,
-                                 include_deltas=self.include_deltas, device=self.device, seed=self.seed,
-                                 grid=self.grid, points=self.points, **self.method_args)
-        return weaving.merge(self.theta_pre, members, self.method, lam=1.0, device=self.device, seed=self.seed,
-                             **self.method_args)
-
-    def on_validation_start(self) -> None:
-        """Merge every job once and keep it on the device: g (theta = theta_pre + lam * g), or the woven weights."""
-        self.bank = WeightBank(self.clip_model, self.theta_pre)
-        self.job_weights = []
-        for j, job in enumerate(self.plan.jobs):
-            if self.weave:
-                self.bank.add(f"job{j}", self.merged_weights(job), full=True)
-                self.job_weights.append(WeightSet(f"job{j}"))
-            else:
-                self.bank.delta_between(f"job{j}", self.merged_weights(job))
-                self.job_weights.append(WeightSet(f"job{j}", self.lam))
-        self.bank.load(self.job_weights[0])
-        if self.hparams.export and not getattr(self, "_exported", False) and self.trainer.is_global_zero:
+    def _start_pass(self, number: int) -> None:
+        super()._start_pass(number)
+        if self.export_path is not None and not getattr(self, "_exported", False):
             self._export()
-        for metric in self.metrics.values():
-            metric.reset()
 
     def _export(self) -> None:
         """Write the merged model (one job: multi_task or continual) as a full checkpoint, recipe in its metadata."""
         from weaving.formats.export import export_checkpoint, input_hashes
 
         self._exported = True
+        self.bank.load(self.pass_rows[0].requests[0].weights)
+        if not self.trainer.is_global_zero:
+            return
         recipe = {k: v for k, v in self.hparams.items() if k not in ("export", "export_format")}
-        recipe["input_sha256"] = input_hashes([str(p) for p in self.files.paths.values()])
-        export_checkpoint(self.hparams.export, self.clip_model.state_dict(), self.hparams.export_format,
-                          self.clip.name, recipe)
+        recipe["input_sha256"] = input_hashes([str(p) for p in self.run.paths.values()])
+        export_checkpoint(self.export_path, self.clip_model.state_dict(), self.export_format, self.clip.name, recipe)
 
-    # --------------------------------------------------------------------------------------- validation
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        images, labels = batch
-        task = self.loader_tasks[dataloader_idx]
-        needs = []
-        for weights, job in zip(self.job_weights, self.plan.jobs):
-            columns = [c for c in job.columns if c.task == task]
-            if columns:
-                needs.append((weights, columns, torch.zeros(len(columns), 2, dtype=torch.long, device=labels.device)))
-        score_batch(self.clip_model, self.heads[task], self.bank, images, labels, needs, self.eval_precision)
-        averaged = self.metrics["mean"].columns
-        for _, columns, counts in needs:
-            for column, count in zip(columns, counts):
-                metric = self.metrics[self.column_keys[column.name]]
-                metric.update(0, count)
-                if column.name in averaged:
-                    self.metrics["mean"].update(averaged.index(column.name), count)
-                # a metric object logged from its own dataloader: Lightning computes it at the epoch's end
-                # and shows it under that dataloader only
-                self.log(f"val/acc/{column.name}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False,
-                         batch_size=len(labels))
-        if dataloader_idx == len(self.loader_tasks) - 1:  # the mean over all dataloaders, shown once
-            self.log("val/acc/mean", self.metrics["mean"], on_step=False, on_epoch=True, add_dataloader_idx=False,
-                     batch_size=len(labels))
-
-    def on_validation_epoch_end(self) -> None:
-        accuracy = {name: float(self.metrics[key].compute()) for name, key in self.column_keys.items()}
-        mean = float(self.metrics["mean"].compute())
-        self.last_accuracy = {"accuracy": {n: accuracy[n] for n in self.plan.tasks}, "mean": mean, "all": accuracy}
-        if self.output_dir and self.trainer.is_global_zero:
-            self._write_results(self.plan.tasks)
-
-    def _write_results(self, names: list[str]) -> None:
-        from weaving.evaluation.report import write_results
-
-        row = {"method": self.method, "weave": bool(self.weave), "lam": None if self.weave else self.lam,
-               "lambdas": self.lambdas, "pooling": self.pooling if self.weave else None, **self.last_accuracy}
-        row.pop("all")
-        results = {"setup": self.setup_name, "tasks": names, "zeroshot": {}, "individual": {}, "rows": [row]}
-        write_results(check_results(results), self.output_dir)
-
-    def configure_optimizers(self) -> None:
-        """Nothing is trained: MergeModule only validates."""
-        return None
+    def log_results(self, results) -> None:
+        """`val/acc/<column>` for every column (continual: the full test set too) and `val/acc/mean`."""
+        tallies = self.row_tallies[0]
+        accuracy = {name: tally.accuracy for name, tally in tallies.items()}
+        for name, value in accuracy.items():
+            self.log(f"val/acc/{name}", value, add_dataloader_idx=False, rank_zero_only=True)
+        row = results["rows"][0]
+        self.log("val/acc/mean", row["mean"], add_dataloader_idx=False, rank_zero_only=True)
+        self.last_accuracy = {"accuracy": row["accuracy"], "mean": row["mean"], "all": accuracy}

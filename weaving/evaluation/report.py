@@ -146,7 +146,7 @@ def _signed_pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.2f}"
 
 
-def format_markdown(results: Mapping[str, Any]) -> str:
+def format_markdown(results: Mapping[str, Any], reference: str | None = None) -> str:
     """Table like the paper's Table 2 for one setup: a row per method and variant, a column per task,
     the mean, and weaving's gain over lam = 1 (percentage points). Accuracies in percent."""
     tasks = results["tasks"]
@@ -197,14 +197,16 @@ def format_csv(results: Mapping[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Check `results` and write results.json, results.csv and results.md into `output_dir` (atomically)."""
+def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike, *,
+                  reference: str | None = None) -> dict[str, Path]:
+    """Check `results` and write results.json, results.csv and results.md into `output_dir` (atomically);
+    with `reference`, results.md shows the paper's value and the difference next to each cell."""
     check_results(results)
     out = Path(output_dir)
     return {
         "json": atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n"),
         "csv": atomic_write_text(out / "results.csv", format_csv(results)),
-        "md": atomic_write_text(out / "results.md", format_markdown(results)),
+        "md": atomic_write_text(out / "results.md", format_markdown(results, reference=reference)),
     }
 
 

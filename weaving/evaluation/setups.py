@@ -7,10 +7,10 @@
 - domain generalization: for every task t, merge all task vectors but t's and score on t (leave one out);
   mean over held-out tasks.
 
-A `Setup` is plain data, independent of models and data loaders. Both scoring paths build theirs here:
-the comparison runner (`weaving.evaluation.compare`, from `make_setup`) and `MergeModule` (`weaving
-validate`, from `setup_for_loaders`, i.e. from its datamodule's tasks and the task vectors it was given).
-Both average with `Setup.mean_of` (the `mean_accuracy` rule below).
+A `Setup` is plain data, independent of models and data loaders. The one scoring path,
+`weaving.evaluation.comparison.ComparisonModule` (and its presets `MergeModule`, `CheckpointModule`), builds
+its setup with `setup_for_loaders` from the evaluated tasks and the task vectors it was given, and averages
+with `Setup.mean_of` (the `mean_accuracy` rule below).
 """
 
 from __future__ import annotations

@@ -20,23 +20,30 @@ SEEN_TASKS_FILE = "seen_tasks.json"
 
 
 @torch.no_grad()
-def _predictions(encoder: nn.Module, head: nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    preds, labels = [], []
+def _class_counts(encoder: nn.Module, head: nn.Module, loader, device: torch.device, num_classes: int) -> torch.Tensor:
+    """Per-class [correct, total] over a test loader, with the evaluation's one counting path
+    (`weaving.evaluation.evaluate.class_counts`)."""
+    from weaving.evaluation.evaluate import class_counts
+
+    counts = torch.zeros(num_classes, 2, dtype=torch.long, device=device)
     for images, targets in loader:
-        preds.append(head(encoder(images.to(device))).argmax(dim=-1).cpu())
-        labels.append(torch.as_tensor(targets).cpu())
-    return torch.cat(preds), torch.cat(labels)
+        preds = head(encoder(images.to(device))).argmax(dim=-1)
+        counts += class_counts(preds, torch.as_tensor(targets).to(device), num_classes)
+    return counts.cpu()
 
 
-def _accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """Correct / total as Python numbers (exactly what the evaluation's tallies give); None without samples."""
-    return int((preds == labels).sum()) / len(labels) if len(labels) else None
+def _accuracy(counts: torch.Tensor, column) -> float | None:
+    """The column's accuracy from the per-class counts (exactly what the evaluation reports); None without samples."""
+    from weaving.evaluation.evaluate import column_tally
+
+    tally = column_tally(counts, column)
+    return tally.accuracy if tally.total else None
 
 
 def seen_tasks_row(encoder: nn.Module, heads: list[nn.Module], base_head: nn.Module | None, datamodule: Any,
                    task: int, device: torch.device) -> list[float | None]:
     """Accuracy after task `task` (0-based) on each task of the stream; None for tasks not scored."""
-    from weaving.evaluation.setups import part_classes
+    from weaving.evaluation.setups import Column, part_classes
 
     names = list(datamodule.task_names)
     was_training = encoder.training
@@ -45,17 +52,13 @@ def seen_tasks_row(encoder: nn.Module, heads: list[nn.Module], base_head: nn.Mod
         if datamodule.base_task is not None:  # class-incremental: task-agnostic, every part in one pass
             base = datamodule.base_task
             test = datamodule.loader(datamodule.dataset(base, "test"), train=False)
-            preds, labels = _predictions(encoder, base_head, test, device)
-            row: list[float | None] = []
-            for name in names:
-                mask = torch.isin(labels, torch.tensor(part_classes(base.name, name)))
-                row.append(_accuracy(preds[mask], labels[mask]))
-            return row
-        row = [None] * len(names)
+            counts = _class_counts(encoder, base_head, test, device, base.num_classes)
+            return [_accuracy(counts, Column(name, base.name, part_classes(base.name, name))) for name in names]
+        row: list[float | None] = [None] * len(names)
         for j in range(task + 1):
-            test = datamodule.loader(datamodule.dataset(datamodule.get_task(j), "test"), train=False)
-            preds, labels = _predictions(encoder, heads[j], test, device)
-            row[j] = _accuracy(preds, labels)
+            spec = datamodule.get_task(j)
+            test = datamodule.loader(datamodule.dataset(spec, "test"), train=False)
+            row[j] = _accuracy(_class_counts(encoder, heads[j], test, device, spec.num_classes), Column(spec.name, spec.name))
         return row
     finally:
         encoder.train(was_training)
