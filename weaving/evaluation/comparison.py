@@ -652,7 +652,7 @@ class ComparisonModule(pl.LightningModule):
 
     def input_hashes(self, names: Sequence[str]) -> dict[str, str]:
         """{task vector: sha256 of its file}, each file hashed once per job."""
-        from weaving.formats.export import file_sha256
+        from weaving.io.loader import file_sha256
 
         cache = self.__dict__.setdefault("_hashes", {})
         for name in names:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from weaving.io.loader import file_sha256  # noqa: F401  (public here too: the hashes in a recipe)
+from weaving.io.loader import file_sha256
 from weaving.io.publish import check_output, publish_folder
 from weaving.io.writer import save_state_dict, weights_dtype
 from weaving.merging.exporters import Exporter, register_exporter
