@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -155,14 +156,22 @@ def test_the_format_model_is_checked_before_any_tensor_is_read(run, tiny_hf, tmp
 
 def test_model_accepts_an_open_clip_config_file(run, tiny_hf, tmp_path):
     """`--model FILE.json` registers an open_clip model config (here the tiny CLIP's, under another name)."""
+    from open_clip import factory
+
     config = open_clip.get_model_config(tiny_hf[3])
     (tmp_path / "my-tiny-clip.json").write_text(json.dumps(config))
     out = tmp_path / "m.safetensors"
-    merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args", "{k: 0.5}",
-                "--lam", "0.7", "--format", "open_clip", "--model", str(tmp_path / "my-tiny-clip.json"),
-                "--output", str(out)])
-    assert read_metadata(out)["model"] == "my-tiny-clip"
-    loaded = open_clip.create_model("my-tiny-clip", pretrained=str(out)).eval()
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.encode_image(images), merged_open_clip(run, tiny_hf[3]).encode_image(images))
+    try:
+        merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args",
+                    "{k: 0.5}", "--lam", "0.7", "--format", "open_clip", "--model", str(tmp_path / "my-tiny-clip.json"),
+                    "--output", str(out)])
+        assert read_metadata(out)["model"] == "my-tiny-clip"
+        loaded = open_clip.create_model("my-tiny-clip", pretrained=str(out)).eval()
+        images = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.encode_image(images), merged_open_clip(run, tiny_hf[3]).encode_image(images))
+    finally:  # the same architecture under a second name would make the other tests' imports ambiguous
+        for path in factory._MODEL_CONFIG_PATHS:
+            if Path(path).name == "my-tiny-clip.json":
+                Path(path).unlink(missing_ok=True)
+        factory._MODEL_CONFIGS.pop("my-tiny-clip", None)
