@@ -6,8 +6,11 @@
 RUN/pretrained.safetensors holds theta_pre's full open_clip state dict (loadable with
 `open_clip.create_model(model, pretrained=that_file)`), RUN/task_vectors/<name>.safetensors each
 fine-tuned image encoder minus theta_pre (`visual.*`), RUN/task_vectors/index.json the model name, the
-source of every file and theta_pre's hash; RUN/heads/ the imported classification heads (`--heads`).
-Every input is read and checked before RUN appears: a bad input leaves nothing behind.
+source of every file and theta_pre's hash; RUN/model_config.json the open_clip config of the model (so a
+size open_clip does not ship, registered from the checkpoint's config.json on the fly, is known to later
+commands); RUN/heads/ the imported classification heads (`--heads`). `--model` is an open_clip name or
+model-config JSON file. Every input is read and checked before RUN appears: a bad input leaves nothing
+behind. An existing RUN (or one that holds an input) is replaced only with `--overwrite true`.
 """
 
 from __future__ import annotations
