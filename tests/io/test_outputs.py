@@ -225,3 +225,16 @@ def test_a_run_index_cannot_lead_outside_the_run(tmp_path, capsys):
     code, err = run_cli(capsys, "merge", "--pretrained", str(run), "--task_vectors", str(run), "--method",
                         "task_arithmetic", "--output", str(tmp_path / "m.safetensors"))
     assert code == 2 and "not a file inside" in err
+
+
+def test_import_refuses_an_existing_run_unless_overwrite(clip_files, tmp_path, capsys):
+    args = ["import", "--pretrained", str(clip_files / "pre.safetensors"), "--model", "weaving-tiny-vit",
+            "--finetuned", f"a={clip_files / 'ft.safetensors'}", "--output", str(tmp_path / "run")]
+    assert run_cli(capsys, *args)[0] == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and "already exists and is not empty" in err and (tmp_path / "run" / "notes.txt").exists()
+    code, err = run_cli(capsys, *args[:-1], str(clip_files))  # the folder that holds the inputs
+    assert code == 2 and "holds the input" in err
+    assert run_cli(capsys, *args, "--overwrite", "true")[0] == 0
+    assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "task_vectors" / "a.safetensors").is_file()
