@@ -113,24 +113,30 @@ def configs() -> dict[Path, str]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def sync(folder: Path, wanted: dict[Path, str], argv: list[str]) -> int:
+    """Write `wanted` (relative path -> text) under `folder` and remove other <subfolder>/*.yaml files; with
+    --check in `argv`, only report the files that differ (exit status 1). configs/compare/generate.py uses
+    it too."""
     check = "--check" in argv
-    wanted = configs()
+    label = f"configs/{folder.name}"
     stale = [path for path, text in wanted.items()
-             if not (FOLDER / path).is_file() or (FOLDER / path).read_text() != text]
-    extra = [p.relative_to(FOLDER) for slug in MODELS for p in (FOLDER / slug).glob("*.yaml")
-             if p.relative_to(FOLDER) not in wanted]
+             if not (folder / path).is_file() or (folder / path).read_text() != text]
+    extra = [p.relative_to(folder) for p in folder.glob("*/*.yaml") if p.relative_to(folder) not in wanted]
     if check:
         for path in stale + extra:
-            print(f"configs/continual/{path} differs from generate.py's output", file=sys.stderr)
+            print(f"{label}/{path} differs from generate.py's output", file=sys.stderr)
         return 1 if stale or extra else 0
     for path in stale:
-        (FOLDER / path).parent.mkdir(parents=True, exist_ok=True)
-        (FOLDER / path).write_text(wanted[path])
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(wanted[path])
     for path in extra:
-        (FOLDER / path).unlink()
+        (folder / path).unlink()
     print(f"wrote {len(stale)} of {len(wanted)} configs, removed {len(extra)}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return sync(FOLDER, configs(), argv)
 
 
 if __name__ == "__main__":

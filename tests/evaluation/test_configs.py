@@ -63,3 +63,53 @@ def test_demo_configs_fit_then_validate(tmp_path, head_cache):
           f"--model.init_args.output_dir={out}", f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false"])
     results = report.load_results(out)
     assert results["setup"] == "continual" and results["tasks"] == ["digits_part1of2", "digits_part2of2"]
+
+
+COMPARE = ROOT / "configs" / "compare"
+
+
+def load_compare_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_compare_configs", COMPARE / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_configs_are_the_generator_output_and_cover_the_paper():
+    generator = load_compare_generator()
+    assert generator.main(["--check"]) == 0
+    on_disk = {p.relative_to(COMPARE) for p in COMPARE.glob("*/*.yaml")}
+    assert on_disk == set(generator.configs())
+    continual = {"cifar100": (5, 10, 20, 50), "imagenet_r": (5, 10, 20, 50), "cub200": (5, 10, 20),
+                 "stanford_cars": (5, 10, 20)}
+    for slug in ("vit_b32", "vit_b16", "vit_l14"):
+        names = {p.stem for p in (COMPARE / slug).glob("*.yaml")}
+        assert names == {"multi_task", "domain_generalization"} | {
+            f"continual_{d}_{n}splits" for d, parts in continual.items() for n in parts}
+    for path in COMPARE.glob("*/*.yaml"):
+        text = path.read_text()
+        assert text.startswith("# ") and "# Needs: " in text, path  # each says what it needs
+        model = yaml.safe_load(text)["model"]
+        assert model["class_path"] == "weaving.evaluation.ComparisonModule"
+        assert model["init_args"]["rows"] == ["zeroshot", "individual", "lam", "recommended", "privileged", "weave"]
+
+
+@pytest.mark.parametrize("name", ["vit_b32/multi_task", "vit_l14/domain_generalization",
+                                  "vit_b16/continual_cub200_5splits", "digits/continual"])
+def test_compare_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(COMPARE / f"{name}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "weaving.evaluation.ComparisonModule" in capsys.readouterr().out
+
+
+def test_digits_compare_configs_have_the_demos_settings():
+    config = DemoConfig()
+    for setup in config.setups:
+        args = yaml.safe_load((COMPARE / "digits" / f"{setup}.yaml").read_text())["model"]["init_args"]
+        assert args["setup"] == setup and args["methods"] is None and args["lambdas"] == config.lambdas
+        assert args["poolings"] == list(config.poolings) and args["analysis"] == list(config.analysis_methods)
+        assert args["tasks"] == (["digits"] if setup == "continual" else list(DOMAIN_TASKS))
+        assert args.get("max_samples") == config.max_test_samples and args["reference"] is None

@@ -82,8 +82,23 @@ def test_summary_averages_setups_and_gives_the_gain():
     first, second = make_results("multi_task"), make_results("continual")
     second["rows"][0]["mean"], second["rows"][1]["mean"] = 0.2, 0.5
     text = report.format_summary([first, second])
-    assert "| ties | lam=1 | 60.00 | 20.00 | 40.00 |  |" in text
-    assert "| ties | + weaving (mean) | 70.00 | 50.00 | 60.00 | +20.00 |" in text
+    assert "| ties | lam=1 | 60.00 | 20.00 | 40.00 |  |  |" in text
+    assert "| ties | + weaving (mean) | 70.00 | 50.00 | 60.00 | +20.00 |  |" in text
+
+
+def test_summary_has_the_zero_shot_and_recommended_rows_and_the_gain_over_each():
+    first, second = make_results("multi_task"), make_results("continual")
+    for results in (first, second):
+        results["zeroshot_mean"] = 0.3
+        results["rows"].insert(1, {"method": "ties", "weave": False, "lam": 0.3, "lambdas": None, "pooling": None,
+                                   "variant": "recommended", "accuracy": {"a": 0.8, "b": 0.8}, "mean": 0.8})
+    text = report.format_summary([first, second])
+    lines = text.splitlines()
+    assert lines[0].endswith("| Avg | Gain vs lam=1 | Gain vs recommended |")
+    assert lines[2] == "| Zero-shot | theta_pre | 30.00 | 30.00 | 30.00 |  |  |"
+    assert "| ties | lam=0.3 (recommended) | 80.00 | 80.00 | 80.00 |  |  |" in text
+    # weaving gains 10 points over lam = 1 but is 10 points below the recommended lambda: both are shown
+    assert "| ties | + weaving (mean) | 70.00 | 70.00 | 70.00 | +10.00 | -10.00 |" in text
 
 
 def test_plots_are_png_files(tmp_path):
@@ -104,3 +119,67 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     report.atomic_write_text(path, json.dumps({"b": 2}))
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in path.parent.iterdir()] == ["f.json"]
+
+
+def continual_results():
+    parts = ["p1", "p2"]
+    rows, metrics = [], {"Seq-FT": {"accuracy_matrix": [[0.9, 0.1], [0.4, 0.8]], "average_accuracy": 0.6,
+                                    "average_incremental_accuracy": 0.7, "forgetting": 0.5}}
+    for method, lam in (("ties", 1.0), ("magmax", 1.0)):
+        for variant, weave in (("lam", False), ("privileged", False), ("weave", True)):
+            row = {"method": method, "weave": weave, "lam": None if weave else (lam if variant == "lam" else 0.4),
+                   "lambdas": [0.5, 1.0] if weave else None, "pooling": "mean" if weave else None, "variant": variant,
+                   "accuracy": {"p1": 0.5, "p2": 0.6}, "mean": 0.55}
+            rows.append(row)
+            metrics[report.metrics_label(row)] = dict(metrics["Seq-FT"])
+    return {"setup": "continual", "tasks": parts, "zeroshot": {"p1": 0.1, "p2": 0.1}, "rows": rows, "metrics": metrics}
+
+
+def test_continual_plot_one_colour_per_row_kind_in_every_panel_and_the_legend_outside():
+    fig = report.continual_figure(continual_results())
+    colours: dict[str, set] = {}
+    for ax in fig.axes:
+        assert ax.get_legend() is None  # no legend over the data
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert {"lam=1", "privileged lambda", "weaving (mean)", "Seq-FT", "zero-shot"} <= set(colours)
+    assert all(len(c) == 1 for c in colours.values())  # the same colour in both panels
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # and a different one per kind
+    assert colours["lam=1"] == {report.KIND_COLOURS["lam"]}
+    (legend,) = fig.legends
+    assert legend.get_bbox_to_anchor().x0 >= fig.bbox.x1 - 1  # right of the panels
+
+
+def test_best_lambda_counts_have_integer_ticks():
+    analysis = {"setup": "multi_task", "methods": {"ties": {"lambdas": [0.1, 0.2, 0.3],
+                                                            "best_lambda": {"a": 0.1, "b": 0.3, "c": 0.3}}}}
+    fig = report.best_lambda_figure([analysis])
+    ticks = [t for t in fig.axes[0].get_yticks() if t >= 0]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_reference_shows_the_papers_value_and_the_difference():
+    from weaving.evaluation import paper_reference
+
+    results = make_results()
+    results["job"] = {"model": "ViT-B-32-quickgelu"}
+    results["rows"].append({"method": "magmax", "weave": False, "lam": 0.5, "lambdas": None, "pooling": None,
+                            "variant": "recommended", "accuracy": {"a": 0.7, "b": 0.7}, "mean": 0.7})
+    table = report.format_markdown(results, reference="auto")
+    assert "| ties | lam=1 | 50.00 | 70.00 | 60.00 (paper 72.32, -12.32) |" in table  # Table 2, ViT-B-32 MTL
+    assert "| 70.00 (paper 73.47, -3.47) |" in table  # Table 2, TIES + weaving
+    assert "| magmax | lam=0.5 (recommended) | 70.00 | 70.00 | 70.00 (paper 70.49, -0.49) |" in table  # Table 1
+    assert "arXiv 2510.13921" in table
+    assert "(paper 78.43," in report.format_markdown(results, reference="ViT-B-16")
+    assert "paper" not in report.format_markdown(results)
+    other = {**results, "job": {"model": "weaving-tiny-vit"}}
+    assert "publishes no values for model 'weaving-tiny-vit'" in report.format_markdown(other, reference="auto")
+    with pytest.raises(ValueError, match="reference 'ViT-H-14'"):
+        paper_reference.check_reference("ViT-H-14")
+    # the data as printed: each average is the mean of its nine cells, to the printed rounding (cells and average +-0.005 each)
+    for method, entry in paper_reference.TABLE2.items():
+        for values, avg in zip((entry["lam"], entry["weave"]), entry["avg"]):
+            assert sum(values) / 9 == pytest.approx(avg, abs=0.011), method
+    for method, entry in paper_reference.TABLE1.items():
+        assert sum(entry["values"]) / 9 == pytest.approx(entry["avg"], abs=0.011), method
+    assert paper_reference.TABLE3["ties"]["mean"] == paper_reference.TABLE2["ties"]["avg"][1]

@@ -13,12 +13,12 @@ the methods with their `method_args`, the poolings, the search spaces and which 
 - `analysis`: the methods whose accuracy along the search space (and best lambda per task) go to
   analysis.json and the plots.
 
-How it scores. Merges run once per method and merge job, on each rank's device (deterministic: every rank
-merges the same inputs with the same seed; see docs/evaluation.md for why this beats merging on rank 0
-and broadcasting), and their deltas g stay there in a `WeightBank` that builds every row's weights in
-place (theta_pre + lam * g is one fused op per tensor). The stored weights are grouped into passes that
-fit `memory_budget`; each pass reads every test set once from the decoded cache, and each batch is moved
-to the device once and scored by every weight set of the pass. Every rank reads its own shard of each test
+How it scores. Merges run once per method and merge job, on the device (with several processes: on rank 0,
+broadcast to the others; docs/evaluation.md gives the measurement behind that choice), and their deltas g
+stay there in a `WeightBank` that builds every row's weights in place (theta_pre + lam * g is one fused op
+per tensor). The stored weights are grouped into passes that fit `memory_budget`; each pass reads every
+test set once from the decoded cache, and each batch is moved to the device once and scored by every
+weight set of the pass. Every rank reads its own shard of each test
 set (`ShardSampler`: equal shards, padding marked and never counted); at the end of each pass the per-class
 counts (`class_counts`) are summed across ranks, so every rank holds the same tallies and rank 0 writes
 results whose numbers equal those of one device. The continual stages (merges of the task vectors 1..i)
@@ -124,13 +124,6 @@ def job_requests(setup: Setup, weights: Sequence[WeightSet]) -> tuple[Request, .
     return tuple(Request(w, job.columns) for w, job in zip(weights, setup.jobs, strict=True))
 
 
-def metrics_label(row: Mapping[str, Any]) -> str:
-    """The key of a results row in the continual "metrics": "<method> <variant>" (e.g. "ties lam=1")."""
-    from weaving.evaluation.report import row_label
-
-    return f"{row['method']} {row_label(row)}"
-
-
 def lambda_curves(setup: Setup, space: Sequence[float], per_lambda: Sequence[Mapping[str, Tally]]) -> dict[str, Any]:
     """Accuracy per task along the search space, its mean, and each task's best lambda (first maximum)."""
     accuracy = {name: [tallies[name].accuracy for tallies in per_lambda] for name in setup.tasks}
@@ -181,8 +174,9 @@ class ComparisonModule(pl.LightningModule):
         output_dir: where results.json/csv/md, analysis.json, the plots, summary.md and the resolved config.yaml
             are written (rank 0, atomically); None: nothing is written.
         plots: also draw the plots; reference: show the paper's published value and the difference next to
-            each cell of results.md ("auto": the reference table matching the task vectors' model and setup,
-            or a key of `weaving.evaluation.paper_reference.TABLES`; None: none).
+            each row's mean in results.md (the paper publishes means per backbone and setup): "auto" (the
+            backbone of the task vectors' model), a backbone ("ViT-B-32", "ViT-B-16", "ViT-L-14") or None;
+            the values are `weaving.evaluation.paper_reference`'s, from arXiv 2510.13921.
         memory_budget: bytes the stored merged weights may take on the device at once (default: half the
             free GPU memory, or half the available host memory); more are scored in further passes.
         precision: "auto" (bf16 autocast on CUDA, float32 on the CPU), "bf16" or "32".
@@ -510,18 +504,37 @@ class ComparisonModule(pl.LightningModule):
             members = [self.run.paths[name] for name in job.task_vectors]
             needs_g = any(r in self.rows for r in ("lam", "recommended", "privileged")) or method in self.analysis_methods
             if needs_g:
-                merged = weaving.merge(self.theta_pre, members, method, lam=1.0, device=self.device, seed=self.seed,
-                                       **args)
+                merged = self._on_rank_zero(lambda: weaving.merge(self.theta_pre, members, method, lam=1.0,
+                                                                  device=self.device, seed=self.seed, **args))
                 self.bank.delta_between(f"{method}{stage}/{j}/g", merged)
                 names.append(f"{method}{stage}/{j}/g")
                 del merged
             if "weave" in self.rows:
                 for pooling in self.poolings:
-                    state = weaving.weave(self.theta_pre, members, method, self.spaces[method], pooling=pooling,
-                                          include_deltas=self.include_deltas, device=self.device, seed=self.seed, **args)
+                    state = self._on_rank_zero(lambda: weaving.weave(
+                        self.theta_pre, members, method, self.spaces[method], pooling=pooling,
+                        include_deltas=self.include_deltas, device=self.device, seed=self.seed, **args))
                     self.bank.add(f"{method}{stage}/{j}/weave:{pooling}", state, full=True)
                     names.append(f"{method}{stage}/{j}/weave:{pooling}")
         return names
+
+    def _on_rank_zero(self, merge: Callable[[], Mapping[str, Tensor]]) -> Mapping[str, Tensor]:
+        """The visual weights `merge` computes: on one process, computed here; on several, computed on rank 0 and
+        broadcast, so every rank scores the same weights by construction (and, measured on the CPU, sooner than
+        every rank merging at once: docs/evaluation.md)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return merge()
+        import torch.distributed as dist
+
+        if self.trainer.global_rank == 0:
+            merged = merge()
+            state = {k: merged[k].detach().to(self.device, pre.dtype).contiguous() for k, pre in self.theta_pre.items()}
+            del merged
+        else:
+            state = {k: torch.empty(pre.shape, dtype=pre.dtype, device=self.device) for k, pre in self.theta_pre.items()}
+        for key in self.theta_pre:
+            dist.broadcast(state[key], src=0)
+        return state
 
     # ------------------------------------------------------------------------------------------- data
     def test_set(self, task: str) -> EvalSet:
@@ -703,6 +716,7 @@ class ComparisonModule(pl.LightningModule):
         """Add "sequential" (theta_pre + tau_T) and "metrics" (per row label: the accuracy matrix over the
         stages, row i = after task i, and its continual-learning metrics) to continual `results`."""
         from weaving.evaluation.continual_metrics import continual_metrics
+        from weaving.evaluation.report import metrics_label
 
         setup, scored = self.plan, self.scored
         count = len(self.sequential_vectors())
@@ -729,6 +743,13 @@ class ComparisonModule(pl.LightningModule):
             self.log(f"val/{row['method']}/{row_label(row)}", float(row["mean"]), add_dataloader_idx=False,
                      rank_zero_only=True)
 
+    def own_hparams(self) -> dict[str, Any]:
+        """This class's init arguments (a preset's, not the base module's it passes on)."""
+        import inspect
+
+        own = inspect.signature(type(self).__init__).parameters
+        return {k: v for k, v in self.hparams.items() if k in own}
+
     def config_text(self) -> str:
         """The resolved config of this job as YAML: the CLI's when it ran one, else this module's init args."""
         import yaml
@@ -737,10 +758,7 @@ class ComparisonModule(pl.LightningModule):
             return self.resolved_config
         cls = type(self)
         module = cls.__module__.rsplit(".", 1)[0] if cls.__module__.startswith("weaving.evaluation.") else cls.__module__
-        import inspect
-
-        own = inspect.signature(cls.__init__).parameters
-        init_args = json.loads(json.dumps({k: v for k, v in self.hparams.items() if k in own}, default=str))
+        init_args = json.loads(json.dumps(self.own_hparams(), default=str))
         trainer = {"logger": False, "accelerator": "auto", "devices": 1}
         if self._trainer is not None:
             trainer["accelerator"] = self.trainer.strategy.root_device.type

@@ -115,7 +115,7 @@ class MergeModule(ComparisonModule):
         self.bank.load(self.pass_rows[0].requests[0].weights)
         if not self.trainer.is_global_zero:
             return
-        recipe = {k: v for k, v in self.hparams.items() if k not in ("export", "export_format")}
+        recipe = {k: v for k, v in self.own_hparams().items() if k not in ("export", "export_format")}
         recipe["input_sha256"] = input_hashes([str(p) for p in self.run.paths.values()])
         export_checkpoint(self.export_path, self.clip_model.state_dict(), self.export_format, self.clip.name, recipe)
 

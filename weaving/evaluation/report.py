@@ -121,6 +121,11 @@ def row_label(row: Mapping[str, Any]) -> str:
     return f"lam={row['lam']:g}" + ("" if variant == "lam" else f" ({variant})")
 
 
+def metrics_label(row: Mapping[str, Any]) -> str:
+    """The key of a results row in the continual "metrics": "<method> <variant>" (e.g. "ties lam=1")."""
+    return f"{row['method']} {row_label(row)}"
+
+
 def _gains(results: Mapping[str, Any]) -> list[float | None]:
     """Per row: weaving mean minus the same method's plain-merge mean (first plain row); None otherwise."""
     base = {}
@@ -146,9 +151,28 @@ def _signed_pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.2f}"
 
 
+def _reference_backbone(results: Mapping[str, Any], reference: str | None) -> tuple[str | None, str]:
+    """The paper's backbone whose published means results.md shows (None: none), and the note saying so."""
+    if reference is None:
+        return None, ""
+    from weaving.evaluation.paper_reference import SOURCE, backbone_of, check_reference
+
+    check_reference(reference)
+    model = (results.get("job") or {}).get("model")
+    backbone = backbone_of(model) if reference == "auto" else reference
+    if backbone is None:
+        return None, (f"Reference: the paper ({SOURCE}) publishes no values for model {model!r}; it covers "
+                      "ViT-B-32, ViT-B-16 and ViT-L-14.")
+    extra = (" Its continual value averages CIFAR100, ImageNet-R, CUB200 and StanfordCars over their split counts, "
+             "so one continual run compares to it only loosely." if results["setup"] == "continual" else "")
+    return backbone, (f"Mean (paper X, +-D): the published {backbone} mean of that row in Table 1 or 2 of {SOURCE} "
+                      f"and the difference in percentage points.{extra}")
+
+
 def format_markdown(results: Mapping[str, Any], reference: str | None = None) -> str:
     """Table like the paper's Table 2 for one setup: a row per method and variant, a column per task,
-    the mean, and weaving's gain over lam = 1 (percentage points). Accuracies in percent."""
+    the mean, and weaving's gain over lam = 1 (percentage points). Accuracies in percent. With
+    `reference` ("auto" or a backbone), each mean the paper publishes is followed by it and the difference."""
     tasks = results["tasks"]
     header = ["Method", "Variant", *tasks, "Mean", "Gain"]
     lines = [f"### {results['setup']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -159,9 +183,19 @@ def format_markdown(results: Mapping[str, Any], reference: str | None = None) ->
     if "sequential" in results:
         cells = [_pct(results["sequential"]["accuracy"].get(task)) for task in tasks]
         lines.append("| " + " | ".join(["Seq-FT", "theta_pre + tau_T", *cells, _pct(results["sequential"]["mean"]), ""]) + " |")
+    backbone, note = _reference_backbone(results, reference)
     for row, gain in zip(results["rows"], _gains(results)):
         cells = [_pct(row["accuracy"].get(task)) for task in tasks]
-        lines.append("| " + " | ".join([row["method"], row_label(row), *cells, _pct(row["mean"]), _signed_pct(gain)]) + " |")
+        mean = _pct(row["mean"])
+        if backbone is not None:
+            from weaving.evaluation.paper_reference import reference_value
+
+            found = reference_value(backbone, results["setup"], row)
+            if found is not None:
+                mean += f" (paper {found[0]:.2f}, {100 * row['mean'] - found[0]:+.2f})"
+        lines.append("| " + " | ".join([row["method"], row_label(row), *cells, mean, _signed_pct(gain)]) + " |")
+    if note:
+        lines += ["", note]
     if any(row.get("variant") == "privileged" for row in results["rows"]):
         lines += ["", "`privileged` rows use the single lambda of the search space with the best mean on these test sets "
                   "(evaluation data): a reference, not a data-free result."]
@@ -211,12 +245,16 @@ def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike, *,
 
 
 def format_summary(all_results: Sequence[Mapping[str, Any]]) -> str:
-    """Cross-setup table in the layout of the paper's Table 2: a row per method and variant, the mean
-    accuracy of each setup as columns, their average, and weaving's gain in that average."""
+    """Cross-setup table in the layout of the paper's Table 2: zero-shot, then a row per method and variant
+    (lam = 1, the authors' recommended lambda, the privileged lambda, weaving per pooling), the mean accuracy
+    of each setup as columns and their average; for weaving rows, the gain in that average over lam = 1
+    and over the recommended lambda (so a weaving row below the recommended lambda shows it)."""
     setups = [r["setup"] for r in all_results]
-    keys: list[tuple[str, str]] = []
-    means: dict[tuple[str, str], dict[str, float]] = {}
+    keys: list[tuple[str, str]] = [("Zero-shot", "theta_pre")]
+    means: dict[tuple[str, str], dict[str, float]] = {keys[0]: {}}
     for results in all_results:
+        if results.get("zeroshot"):
+            means[keys[0]][results["setup"]] = _reference_mean(results, "zeroshot")
         for row in results["rows"]:
             # search spaces differ per setup, so weaving rows are grouped by pooling only
             if row["weave"]:
@@ -230,19 +268,26 @@ def format_summary(all_results: Sequence[Mapping[str, Any]]) -> str:
                 keys.append(key)
                 means[key] = {}
             means[key][results["setup"]] = row["mean"]
-    header = ["Method", "Variant", *setups, "Avg", "Gain"]
+    if not means[keys[0]]:
+        keys.pop(0)
+    header = ["Method", "Variant", *setups, "Avg", "Gain vs lam=1", "Gain vs recommended"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     averages: dict[tuple[str, str], float | None] = {}
     for key in keys:
         values = [means[key].get(s) for s in setups]
         averages[key] = sum(values) / len(values) if all(v is not None for v in values) else None
+    recommended = {method: averages[(method, variant)] for method, variant in keys if variant.endswith("(recommended)")}
     for key in keys:
         method, variant = key
-        gain = None
-        if variant.startswith("+ weaving") and averages[key] is not None and averages.get((method, "lam=1")) is not None:
-            gain = averages[key] - averages[(method, "lam=1")]
+        gain = versus = None
+        if variant.startswith("+ weaving") and averages[key] is not None:
+            if averages.get((method, "lam=1")) is not None:
+                gain = averages[key] - averages[(method, "lam=1")]
+            if recommended.get(method) is not None:
+                versus = averages[key] - recommended[method]
         cells = [_pct(means[key].get(s)) for s in setups]
-        lines.append("| " + " | ".join([method, variant, *cells, _pct(averages[key]), _signed_pct(gain)]) + " |")
+        lines.append("| " + " | ".join([method, variant, *cells, _pct(averages[key]), _signed_pct(gain),
+                                        _signed_pct(versus)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,9 +310,64 @@ def _pyplot():
     return plt
 
 
+# One colour per row kind, the same in every panel and every file.
+KIND_COLOURS = {
+    "zero-shot": "tab:gray",
+    "Seq-FT": "black",
+    "lam": "tab:blue",
+    "recommended": "tab:orange",
+    "privileged": "tab:green",
+    "weaving (mean)": "tab:red",
+    "weaving (random)": "tab:purple",
+    "weaving (magmax)": "tab:brown",
+    "mean over tasks": "tab:cyan",
+    "best-lambda count": "tab:olive",
+}
+OTHER_POOLING_COLOUR = "tab:pink"  # weaving with a method as pooling
+
+
+def row_kind(row: Mapping[str, Any]) -> str:
+    """The kind of a results row, which fixes its colour: "lam", "recommended", "privileged", "weaving (<pooling>)"."""
+    if row["weave"]:
+        return f"weaving ({row['pooling']})"
+    return row.get("variant", "lam")
+
+
+def kind_colour(kind: str) -> str:
+    return KIND_COLOURS.get(kind, OTHER_POOLING_COLOUR)
+
+
+def kind_label(row: Mapping[str, Any]) -> str:
+    """Legend text of a row's kind: "lam=1", "recommended lambda", "privileged lambda", "weaving (mean)"."""
+    kind = row_kind(row)
+    if kind == "lam":
+        return f"lam={row['lam']:g}"
+    return kind if row["weave"] else f"{kind} lambda"
+
+
+def _task_colours(tasks: Sequence[str]) -> dict[str, Any]:
+    """A fixed pale colour per task (by its place in the table), away from the row kinds' colours."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["Set3"]
+    return {task: palette(i % palette.N) for i, task in enumerate(tasks)}
+
+
+def _legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the panels (never over the data): every label once."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+                   frameon=False)
+
+
 def plot_lambda_curves(analysis: Mapping[str, Any], results: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Per method, accuracy of every task (thin) and their mean (thick) as a function of lambda, with
-    lam = 1 marked and each weaving result drawn as a dashed horizontal line (its mean accuracy)."""
+    lam = 1 and the other plain rows marked and each weaving result drawn as a dashed horizontal line
+    (its mean accuracy). Colours: `KIND_COLOURS` (one per row kind) and one per task."""
     plt = _pyplot()
     methods = list(analysis["methods"])
     if not methods:
@@ -275,37 +375,47 @@ def plot_lambda_curves(analysis: Mapping[str, Any], results: Mapping[str, Any], 
     ncols = min(3, len(methods))
     nrows = math.ceil(len(methods) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    colours = _task_colours(analysis["tasks"])
     for ax, method in zip(axes.flat, methods):
         entry = analysis["methods"][method]
         lambdas = entry["lambdas"]
         for task, accs in entry["accuracy"].items():
-            ax.plot(lambdas, [100 * a for a in accs], lw=0.8, alpha=0.6, label=task)
-        ax.plot(lambdas, [100 * a for a in entry["mean"]], color="black", lw=2.2, label="mean")
+            ax.plot(lambdas, [100 * a for a in accs], lw=0.9, color=colours.get(task), label=task)
+        ax.plot(lambdas, [100 * a for a in entry["mean"]], color=kind_colour("mean over tasks"), lw=2.2,
+                label="mean over tasks")
         for row in results["rows"]:
             if row["method"] != method:
                 continue
+            kind = row_kind(row)
             if row["weave"]:
-                ax.axhline(100 * row["mean"], ls="--", lw=1.5, color="tab:red" if row["pooling"] == "mean" else "tab:purple",
-                           label=f"weaving ({row['pooling']})")
+                ax.axhline(100 * row["mean"], ls="--", lw=1.5, color=kind_colour(kind), label=kind)
             elif row["lam"] is not None:
-                ax.plot([row["lam"]], [100 * row["mean"]], marker="o", color="black", ls="none", label=f"lam={row['lam']:g}")
+                ax.plot([row["lam"]], [100 * row["mean"]], marker="o", color=kind_colour(kind), ls="none",
+                        label=kind_label(row))
         ax.set_title(method)
         ax.set_xlabel("lambda")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"{analysis['setup']}: accuracy vs lambda (uses evaluation data; analysis only)")
-    fig.tight_layout(rect=(0, 0.06 + 0.06 / nrows, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _legend_outside(fig, axes.flat)
     return atomic_write_bytes(path, _figure_bytes(fig))
 
 
 def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                                results: Sequence[Mapping[str, Any]] | None = None) -> Path:
+    """Write `best_lambda_figure(analyses, results)` as a PNG."""
+    return atomic_write_bytes(path, _figure_bytes(best_lambda_figure(analyses, results)))
+
+
+def best_lambda_figure(analyses: Sequence[Mapping[str, Any]], results: Sequence[Mapping[str, Any]] | None = None):
     """The paper's Figure 2: per method (rows) and setup (columns), how many tasks have each lambda as
-    their best one. lam = 1 is drawn as a vertical line; with `results`, each title gives weaving's gain."""
+    their best one (integer ticks). lam = 1 is drawn as a vertical line; with `results`, each title gives
+    weaving's gain."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     methods = list(dict.fromkeys(m for a in analyses for m in a["methods"]))
     if not methods:
@@ -327,9 +437,11 @@ def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str 
             best = list(entry["best_lambda"].values())
             width = min((b - a for a, b in zip(lambdas, lambdas[1:])), default=0.1) * 0.8
             counts = [sum(1 for b in best if math.isclose(b, lam)) for lam in lambdas]
-            ax.bar(lambdas, counts, width=width, color="tab:blue", alpha=0.8)
+            ax.bar(lambdas, counts, width=width, color=kind_colour("best-lambda count"), label="tasks whose best lambda it is")
             ax.set_xlim(min(lambdas) - width, max(max(lambdas), 1.0) + width)
-            ax.axvline(1.0, color="black", ls=":", lw=1)
+            ax.set_ylim(0, max(max(counts), 1) + 0.5)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.axvline(1.0, color=kind_colour("lam"), ls=":", lw=1.2, label="lam=1")
             title = f"{method} | {analysis['setup']}"
             if (analysis["setup"], method) in gains:
                 title += f"\nweaving {100 * gains[(analysis['setup'], method)]:+.2f} pp vs lam=1"
@@ -339,40 +451,56 @@ def plot_best_lambda_histogram(analyses: Sequence[Mapping[str, Any]], path: str 
             ax.tick_params(labelsize=7)
     fig.suptitle("Best lambda per task (uses evaluation data; analysis only)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return atomic_write_bytes(path, _figure_bytes(fig))
+    _legend_outside(fig, axes.flat)
+    return fig
 
 
 def plot_continual(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write `continual_figure(results)` as a PNG."""
+    return atomic_write_bytes(path, _figure_bytes(continual_figure(results)))
+
+
+def continual_figure(results: Mapping[str, Any]):
     """Continual setup: accuracy after each task (mean over the parts seen so far, from each row's accuracy
-    matrix) per method and variant, with the sequential model (Seq-FT) and zero-shot for reference."""
+    matrix) per method, one colour per row kind (`KIND_COLOURS`) in every panel, with the sequential model
+    (Seq-FT) and zero-shot for reference; one legend outside the panels."""
     plt = _pyplot()
     metrics = results.get("metrics")
     if not metrics:
         raise ValueError("results have no continual metrics to plot (only the continual setup has them)")
-    methods = list(dict.fromkeys(label.split(" ", 1)[0] for label in metrics if label != "Seq-FT"))
-    ncols = min(3, len(methods))
-    nrows = math.ceil(len(methods) / ncols)
+    rows = {metrics_label(row): row for row in results["rows"]}
+    methods = list(dict.fromkeys(rows[label]["method"] for label in metrics if label in rows))
+    ncols = min(3, max(len(methods), 1))
+    nrows = max(math.ceil(len(methods) / ncols), 1)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
 
     def seen_curve(matrix: Sequence[Sequence[float]]) -> list[float]:
         return [100 * sum(row[: i + 1]) / (i + 1) for i, row in enumerate(matrix)]
 
-    sequential = seen_curve(metrics["Seq-FT"]["accuracy_matrix"])
-    tasks = list(range(1, len(sequential) + 1))
+    size = len(results["tasks"])
+    tasks = list(range(1, size + 1))
     for ax, method in zip(axes.flat, methods):
-        ax.plot(tasks, sequential, color="black", lw=2, label="Seq-FT")
-        ax.axhline(100 * _reference_mean(results, "zeroshot"), color="gray", ls=":", lw=1, label="zero-shot")
+        if "Seq-FT" in metrics:
+            ax.plot(tasks, seen_curve(metrics["Seq-FT"]["accuracy_matrix"]), color=kind_colour("Seq-FT"), lw=2,
+                    label="Seq-FT")
+        if results.get("zeroshot"):
+            ax.axhline(100 * _reference_mean(results, "zeroshot"), color=kind_colour("zero-shot"), ls=":", lw=1,
+                       label="zero-shot")
         for label, entry in metrics.items():
-            if label.split(" ", 1)[0] == method:
-                ax.plot(tasks, seen_curve(entry["accuracy_matrix"]), marker="o", ms=3, label=label.split(" ", 1)[1])
+            row = rows.get(label)
+            if row is None or row["method"] != method:
+                continue
+            kind = row_kind(row)
+            ax.plot(tasks, seen_curve(entry["accuracy_matrix"]), marker="o", ms=3, color=kind_colour(kind),
+                    label=kind_label(row))
         ax.set_title(method)
         ax.set_xlabel("after task")
         ax.set_ylabel("accuracy on seen parts (%)")
         ax.set_xticks(tasks)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     fig.suptitle("continual: accuracy after each task (merges of task vectors 1..i)")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    return atomic_write_bytes(path, _figure_bytes(fig))
+    _legend_outside(fig, axes.flat)
+    return fig
