@@ -213,6 +213,8 @@ def write_folder(folder: Path, state: Mapping[str, torch.Tensor], arch: Mapping[
         arch = {**arch, "text_cfg": None}
     hf = from_open_clip(state)
     scale = float(state["logit_scale"]) if "logit_scale" in state else None
-    config = set_config_dtype(hf_config(arch, scale), dtype)
+    config = hf_config(arch, scale)
+    config.setdefault("torch_dtype", "float32")
+    set_config_dtype(config, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     save_state_dict(folder / "model.safetensors", hf, {"format": "pt", **dict(metadata)})

@@ -42,19 +42,19 @@ def weights_dtype(weights: Mapping[str, torch.Tensor] | Layout) -> torch.dtype |
     return max(sizes, key=sizes.get) if sizes else None
 
 
-def set_config_dtype(config: dict, dtype: torch.dtype | None) -> dict:
-    """A Hugging Face config.json saying `dtype` (both spellings transformers reads: `torch_dtype` and, from
-    4.56, `dtype`); nested text / vision configs follow."""
+def set_config_dtype(config: dict, dtype: torch.dtype | None) -> bool:
+    """Make a Hugging Face config say `dtype` where it records one (`torch_dtype`, or `dtype` as transformers
+    writes from 4.56; nested text / vision configs too); True when that changed anything."""
     if dtype is None:
-        return config
-    name = str(dtype).removeprefix("torch.")
+        return False
+    name, changed = str(dtype).removeprefix("torch."), False
     for key in ("torch_dtype", "dtype"):
-        if key in config or key == "torch_dtype":
-            config[key] = name
+        if key in config and config[key] != name:
+            config[key], changed = name, True
     for value in config.values():
-        if isinstance(value, dict) and ("torch_dtype" in value or "dtype" in value):
-            set_config_dtype(value, dtype)
-    return config
+        if isinstance(value, dict):
+            changed = set_config_dtype(value, dtype) or changed
+    return changed
 
 
 def is_file_output(output: str | os.PathLike) -> bool:
@@ -100,7 +100,7 @@ def write_index(folder: Path, layout: Layout, weight_map: Mapping[str, str], met
 
 def copy_side_files(source: str | os.PathLike | None, folder: Path, dtype: torch.dtype | None = None) -> None:
     """Copy a base model folder's config and tokenizer files (those inside it, links resolved) into `folder`;
-    config.json says the output's `dtype`."""
+    a config.json that records a dtype says the output's `dtype` (one that records none is copied as is)."""
     if source is None or not Path(source).is_dir():
         return
     for name in SIDE_FILES:
@@ -111,8 +111,8 @@ def copy_side_files(source: str | os.PathLike | None, folder: Path, dtype: torch
                     config = json.loads(path.read_text())
                 except (OSError, ValueError):
                     config = None
-                if isinstance(config, dict):
-                    (folder / name).write_text(json.dumps(set_config_dtype(config, dtype), indent=2) + "\n")
+                if isinstance(config, dict) and set_config_dtype(config, dtype):
+                    (folder / name).write_text(json.dumps(config, indent=2) + "\n")
                     continue
             shutil.copyfile(path, folder / name)
 
