@@ -111,7 +111,7 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
                       pretrained: str | None) -> str | None:
     """None when a run's task vectors are what this demo would train (tasks, seed, theta_pre); else why not."""
     from weaving.models import load_clip
-    from weaving.io.runs import state_dict_hash
+    from weaving.io.runs import RunIdentity, check_same_base, state_dict_hash
 
     index = index or {}
     if [e.get("task") for e in index.get("task_vectors", [])] != tasks:
@@ -119,7 +119,10 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
     if index.get("seed") != config.seed:
         return f"it was trained with seed {index.get('seed')}, not {config.seed}"
     base = state_dict_hash(load_clip(config.model, pretrained, seed=config.seed).model.state_dict())
-    if index.get("pretrained_hash") != base:
+    try:
+        check_same_base([("the run", RunIdentity(pretrained_hash=index.get("pretrained_hash"))),
+                         ("the demo", RunIdentity(pretrained_hash=base))], fields=("pretrained_hash",))
+    except ValueError:
         return "it was fine-tuned from another theta_pre"
     return None
 

@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,25 +91,32 @@ def _none(value: Any) -> Any:
 
 
 def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixed: bool = False,
-                    same_run: bool = True) -> None:
-    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run).
+                    same_run: bool = True, fields: Sequence[str] | None = None,
+                    message: Callable[[str, str, Any, str, Any], str] | None = None) -> None:
+    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run): the
+    one identity check of weaving (merge inputs, the task-vector writer, resume, the demo).
 
     The base model (theta_pre hash, model name, pretrained source) must agree, and with `same_run` the run
-    id too, unless `allow_mixed`. A field that nobody records is not compared; a field that some record
-    and others do not counts as a disagreement.
+    id too, unless `allow_mixed`; `fields` compares those fields only. A field that nobody records is not
+    compared; a field that some record and others do not counts as a disagreement. `message(field, label,
+    value, first_label, first_value)` words the error for its caller (default: about merging task vectors).
     """
     if allow_mixed or len(identities) < 2:
         return
-    fields = [("pretrained_hash", "base models (theta_pre hashes)"), ("model", "models"),
-              ("pretrained", "pretrained sources")] + ([("run_id", "runs")] if same_run else [])
+    described = {"pretrained_hash": "base models (theta_pre hashes)", "model": "models",
+                 "pretrained": "pretrained sources", "run_id": "runs"}
+    names = list(fields) if fields is not None else ["pretrained_hash", "model", "pretrained"] + (["run_id"] if same_run else [])
     first_label, first = identities[0]
-    for field_name, what in fields:
+    for field_name in names:
         for label, identity in identities[1:]:
-            if getattr(identity, field_name) != getattr(first, field_name):
+            mine, theirs = getattr(identity, field_name), getattr(first, field_name)
+            if mine != theirs:
+                if message is not None:
+                    raise ValueError(message(field_name, label, mine, first_label, theirs))
                 raise ValueError(
-                    f"task vectors from different {what}: {label} has {field_name}="
-                    f"{getattr(identity, field_name)!r}, {first_label} has {getattr(first, field_name)!r}; "
-                    "merge task vectors of one run, or pass --allow_mixed to merge them anyway")
+                    f"task vectors from different {described[field_name]}: {label} has {field_name}={mine!r}, "
+                    f"{first_label} has {theirs!r}; merge task vectors of one run, or pass --allow_mixed to merge "
+                    "them anyway")
 
 
 @dataclass
