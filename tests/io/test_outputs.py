@@ -238,3 +238,42 @@ def test_import_refuses_an_existing_run_unless_overwrite(clip_files, tmp_path, c
     assert code == 2 and "holds the input" in err
     assert run_cli(capsys, *args, "--overwrite", "true")[0] == 0
     assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "task_vectors" / "a.safetensors").is_file()
+
+
+def test_sigterm_to_a_distributed_merge_leaves_nothing(tmp_path):
+    """SIGTERM to both ranks of a 2-process merge (what torchrun forwards) while rank 0 holds the complete
+    temporary folder: rank 0 removes it and ends as signalled, rank 1 stops too; nothing is published."""
+    import yaml
+
+    from ..merging.test_distributed import free_port
+
+    base = llama_like(layers=2)
+    base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
+    paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2)) for i, t in enumerate(finetunes(base, 2))]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"inputs": {"pretrained": str(base_dir), "finetuned": paths},
+                                                          "method": "ties", "output": str(tmp_path / "out")}))
+    marker, port, processes = tmp_path / "marker", free_port(), []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        processes.append(subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, str(marker), "merge", "--config",
+                                           str(tmp_path / "recipe.yaml")], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    try:
+        while not marker.exists():  # rank 0 is about to publish: every shard is in its temporary folder
+            if processes[0].poll() is not None:
+                raise AssertionError(processes[0].stderr.read())
+            try:
+                processes[0].wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert codes[0] == -signal.SIGTERM and codes[1] != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "marker", "recipe.yaml"]
