@@ -271,6 +271,9 @@ def dispatch(argv: list[str] | None = None) -> None:
 
         print(f"weaving {weaving.__version__}")
         return
+    from weaving.merging.search_space import use_in_jsonargparse
+
+    use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
     if command == "merge":
         import weaving.formats  # noqa: F401  (registers the whole-model formats of --format)
         from weaving.merging.cli import merge_main

@@ -53,7 +53,7 @@ def test_an_output_that_is_an_input_or_exists_is_refused_unless_overwrite(files,
     before = {p: Path(p).read_bytes() for p in paths}
     (tmp / "link.safetensors").symlink_to(tmp / "ft1.safetensors")
     for output, message in [(paths[0], "is the input"), (paths[1], "is the input"),
-                            (tmp / "link.safetensors", "is the input"), (tmp, "holds the input")]:
+                            (tmp / "link.safetensors", "is the input"), (tmp, "already exists and is not empty")]:
         code, err = run_cli(capsys, *merge_args(paths, output))
         assert code == 2 and message in err and "--overwrite" in err, (output, err)
     assert {p: Path(p).read_bytes() for p in paths} == before
@@ -235,7 +235,7 @@ def test_import_refuses_an_existing_run_unless_overwrite(clip_files, tmp_path, c
     code, err = run_cli(capsys, *args)
     assert code == 2 and "already exists and is not empty" in err and (tmp_path / "run" / "notes.txt").exists()
     code, err = run_cli(capsys, *args[:-1], str(clip_files))  # the folder that holds the inputs
-    assert code == 2 and "holds the input" in err
+    assert code == 2 and "already exists and is not empty" in err
     assert run_cli(capsys, *args, "--overwrite", "true")[0] == 0
     assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "task_vectors" / "a.safetensors").is_file()
 

@@ -217,3 +217,78 @@ def test_bad_recipe_files_are_one_line_errors(files, recipe, message):
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("flag, space", [
+    ("1:3:1", "1:3:1"),  # YAML 1.1 would read a base-60 integer: one lambda of 3781
+    ("[1e-3, 0.5]", [1e-3, 0.5]),
+    ("{distribution: uniform, low: 0.1, high: 1.5, n: 4, seed: 2}", {"distribution": "uniform", "low": 0.1, "high": 1.5, "n": 4, "seed": 2}),
+    ("{kind: linear_depth, start: 0.2, stop: 1.0}", {"kind": "linear_depth", "start": 0.2, "stop": 1.0}),
+    ("[0.5, {kind: pattern, patterns: {'*proj*': 2.0}}]", [0.5, {"kind": "pattern", "patterns": {"*proj*": 2.0}}]),
+])
+def test_every_documented_lambdas_form_works_on_the_command_line(files, flag, space):
+    tmp, pretrained, tvs, finetuned = files
+    out = tmp / "woven.safetensors"
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", *[str(tmp / f"tv{i}.safetensors") for i in range(3)],
+                "--method", "task_arithmetic", "--lambdas", flag, "--output", str(out)])
+    expected = weaving.weave(pretrained, tvs, "task_arithmetic", space)
+    got = load_file(out)
+    for key in pretrained:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)
+
+
+def test_lambdas_range_and_exponents_in_a_config_file(files):
+    tmp, pretrained, tvs, _ = files
+    tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
+    config = tmp / "merge.yaml"
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlambdas: 2:4:1\noutput: {tmp / 'a.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlam: 1e-3\noutput: {tmp / 'b.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    woven, merged = load_file(tmp / "a.safetensors"), load_file(tmp / "b.safetensors")
+    expected_woven = weaving.weave(pretrained, tvs, "task_arithmetic", [2.0, 3.0, 4.0])
+    expected_merged = weaving.merge(pretrained, tvs, "task_arithmetic", lam=1e-3)
+    for key in pretrained:
+        torch.testing.assert_close(woven[key], expected_woven[key], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged[key], expected_merged[key], atol=1e-6, rtol=1e-6)
+
+
+def test_a_range_is_not_a_lambda(files, capsys):
+    tmp, *_ = files
+    code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors",
+                               str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "1:3:1",
+                               "--output", str(tmp / "never.safetensors"))
+    assert code == 2 and "--lam: expected float, got 1:3:1" in err and not (tmp / "never.safetensors").exists()
+
+
+def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
+    pre = {"visual.a.weight": torch.full((4, 4), 40000.0, dtype=torch.float16), "visual.b": torch.ones(3, dtype=torch.float16)}
+    save_file(pre, tmp_path / "pre.safetensors")
+    for i in range(2):
+        save_file({k: v + 20000.0 for k, v in pre.items()}, tmp_path / f"ft{i}.safetensors")
+    big = {k: torch.full(v.shape, 1e30) for k, v in pre.items()}
+    save_file({k: v.float() for k, v in pre.items()}, tmp_path / "pre32.safetensors")
+    save_file({k: v.float() + big[k] for k, v in pre.items()}, tmp_path / "big.safetensors")
+    half = ["--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft0.safetensors"),
+            str(tmp_path / "ft1.safetensors")]
+    single = ["--pretrained", str(tmp_path / "pre32.safetensors"), "--finetuned", str(tmp_path / "big.safetensors")]
+    cases = [
+        (half + ["--method", "task_arithmetic"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "ties", "--lambdas", "1.0,2.0", "--pooling", "magmax"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "task_arithmetic", "--out_shard_size", "100"], "folder", "(float16) is not finite"),
+        (single + ["--method", "task_arithmetic", "--dtype", "float16"], "out.safetensors", "overflow float16"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e37"], "out.safetensors", "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lambdas", "0.5,1e39", "--pooling", "magmax"], "out.safetensors",
+         "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e39"], "out.safetensors", "lam=1e+39 overflows float32"),
+    ]
+    for args, output, message in cases:
+        code, err = run_in_process(capsys, *args, "--output", str(tmp_path / output))
+        errors = [line for line in err.splitlines() if line.startswith("weaving merge: error: ")]  # the progress bar aside
+        assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (args, err)
+        assert "'visual.a.weight'" in errors[0] or "lam=" in errors[0]
+        assert not (tmp_path / output).exists(), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "ft0.safetensors", "ft1.safetensors",
+                                                          "pre.safetensors", "pre32.safetensors"]

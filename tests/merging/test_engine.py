@@ -105,3 +105,38 @@ def test_unavailable_cuda_is_a_clear_error(inputs):
 def test_merging_imports_without_lightning():
     code = "import sys, weaving, weaving.merging; assert 'lightning' not in sys.modules, 'lightning imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------ non-finite outputs
+def half_inputs():
+    pretrained = {"visual.a.weight": torch.full((4, 4), 40000.0, dtype=torch.float16), "visual.b": torch.ones(3, dtype=torch.float16)}
+    return pretrained, [{k: torch.full_like(v, 20000.0) for k, v in pretrained.items()} for _ in range(2)]
+
+
+@pytest.mark.parametrize("call", [
+    lambda pre, tvs: weaving.merge(pre, tvs, "task_arithmetic"),
+    lambda pre, tvs: weaving.merge(pre, tvs, "ties", lam=2.0, k=1.0),
+    lambda pre, tvs: weaving.merge(pre, tvs, "magmax", lam=2.0),
+    lambda pre, tvs: weaving.weave(pre, tvs, "task_arithmetic", [1.0, 2.0]),
+    lambda pre, tvs: weaving.weave(pre, tvs, "ties", [1.0, 2.0], pooling="magmax"),
+])
+def test_float16_overflow_is_refused_naming_tensor_dtype_and_cause(call):
+    pre, tvs = half_inputs()
+    with pytest.raises(ValueError, match=r"merged tensor 'visual.a.weight' \(float16\) is not finite: .*overflow float16"):
+        call(pre, tvs)
+
+
+def test_huge_lambdas_are_refused_as_overflow_not_as_not_finite(inputs):
+    pretrained, tvs = inputs
+    single = [{k: v.float() for k, v in tv.items()} for tv in tvs]
+    pre32 = {k: v.float() for k, v in pretrained.items()}
+    with pytest.raises(ValueError, match=r"lam=1e\+39 overflows float32 \(largest 3.403e\+38\)"):
+        weaving.merge(pre32, single, "ties", lam=1e39)
+    with pytest.raises(ValueError, match=r"\(float32\) is not finite: overflow: a lambda or weight too large for float32"):
+        weaving.merge(pre32, [{k: v * 1e30 for k, v in tv.items()} for tv in single], "task_arithmetic", lam=1e37)
+    with pytest.raises(ValueError, match=r"\(float32\) is not finite: overflow"):
+        weaving.weave(pre32, single, "task_arithmetic", [0.5, 1e39], pooling="magmax")
+    with pytest.raises(ValueError, match="lam must be a finite number"):
+        weaving.merge(pre32, single, "ties", lam=float("inf"))
+    merged = weaving.merge(pretrained, tvs, "task_arithmetic", lam=1e39)  # float64 holds it
+    assert all(torch.isfinite(v).all() for v in merged.values())

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from weaving.evaluation.evaluate import (EvalSet, ShardSampler, WeightBank, WeightSet, autocast_for, class_counts,
                                          column_tally, evenly_spaced, padding_mask, predict)
 from weaving.evaluation.setups import Column, Setup, Tally, incremental_stages, setup_for_loaders
-from weaving.merging.search_space import check_setup, default_search_space, recommended_lambda
+from weaving.merging.search_space import check_lambda, check_setup, default_search_space, recommended_lambda
 
 SEQUENTIAL_LABEL = "Seq-FT"  # the sequential model theta_pre + tau_i (MagMax's sequential fine-tuning)
 ROWS = ("zeroshot", "individual", "lam", "recommended", "privileged", "weave")
@@ -275,7 +275,7 @@ class ComparisonModule(pl.LightningModule):
         stray = [m for m in self.analysis_methods if m not in self.methods]
         if stray:
             raise ValueError(f"analysis names {stray}, which are not among the methods {self.methods}")
-        self.include_deltas, self.lam, self.seed = include_deltas, float(lam), int(seed)
+        self.include_deltas, self.lam, self.seed = include_deltas, check_lambda(lam), int(seed)
         self.spaces = {m: method_space(m, self.setup_name, lambdas) for m in self.methods}
         self.numbers: dict[str, list[float] | None] = {}
         for method in self.methods:

@@ -86,19 +86,19 @@ def check_output(path: str | os.PathLike, *, folder: bool = False, overwrite: bo
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {path}: folder {parent} is not writable; choose another output path or fix its permissions")
     target = path.resolve()
-    for source in inputs:
-        source_path = Path(source)
-        if not source_path.exists():
-            continue
-        resolved = source_path.resolve()
-        if (resolved == target or target in resolved.parents) and not overwrite:
-            relation = "is" if resolved == target else "holds"
-            raise ValueError(f"{what} {path} {relation} the input {source}; writing it would replace that input: "
-                             f"choose another output path, or pass {flag} to replace it")
+    sources = [Path(source) for source in inputs if Path(source).exists()]
+    for source in sources:
+        if source.resolve() == target and not overwrite:
+            raise ValueError(f"{what} {path} is the input {source}; writing it would replace that input: choose "
+                             f"another output path, or pass {flag} to replace it")
     if _exists(path) and not overwrite:
         state = "already exists and is not empty" if path.is_dir() and not path.is_symlink() else "already exists"
         raise ValueError(f"{what} {path} {state}; choose a new {'folder' if folder else 'file'} name, remove it, "
                          f"or pass {flag} to replace it")
+    for source in sources:
+        if target in source.resolve().parents and not overwrite:
+            raise ValueError(f"{what} {path} holds the input {source}; writing it would replace that input: choose "
+                             f"another output path, or pass {flag} to replace it")
     if expected_bytes > 0:
         free = shutil.disk_usage(parent).free
         if free < expected_bytes:

@@ -23,9 +23,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from weaving.io.loader import as_source, is_weights_folder
 from weaving.io.runs import RunIdentity, check_same_base, pretrained_source, read_run, task_vector_paths
-from weaving.merging.recipe import is_recipe_file, load_yaml, recipe_from_options, run_recipe
+from weaving.merging.recipe import is_recipe_file, recipe_from_options, run_recipe
+from weaving.merging.recipe import load_yaml as load_recipe_file
 from weaving.merging.registry import METHODS, get_method, get_pooling
-from weaving.merging.weave import parse_lambdas
+from weaving.merging.search_space import load_yaml, parse_search_space, use_in_jsonargparse
 
 LIST_OPTIONS = ("finetuned", "task_vectors")
 
@@ -33,6 +34,7 @@ LIST_OPTIONS = ("finetuned", "task_vectors")
 def build_parser() -> ArgumentParser:
     import weaving.merging.methods  # noqa: F401  (fills the registry for the help text)
 
+    use_in_jsonargparse()
     parser = ArgumentParser(prog="weaving merge", exit_on_error=False,
                             description="Merge fine-tuned checkpoints or task vectors, with a fixed lambda (--lam) "
                             "or with Weight Weaving (--lambdas).")
@@ -48,8 +50,9 @@ def build_parser() -> ArgumentParser:
                         help="The method's hyper-parameters, e.g. '{k: 0.2}' for ties (docs/methods.md lists them).")
     parser.add_argument("--lam", type=Optional[float], default=None,
                         help="Scale of the merged delta: theta_pre + lam * g (default 1.0).")
-    parser.add_argument("--lambdas", type=Optional[Union[list[float], float, str]], default=None,
-                        help="Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0' or a YAML list.")
+    parser.add_argument("--lambdas", type=Optional[Union[float, list[Union[float, dict[str, Any]]], dict[str, Any], str]],
+                        default=None, help="Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0', "
+                        "a YAML list, a distribution or a per-layer lambda (docs/evaluation.md, 'Search spaces').")
     parser.add_argument("--pooling", type=str, default="mean",
                         help="Weaving pooling: mean, random, magmax, or any merge method name.")
     parser.add_argument("--include_deltas", type=bool, default=True,
@@ -89,8 +92,8 @@ def run(cfg) -> str:
         raise ValueError("give --lam (one merge) or --lambdas (Weight Weaving), not both")
     hparams = get_method(cfg.method).resolve(dict(cfg.method_args or {}))
     hparams = {name: hparams[name] for name in (cfg.method_args or {})}  # what the user set, for the recipe
-    if cfg.lambdas is not None:
-        parse_lambdas(cfg.lambdas)
+    if cfg.lambdas is not None or cfg.grid is not None or cfg.points is not None:
+        parse_search_space(cfg.lambdas, cfg.grid, cfg.points)  # before any file is read
         get_pooling(cfg.pooling)
     if not is_weights_folder(cfg.pretrained):
         cfg.pretrained = str(pretrained_source(cfg.pretrained))
@@ -169,7 +172,7 @@ def _config_with_lists(config: str) -> str:
     if not path.is_file():
         return config
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: not a readable YAML file ({error})".replace("\n", " ")) from None
     if not isinstance(content, dict) or not any(isinstance(content.get(key), str) for key in LIST_OPTIONS):
@@ -188,7 +191,7 @@ def merge_main(argv: list[str]) -> None:
     found = recipe_file(argv)
     if found is not None:
         path, overrides = found
-        print(f"wrote {run_recipe({**load_yaml(path), **overrides}, progress=True)}")
+        print(f"wrote {run_recipe({**load_recipe_file(path), **overrides}, progress=True)}")
         return
     parser = build_parser()
     try:

@@ -27,7 +27,6 @@ tensors to disk one at a time, and copies config.json and tokenizer files from a
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import closing, nullcontext
@@ -49,7 +48,7 @@ from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, 
 from weaving.merging.exporters import check_export, export
 from weaving.merging.model_card import describe_folder
 from weaving.merging.registry import get_method, get_pooling
-from weaving.merging.search_space import parse_search_space
+from weaving.merging.search_space import check_keys, load_yaml as load_yaml_text, number, parse_search_space
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
 from weaving.merging.weave import prepare_weave
 
@@ -89,18 +88,6 @@ class Recipe:
     overwrite: bool = False  # replace an existing output (or an input given as the output)
 
 
-def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str) -> None:
-    unknown = [key for key in mapping if key not in allowed]
-    if unknown:
-        raise ValueError(f"recipe: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(allowed)}")
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"recipe: {where} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def _location(value: Any, where: str) -> str:
     if not isinstance(value, (str, os.PathLike)) or not str(value):
         raise ValueError(f"recipe: {where} must be a path, a folder or a hub id, got {value!r}")
@@ -111,14 +98,14 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     """A recipe mapping (or YAML file) -> a checked `Recipe`; any mistake is a one-line ValueError."""
     if not isinstance(recipe, Mapping):
         recipe = load_yaml(recipe)
-    _check_keys(recipe, TOP_KEYS, "the recipe")
+    check_keys(recipe, TOP_KEYS, "the recipe", "recipe")
     for key in ("inputs", "method", "output"):
         if key not in recipe:
             raise ValueError(f"recipe: missing {key!r} (a recipe needs inputs, method and output)")
     inputs = recipe["inputs"]
     if not isinstance(inputs, Mapping):
         raise ValueError("recipe: inputs must be a mapping with pretrained and finetuned (or task_vectors)")
-    _check_keys(inputs, INPUT_KEYS, "inputs")
+    check_keys(inputs, INPUT_KEYS, "inputs", "recipe")
     if "pretrained" not in inputs:
         raise ValueError("recipe: inputs needs 'pretrained' (the base model)")
     if ("finetuned" in inputs) == ("task_vectors" in inputs):
@@ -133,10 +120,10 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     for i, entry in enumerate(entries):
         where = f"inputs.{kind}[{i}]"
         if isinstance(entry, Mapping):
-            _check_keys(entry, ENTRY_KEYS, where)
+            check_keys(entry, ENTRY_KEYS, where, "recipe")
             if "model" not in entry:
                 raise ValueError(f"recipe: {where} needs 'model' (a path, folder or hub id)")
-            weight = _number(entry.get("weight", 1.0), f"{where}.weight")
+            weight = number(entry.get("weight", 1.0), f"recipe: {where}.weight")
             models.append(InputModel(_location(entry["model"], f"{where}.model"), weight))
         else:
             models.append(InputModel(_location(entry, where)))
@@ -147,7 +134,7 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
             raise ValueError("recipe: give lam (one merge) or a weaving block (Weight Weaving), not both")
         if not isinstance(weaving, Mapping):
             raise ValueError("recipe: weaving must be a mapping (lambdas, grid, points, pooling, include_deltas)")
-        _check_keys(weaving, WEAVING_KEYS, "weaving")
+        check_keys(weaving, WEAVING_KEYS, "weaving", "recipe")
         weaving = dict(weaving)
     dtype = recipe.get("dtype")
     if dtype is not None and dtype not in DTYPES:
@@ -161,7 +148,7 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     parsed = Recipe(
         pretrained=_location(inputs["pretrained"], "inputs.pretrained"), models=models, method=method,
         output=_location(recipe["output"], "output"), finetuned=kind == "finetuned", method_args=method_args,
-        lam=_number(recipe.get("lam", 1.0), "lam"), weaving=weaving, dtype=dtype,
+        lam=number(recipe.get("lam", 1.0), "recipe: lam"), weaving=weaving, dtype=dtype,
         out_shard_size=recipe.get("out_shard_size"), device=device, seed=seed,
     )
     for key in ("format", "model"):
@@ -226,7 +213,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such recipe file")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml_text(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: not a readable YAML file ({' '.join(str(error).split())})") from None
     if not isinstance(content, Mapping):
