@@ -41,10 +41,15 @@ class MergeMethod:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"method {self.name!r}: {name} must be true or false, got {value!r}")
-            elif isinstance(default, (int, float)):
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"method {self.name!r}: {name} must be a whole number, got {value!r}")
+            elif isinstance(default, float):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"method {self.name!r}: {name} must be a finite number, got {value!r}")
-                value = float(value) if isinstance(default, float) else value
+                value = float(value)
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise ValueError(f"method {self.name!r}: {name} must be a string, got {value!r}")
             resolved[name] = value
         return resolved
 
