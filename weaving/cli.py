@@ -128,6 +128,15 @@ def lightning_main(args: list[str] | None = None) -> None:
             parser.add_argument("--allow_mixed", type=bool, default=False,
                                 help="validate/test: merge task vectors whose base model or run ids disagree.")
 
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+                from weaving.io.torch_pickle import check_lightning_checkpoint
+
+                check_lightning_checkpoint(ckpt)  # before Lightning unpickles it (for its hyper-parameters)
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
             if self.subcommand == "test":
@@ -228,10 +237,10 @@ _WARNING_PREFIX: list[str] = []  # the running command's name; the formatter bel
 
 
 def _one_line_warnings(name: str) -> None:
-    """weaving's own warnings about inputs (weaving.runs.InputWarning) as `weaving COMMAND: warning: ...`."""
+    """weaving's own warnings about inputs (weaving.io.runs.InputWarning) as `weaving COMMAND: warning: ...`."""
     import warnings
 
-    from weaving.runs import InputWarning
+    from weaving.io.runs import InputWarning
 
     if not _WARNING_PREFIX:
         original = warnings.formatwarning
@@ -298,6 +307,7 @@ def dispatch(argv: list[str] | None = None) -> None:
 
     use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
     if command == "merge":
+        import weaving.formats  # noqa: F401  (registers the whole-model formats of --format)
         from weaving.merging.cli import merge_main
 
         merge_main(argv[1:])

@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 import weaving
 from weaving.cli import main
+from weaving.io.runs import InputWarning
 from weaving.merging.cli import merge_main
-from weaving.merging.task_vectors import read_metadata
+from weaving.io.safetensors import read_metadata
 
 from .conftest import make_inputs
 
@@ -166,7 +167,7 @@ def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
 def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
     import yaml
 
-    from weaving.formats.sharded import open_checkpoint
+    from weaving.io.loader import open_checkpoint
 
     from ..formats.llm import finetunes, llama_like, write_hf_folder
 
@@ -347,7 +348,7 @@ def test_full_weights_given_as_task_vectors_are_warned_about(files, capsys):
     assert len(warnings_printed) == 1 and warnings_printed[0].startswith(
         f"weaving merge: warning: inputs.task_vectors[0] {finetuned[0]} looks like full fine-tuned weights")
     assert done.returncode == 0 and out.exists()  # a warning: the file has no metadata to be sure
-    with pytest.warns(weaving.runs.InputWarning, match=r"\|\|tau\|\| / \|\|theta_pre\|\| = 1\.\d\d over 3 tensors"):
+    with pytest.warns(InputWarning, match=r"\|\|tau\|\| / \|\|theta_pre\|\| = 1\.\d\d over 3 tensors"):
         weaving.run_recipe({"inputs": {"pretrained": str(tmp / "pre.safetensors"), "task_vectors": [finetuned[1]]},
                             "method": "task_arithmetic", "output": str(tmp / "out2.safetensors")})
 
@@ -363,7 +364,7 @@ def test_a_billion_point_search_space_fails_before_any_tensor_is_read(files, mon
     import weaving.merging.recipe as recipe
 
     monkeypatch.setattr(recipe, "open_checkpoint", never)
-    monkeypatch.setattr(cli, "TensorSource", never)
+    monkeypatch.setattr(cli, "as_source", never)
     grid = "{k: " + json.dumps([round(0.1 + i * 1e-5, 6) for i in range(10_000)]) + ", beta: 0.1:1.0:0.1}"
     with pytest.raises(ValueError, match="has 1000000000 points; at most 10000"):  # 10^4 lambdas x 10^4 x 10
         merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "breadcrumbs_ties",

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from weaving.io.source import TensorSource, check_finite
 from weaving.merging.selection import select_rows
-from weaving.merging.task_vectors import TensorSource, check_finite
 from weaving.merging import tensor_ops
 from weaving.merging.tensor_ops import select_sorted
 
