@@ -67,7 +67,7 @@ def _check_sources(pretrained: str, finetuned: Mapping[str, str]) -> None:
 
 def _metadata_if_readable(source: str) -> dict[str, str]:
     """A local safetensors file's metadata; {} for anything else (the reader reports a bad file itself)."""
-    from weaving.merging.task_vectors import read_metadata
+    from weaving.io.safetensors import read_metadata
 
     if not (str(source).endswith(".safetensors") and os.path.isfile(source)):
         return {}
