@@ -131,6 +131,7 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
                progress: bool = True) -> Path:
     """Import theta_pre and fine-tuned checkpoints into a run folder (see the module doc); returns RUN."""
     from weaving.merging.task_vectors import save_state_dict, write_json_atomic
+    from weaving.models.clip import harness_zero_entries
     from weaving.models.heads import imported_head_path
 
     output = check_new_folder(output, "--output")
@@ -163,7 +164,8 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
                             {"model": name, "pretrained_hash": pre_hash, "task": task, "source": heads[task]})
         index = {"format": RUN_FORMAT, "run_id": run_id, "model": name, "pretrained": common["pretrained"],
                  "pretrained_file": "pretrained.safetensors", "pretrained_hash": pre_hash, "seed": None,
-                 "stream": "independent", "tasks": list(finetuned), "task_vectors": entries,
+                 "stream": "independent", "tasks": list(finetuned), "zero_entries": harness_zero_entries(theta_pre),
+                 "task_vectors": entries,
                  "imported_from": {"pretrained": pre.source, "pretrained_format": pre.format,
                                    "heads": dict(heads or {})}}
         write_json_atomic(tmp / "task_vectors" / "index.json", index)

@@ -24,7 +24,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from weaving.atomic import check_writable
 from weaving.merging.engine import run_merge
 from weaving.merging.recipe import is_recipe_file, recipe_from_options, run_recipe
-from weaving.merging.registry import METHODS, get_method, get_pooling
+from weaving.merging.registry import METHODS, get_method, get_pooling, with_recorded_zero_entries
 from weaving.merging.search_space import load_yaml, parse_search_space, use_in_jsonargparse
 from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
 from weaving.merging.weave import run_weave
@@ -114,7 +114,11 @@ def run(cfg) -> str:
 
     if not is_weights_folder(cfg.pretrained):
         cfg.pretrained = pretrained_path(cfg.pretrained)
-    if cfg.task_vectors:
+    if cfg.task_vectors:  # run folders: the population their index.json records (ties, pcb: zero_entries)
+        recorded = {read_run(s, allow_mixed=cfg.allow_mixed).zero_entries for s in cfg.task_vectors
+                    if Path(s).is_dir() and not is_weights_folder(s)}
+        if len(recorded) == 1:
+            hparams = with_recorded_zero_entries(cfg.method, hparams, recorded.pop())
         cfg.task_vectors = [p for s in cfg.task_vectors for p in ([s] if is_weights_folder(s) else task_vector_paths([s]))]
     if cfg.task_vectors and not any(is_weights_folder(s) for s in cfg.task_vectors):
         run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)  # one base model, unless allow_mixed
