@@ -133,7 +133,7 @@ from pathlib import Path
 # Python's own Ctrl-C handler, as a process started from a terminal has: python keeps an inherited SIG_IGN,
 # and in full clean-clone CI runs this child, started late in the suite, did not react to SIGINT at all.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import weaving.formats.sharded as sharded
+import weaving.io.safetensors as sharded
 
 write = sharded.SafetensorsStream.write
 

@@ -126,6 +126,15 @@ def lightning_main(args: list[str] | None = None) -> None:
             parser.add_argument("--allow_mixed", type=bool, default=False,
                                 help="validate/test: merge task vectors whose base model or run ids disagree.")
 
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+                from weaving.io.torch_pickle import check_lightning_checkpoint
+
+                check_lightning_checkpoint(ckpt)  # before Lightning unpickles it (for its hyper-parameters)
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
             if self.subcommand == "test":
@@ -266,6 +275,7 @@ def dispatch(argv: list[str] | None = None) -> None:
 
     use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
     if command == "merge":
+        import weaving.formats  # noqa: F401  (registers the whole-model formats of --format)
         from weaving.merging.cli import merge_main
 
         merge_main(argv[1:])

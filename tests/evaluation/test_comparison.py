@@ -10,7 +10,7 @@ from weaving.evaluation import report, setups
 from weaving.evaluation.comparison import ComparisonModule, run_comparison, write_comparison
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 
 from .direct import add_scaled, direct_accuracies
 

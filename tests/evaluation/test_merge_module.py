@@ -6,7 +6,7 @@ from weaving.data.datamodule import MultiTaskDataModule
 from weaving.evaluation import report, setups
 from weaving.evaluation.comparison import run_comparison
 from weaving.evaluation.merge_module import MergeModule
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
 

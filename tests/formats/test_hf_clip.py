@@ -11,6 +11,7 @@ import torch
 
 from weaving.formats import hf_clip
 from weaving.formats.importer import import_run
+from weaving.io.hub import resolve_location
 
 from .conftest import hf_configs, register_config
 
@@ -107,6 +108,6 @@ def test_offline_hub_id_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ValueError) as info:
-        hf_clip.download("someone/clip-that-is-not-cached")
+        resolve_location("someone/clip-that-is-not-cached")
     message = str(info.value)
     assert "someone/clip-that-is-not-cached" in message and "\n" not in message

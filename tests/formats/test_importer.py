@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weaving.cli import main
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 from weaving.formats.importer import state_dict_hash
-from weaving.formats.run_inputs import pretrained_path, task_vector_paths
-from weaving.merging.task_vectors import read_metadata
+from weaving.io.safetensors import read_metadata
 
 from .conftest import hf_configs
 
@@ -144,3 +143,40 @@ def test_validate_takes_an_imported_run_directly(tmp_path):
     got = visual_state_dict(module.clip_model)
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
     assert 0.0 <= float(trainer.callback_metrics["val/acc/mean"]) <= 1.0
+
+
+def test_a_clip_size_open_clip_does_not_ship_imports_and_exports_without_python(tmp_path, capsys):
+    """A CLIP whose widths open_clip has no config for is registered from its config.json on the fly; the
+    run carries that config, so a later `weaving merge --format open_clip` (a new process) knows the model,
+    and the merged folder loads with `local-dir:`."""
+    import subprocess
+    import sys
+
+    import open_clip
+    import transformers
+
+    full, vision = hf_configs(width=48, layers=1, patch=8, image=32, heads=2, embed=24,
+                              text={"context_length": 77, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1})
+    torch.manual_seed(1)
+    pre = transformers.CLIPModel(full).eval()
+    pre.save_pretrained(tmp_path / "pre")
+    tuned = transformers.CLIPVisionModel(vision).eval()
+    tuned.load_state_dict(pre.vision_model.state_dict())
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    tuned.save_pretrained(tmp_path / "ft")
+    code, err = run_cli(["import", "--pretrained", str(tmp_path / "pre"), "--finetuned", f"a={tmp_path / 'ft'}",
+                         "--output", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    name = json.loads((tmp_path / "run" / "task_vectors" / "index.json").read_text())["model"]
+    assert name.startswith("ViT-w48-l1-p8-i32-e24-quickgelu-")
+    merged = subprocess.run([sys.executable, "-m", "weaving", "merge", "--pretrained", str(tmp_path / "run"),
+                             "--task_vectors", str(tmp_path / "run"), "--method", "task_arithmetic", "--format",
+                             "open_clip", "--output", str(tmp_path / "merged")], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    model = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'merged'}")[0].eval()
+    theta = load_file(tmp_path / "run" / "pretrained.safetensors")
+    delta = load_file(tmp_path / "run" / "task_vectors" / "a.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], theta[k] + delta[k]) for k in delta)

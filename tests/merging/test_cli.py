@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 import weaving
 from weaving.cli import main
 from weaving.merging.cli import merge_main
-from weaving.merging.task_vectors import read_metadata
+from weaving.io.safetensors import read_metadata
 
 from .conftest import make_inputs
 
@@ -166,7 +166,7 @@ def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
 def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
     import yaml
 
-    from weaving.formats.sharded import open_checkpoint
+    from weaving.io.loader import open_checkpoint
 
     from ..formats.llm import finetunes, llama_like, write_hf_folder
 
@@ -297,7 +297,7 @@ def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
 def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, capsys):
     """index.json's zero_entries (what `weaving fit` / `weaving import` record for a CLIP run) is the
     default population of the methods that count one; the user's own value wins; other methods ignore it."""
-    from weaving.runs import RunIdentity, index_payload, write_index
+    from weaving.io.runs import RunIdentity, index_payload, write_index
 
     tmp, pretrained, tvs, _ = files
     run = tmp / "run"

@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import weaving
-from weaving.formats.sharded import nbytes, open_checkpoint
+from weaving.io.loader import open_checkpoint
+from weaving.io.sizes import nbytes
 from weaving.merging.distributed import partition
 from weaving.merging.recipe import run_recipe
 from weaving.merging.selection import radix_select

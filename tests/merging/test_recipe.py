@@ -4,7 +4,7 @@ import yaml
 from safetensors.torch import save_file
 
 import weaving
-from weaving.formats.sharded import open_checkpoint
+from weaving.io.loader import open_checkpoint
 from weaving.merging.recipe import parse_recipe, run_recipe
 
 from ..formats.llm import finetunes, llama_like, write_hf_folder
@@ -124,7 +124,7 @@ def test_parse_recipe_defaults():
 def test_the_pretrained_is_read_once_per_key_and_pass(models, monkeypatch, method):
     """Each fine-tuned model subtracts the pretrained tensor, and the output adds it back: one read of it
     per key and pass serves them all (ties makes 4 passes: two for its thresholds, its sign, the merge)."""
-    from weaving.formats import sharded
+    from weaving.io import safetensors as sharded
 
     tmp, base_dir, paths, base, _ = models
     reads: dict[str, int] = {}

@@ -12,7 +12,8 @@ import torch
 
 from weaving.data.datamodule import TaskStreamDataModule
 from weaving.training import FineTuner
-from weaving.merging.task_vectors import load_task_vector, read_metadata
+from weaving.io.safetensors import read_metadata
+from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
 
 from .conftest import Crash, CrashAtStep, WeightRecorder, fit_stream
@@ -42,7 +43,7 @@ def test_vectors_are_final_minus_pretrained_with_metadata_and_index(tmp_path):
     assert [e["global_step"] for e in index["task_vectors"]] == [2, 4]
     assert index["model"] == "weaving-tiny-vit" and index["pretrained"] is None and index["seed"] == 0
     # the run contract: one run id and theta_pre's hash in the index and in every file; theta_pre saved in full
-    from weaving.runs import RUN_FORMAT, state_dict_hash
+    from weaving.io.runs import RUN_FORMAT, state_dict_hash
 
     full = load_clip("weaving-tiny-vit", None, seed=0).model.state_dict()
     assert index["format"] == RUN_FORMAT and index["pretrained_file"] == "pretrained.safetensors"
@@ -69,7 +70,7 @@ def test_fresh_fit_into_a_used_run_dir_refuses_unless_overwrite(tmp_path):
 
 def test_overwritten_run_killed_midway_never_mixes_runs(tmp_path):
     """Issue reproduction: a finished 3-part run, rerun with another lr and killed after part 2."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2)
     old = json.loads((tmp_path / "task_vectors" / "index.json").read_text())["run_id"]
@@ -87,7 +88,7 @@ def test_overwritten_run_killed_midway_never_mixes_runs(tmp_path):
 
 def test_stale_vector_in_a_run_folder_is_refused_on_read(tmp_path):
     """A file of another run copied into the folder (and listed): read_run refuses unless allow_mixed."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path / "a", tasks=("digits",), splits=2, batches=1)
     fit_stream(tmp_path / "b", tasks=("digits",), splits=2, batches=1)
@@ -127,7 +128,7 @@ def test_checkpoint_of_another_base_model_is_refused(tmp_path):
 
 def test_vectors_feed_the_merge_side(tmp_path):
     """What the evaluation side reads: run dir -> task vector files, model recipe from metadata."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path, tasks=("digits", "digits_mirrored"), batches=1)
     found = read_run(tmp_path)

@@ -251,7 +251,7 @@ class ComparisonModule(pl.LightningModule):
         import weaving
         from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
         from weaving.models.clip import load_clip
-        from weaving.runs import RunIdentity, check_same_base, read_run, state_dict_hash
+        from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
 
         self.setup_name = check_setup(setup)
         self.methods = list(weaving.METHODS) if methods is None else list(methods)
@@ -668,7 +668,7 @@ class ComparisonModule(pl.LightningModule):
 
     def input_hashes(self, names: Sequence[str]) -> dict[str, str]:
         """{task vector: sha256 of its file}, each file hashed once per job."""
-        from weaving.formats.export import file_sha256
+        from weaving.io.loader import file_sha256
 
         cache = self.__dict__.setdefault("_hashes", {})
         for name in names:
@@ -770,7 +770,7 @@ class ComparisonModule(pl.LightningModule):
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """results.json/csv/md, analysis.json, the plots, summary.md and config.yaml in `output_dir` (atomically)."""
-        from weaving.atomic import atomic_write_text
+        from weaving.io.publish import atomic_write_text
         from weaving.evaluation import report
 
         out = Path(output_dir)
@@ -789,7 +789,7 @@ def write_comparison(results: Mapping[str, Any], analysis: Mapping[str, Any] | N
                      *, plots: bool = True, reference: str | None = None) -> dict[str, Path]:
     """Write results.json/csv/md, and with an analysis, analysis.json plus lambda_curves.png and
     best_lambda.png, into `output_dir` (atomically)."""
-    from weaving.atomic import atomic_write_text
+    from weaving.io.publish import atomic_write_text
     from weaving.evaluation import report
 
     out = Path(output_dir)

@@ -13,12 +13,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from weaving.merging.distributed import local_task_set
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
 from weaving.merging.search_space import check_lambda
 from weaving.merging.staging import make_task_set
 from weaving.merging.summed import summed_merger
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, validate_inputs
+from weaving.io.loader import as_source
+from weaving.io.source import StateDictLike, TensorSource
+from weaving.merging.task_vectors import validate_inputs
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -60,9 +63,8 @@ def open_inputs(
     merged = set(validate_inputs(base, sources))
     keys = [key for key in base.keys() if key in merged]  # the output's order: staged reads predict it
     if distributed:
-        from weaving.merging.distributed import local_inputs
-
-        return local_inputs(base, sources, keys, resolve_device(device))
+        task_set, owner, rank = local_task_set(base, sources, keys, resolve_device(device))
+        return MergeInputs(base, task_set, owner=owner, rank=rank)
     return MergeInputs(base, make_task_set(sources, keys, resolve_device(device)))
 
 
@@ -133,9 +135,7 @@ def check_finite(key: str, value: torch.Tensor, merged: bool = True) -> torch.Te
 
 def output_layout(inputs: MergeInputs, dtype: torch.dtype | None = None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(name, shape, dtype) of every output tensor, in output order, known before any merging."""
-    base = inputs.base
-    return [(key, tuple(base.shape(key)), dtype if dtype is not None and base.dtype(key).is_floating_point else base.dtype(key))
-            for key in base.keys()]
+    return inputs.base.layout(dtype)
 
 
 def merge(

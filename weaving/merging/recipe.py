@@ -36,17 +36,24 @@ from typing import Any
 
 import torch
 
-from weaving.atomic import check_writable
-from weaving.formats.sharded import check_output, nbytes, open_checkpoint, parse_size, resolve_location, save_streamed
+from weaving.io.hub import resolve_location
+from weaving.io.loader import open_checkpoint, weights_hashes
+from weaving.io.publish import check_writable
+from weaving.io.runs import recorded_model
+from weaving.io.sizes import layout_bytes, parse_size
+from weaving.io.source import TensorSource
+from weaving.io.writer import check_streamed_output, save_streamed
 from weaving.merging.distributed import init_process_group, save_distributed, stop_together
 from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, resolve_device
+from weaving.merging.exporters import check_export, export
+from weaving.merging.model_card import describe_folder
 from weaving.merging.registry import get_method, get_pooling
 from weaving.merging.search_space import check_keys, load_yaml as load_yaml_text, number, parse_search_space
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
-from weaving.merging.task_vectors import TensorSource
 from weaving.merging.weave import prepare_weave
 
-TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed")
+TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed", "format", "model",
+            "overwrite")
 INPUT_KEYS = ("pretrained", "finetuned", "task_vectors")
 ENTRY_KEYS = ("model", "weight")
 WEAVING_KEYS = ("lambdas", "grid", "points", "pooling", "include_deltas")
@@ -76,6 +83,9 @@ class Recipe:
     out_shard_size: int | str | None = None
     device: str | None = None
     seed: int = 0
+    format: str | None = None  # a whole-model format (weaving.merging.exporters), e.g. open_clip or hf
+    model: str | None = None  # the model name (or model-config JSON) of `format`; default: the inputs' record
+    overwrite: bool = False  # replace an existing output (or an input given as the output)
 
 
 def _location(value: Any, where: str) -> str:
@@ -141,6 +151,12 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
         lam=number(recipe.get("lam", 1.0), "recipe: lam"), weaving=weaving, dtype=dtype,
         out_shard_size=recipe.get("out_shard_size"), device=device, seed=seed,
     )
+    for key in ("format", "model"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], str):
+            raise ValueError(f"recipe: {key} must be a name, got {recipe[key]!r}")
+    if not isinstance(recipe.get("overwrite", False), bool):
+        raise ValueError(f"recipe: overwrite must be true or false, got {recipe['overwrite']!r}")
+    parsed.format, parsed.model, parsed.overwrite = recipe.get("format"), recipe.get("model"), recipe.get("overwrite", False)
     check_recipe(parsed)
     return parsed
 
@@ -174,7 +190,20 @@ def check_recipe(recipe: Recipe) -> None:
         get_pooling(weaving.get("pooling", "mean"))
         if not isinstance(weaving.get("include_deltas", True), bool):
             raise ValueError(f"recipe: weaving.include_deltas must be true or false, got {weaving['include_deltas']!r}")
-    check_output(recipe.output, parse_size(recipe.out_shard_size))
+    inputs = [recipe.pretrained, *(model.location for model in recipe.models)]
+    if recipe.format is None:
+        check_streamed_output(recipe.output, parse_size(recipe.out_shard_size), overwrite=recipe.overwrite, inputs=inputs)
+        return
+    if recipe.weaving is not None and (recipe.weaving.get("grid") is not None or recipe.weaving.get("points") is not None) \
+            or recipe.dtype is not None or recipe.out_shard_size is not None:
+        raise ValueError(f"format {recipe.format} exports one model in the pretrained's dtype: grids, points, dtype and "
+                         "out_shard_size work without a format")
+    check_export(recipe.format, recipe.output, export_model(recipe), overwrite=recipe.overwrite, inputs=inputs)
+
+
+def export_model(recipe: Recipe) -> str | None:
+    """The model a format export writes: the recipe's, else the one the inputs record in their metadata."""
+    return recipe.model or recorded_model(recipe.pretrained, [model.location for model in recipe.models])
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -219,8 +248,7 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
     with stop_together() if distributed else nullcontext():  # an error on one rank stops every rank
         pretrained, task_vectors, base_folder = open_models(recipe)
         output = Path(recipe.output)
-        size = sum(nbytes(pretrained.shape(k), DTYPES[recipe.dtype] if recipe.dtype and pretrained.dtype(k).is_floating_point
-                          else pretrained.dtype(k)) for k in pretrained.keys())
+        size = layout_bytes(pretrained.layout(DTYPES[recipe.dtype] if recipe.dtype else None))
         check_writable(output if output.suffix == ".safetensors" else output / "model.safetensors", expected_bytes=size)
         if recipe.weaving is None:
             inputs, delta_for, description = prepare_merge(pretrained, task_vectors, recipe.method, recipe.lam,
@@ -233,19 +261,34 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
                 weaving.get("include_deltas", True), device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
                 grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
     dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    save = save_distributed if distributed else save_streamed
+    def describe_output(folder: Path) -> None:
+        describe_folder(folder, recipe)
+
     # closing: on an error or Ctrl-C the progress bar ends before the message, not after it at exit
     with closing(iter_assemble(inputs, delta_for, description, progress, dtype)) as items:
+        if recipe.format is not None:  # one whole model, written by the exporter of its family
+            if distributed:
+                raise ValueError(f"format {recipe.format}: a whole-model export runs in one process")
+            recipe.model = check_export(recipe.format, recipe.output, export_model(recipe), overwrite=recipe.overwrite)
+            return export(recipe.format, recipe.output, dict(items), recipe.model, json.loads(describe(recipe)),
+                          overwrite=recipe.overwrite, extra_files=describe_output)
+        save = save_distributed if distributed else save_streamed
         return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype), items,
-                    shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder)
+                    shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder,
+                    overwrite=recipe.overwrite, extra_files=describe_output)
 
 
 def describe(recipe: Recipe) -> str:
-    """The recipe as JSON, stored in the output's metadata (what was merged, how)."""
+    """The recipe as JSON, stored in the output's metadata (what was merged, how); a format export adds the
+    model and the sha256 of every input's weights."""
     described: dict[str, Any] = {"method": recipe.method, "hparams": recipe.method_args}
     described.update(recipe.weaving if recipe.weaving is not None else {"lam": recipe.lam})
     described.update(seed=recipe.seed, pretrained=recipe.pretrained, inputs=[m.location for m in recipe.models],
                      weights=[m.weight for m in recipe.models], finetuned=recipe.finetuned, dtype=recipe.dtype)
+    if recipe.format is not None:
+        described.update(format=recipe.format, model=export_model(recipe), input_sha256={
+            file: digest for location in [recipe.pretrained, *described["inputs"]]
+            for file, digest in weights_hashes(location).items()})
     return json.dumps(described, default=str)
 
 
@@ -254,7 +297,8 @@ def recipe_from_options(*, pretrained: str, finetuned: Sequence[str] | None, tas
                         lam: float | None = None, lambdas: Any = None, grid: Mapping[str, Any] | None = None,
                         points: Sequence[Mapping[str, Any]] | None = None, pooling: str = "mean",
                         include_deltas: bool = True, dtype: str | None = None, out_shard_size: int | str | None = None,
-                        device: str | None = None, seed: int = 0) -> Recipe:
+                        device: str | None = None, seed: int = 0, format: str | None = None, model: str | None = None,
+                        overwrite: bool = False) -> Recipe:
     """The recipe that `weaving merge`'s flags describe (weaving when lambdas, grid or points are given)."""
     if bool(finetuned) == bool(task_vectors):
         raise ValueError("give exactly one of --finetuned FILE... or --task_vectors FILE...")
@@ -267,7 +311,9 @@ def recipe_from_options(*, pretrained: str, finetuned: Sequence[str] | None, tas
     recipe = {"inputs": {"pretrained": pretrained, "finetuned" if finetuned else "task_vectors": list(finetuned or task_vectors)},
               "method": {method: dict(method_args or {})}, "output": output, "seed": seed,
               **({"weaving": weaving_block} if weaving_block else {"lam": 1.0 if lam is None else lam}),
-              **{k: v for k, v in (("dtype", dtype), ("out_shard_size", out_shard_size), ("device", device)) if v is not None}}
+              **{k: v for k, v in (("dtype", dtype), ("out_shard_size", out_shard_size), ("device", device),
+                                   ("format", format), ("model", model)) if v is not None},
+              "overwrite": overwrite}
     return parse_recipe(recipe)
 
 

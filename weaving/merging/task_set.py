@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from weaving.io.source import TensorSource, check_finite
 from weaving.merging.selection import select_rows
-from weaving.merging.task_vectors import TensorSource, check_finite
 from weaving.merging.tensor_ops import select_sorted
 
 # On a GPU, task vectors up to this many entries are sorted at once for global selections; larger ones,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from weaving.io.source import StateDictLike
 from weaving.merging.engine import MergeInputs, assemble, method_seed, open_inputs, prepare_method
 from weaving.merging.methods.magmax import max_magnitude
 from weaving.merging.pooling import POOLINGS, random_choice
@@ -31,7 +32,6 @@ from weaving.merging.search_space import (  # noqa: F401  (parse_lambdas, MAX_SE
     parse_search_space,
 )
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import StateDictLike
 from weaving.merging.tensor_ops import sequential_sum
 
 

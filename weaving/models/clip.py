@@ -131,6 +131,12 @@ def _read_schema_config(model: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def input_size(model: str, pretrained: str | None = None) -> tuple[int, int]:
+    """The (height, width) of `model`'s input images, as its vision tower's `image_size` says, without
+    building the model."""
+    return tuple(_preprocess_cfg(model, pretrained)["size"])
+
+
 def _preprocess_cfg(model: str, pretrained: str | None = None) -> dict[str, Any]:
     """open_clip's preprocessing config for a model, as `create_model` would attach it, without building it."""
     name = _canonical_name(model)

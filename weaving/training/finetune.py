@@ -30,8 +30,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from weaving.models import ClassificationHead, build_head, load_clip
+from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
 from weaving.models.clip import harness_zero_entries
-from weaving.runs import RunIdentity, new_run_id, state_dict_hash
 
 STREAMS = ("independent", "sequential")
 
@@ -159,7 +159,7 @@ class FineTuner(pl.LightningModule):
 
     @property
     def identity(self) -> RunIdentity:
-        """The run identity written into task vectors, index.json and checkpoints (weaving.runs)."""
+        """The run identity written into task vectors, index.json and checkpoints (weaving.io.runs)."""
         return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
 
     def pretrained_state_dict(self) -> dict[str, Tensor]:
@@ -450,10 +450,9 @@ class FineTuner(pl.LightningModule):
             raise ValueError(f"{where} was not written by this version of FineTuner (no run identity); "
                              "resume only from a checkpoint of the same run, or start again with --overwrite")
         recorded = RunIdentity.from_mapping(run)
-        for name, mine in (("model", self.model_name), ("pretrained_hash", self.pretrained_hash)):
-            if getattr(recorded, name) != mine:
-                raise ValueError(f"{where} belongs to run {recorded.run_id} with {name}={getattr(recorded, name)!r}, "
-                                 f"but this run has {name}={mine!r}; resume with the config of that run")
+        check_same_base([(where, recorded), ("this run", self.identity)], fields=("model", "pretrained_hash"),
+                        message=lambda name, _, mine, __, theirs: f"{where} belongs to run {recorded.run_id} with "
+                        f"{name}={theirs!r}, but this run has {name}={mine!r}; resume with the config of that run")
         self.run_id = recorded.run_id
         if "schedule" in state:
             self._schedule.__dict__.update(state["schedule"])

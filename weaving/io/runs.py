@@ -13,7 +13,10 @@ A run folder RUN holds
   pass it to the methods that count them (ties, pcb) unless the user sets it (0 when absent).
 
 The run id names one training (or import); the pretrained hash (`state_dict_hash`) names theta_pre. Task
-vectors merge only when both agree (`check_same_base`), unless the caller allows mixing (`--allow_mixed`).
+vectors merge only when both agree (`check_same_base`, the one identity check: resume, the task-vector
+writer, import, merge and the demo all call it), unless the caller allows mixing (`--allow_mixed`).
+A run's own files never take weaving outside the run folder: index.json's file names and
+`pretrained_file` must name files inside it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from weaving.io.loader import as_source, inside, is_weights_folder
+from weaving.io.safetensors import read_metadata
 
 RUN_FORMAT = "weaving.run/1"
 INDEX_NAME = "index.json"
@@ -53,9 +59,7 @@ def state_dict_hash(tensors: Mapping[str, torch.Tensor] | str | os.PathLike) -> 
     Equal state dicts give equal hashes whatever their key order or storage; one changed element, dtype,
     shape or name changes the hash.
     """
-    from weaving.merging.task_vectors import TensorSource
-
-    source = TensorSource(tensors) if isinstance(tensors, (str, os.PathLike)) else None
+    source = as_source(tensors, "state dict") if isinstance(tensors, (str, os.PathLike)) else None
     names = sorted(source.keys() if source is not None else tensors.keys())
     digest = hashlib.sha256()
     for name in names:
@@ -90,25 +94,32 @@ def _none(value: Any) -> Any:
 
 
 def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixed: bool = False,
-                    same_run: bool = True) -> None:
-    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run).
+                    same_run: bool = True, fields: Sequence[str] | None = None,
+                    message: Callable[[str, str, Any, str, Any], str] | None = None) -> None:
+    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run): the
+    one identity check of weaving (merge inputs, the task-vector writer, resume, the demo).
 
     The base model (theta_pre hash, model name, pretrained source) must agree, and with `same_run` the run
-    id too, unless `allow_mixed`. A field that nobody records is not compared; a field that some record
-    and others do not counts as a disagreement.
+    id too, unless `allow_mixed`; `fields` compares those fields only. A field that nobody records is not
+    compared; a field that some record and others do not counts as a disagreement. `message(field, label,
+    value, first_label, first_value)` words the error for its caller (default: about merging task vectors).
     """
     if allow_mixed or len(identities) < 2:
         return
-    fields = [("pretrained_hash", "base models (theta_pre hashes)"), ("model", "models"),
-              ("pretrained", "pretrained sources")] + ([("run_id", "runs")] if same_run else [])
+    described = {"pretrained_hash": "base models (theta_pre hashes)", "model": "models",
+                 "pretrained": "pretrained sources", "run_id": "runs"}
+    names = list(fields) if fields is not None else ["pretrained_hash", "model", "pretrained"] + (["run_id"] if same_run else [])
     first_label, first = identities[0]
-    for field_name, what in fields:
+    for field_name in names:
         for label, identity in identities[1:]:
-            if getattr(identity, field_name) != getattr(first, field_name):
+            mine, theirs = getattr(identity, field_name), getattr(first, field_name)
+            if mine != theirs:
+                if message is not None:
+                    raise ValueError(message(field_name, label, mine, first_label, theirs))
                 raise ValueError(
-                    f"task vectors from different {what}: {label} has {field_name}="
-                    f"{getattr(identity, field_name)!r}, {first_label} has {getattr(first, field_name)!r}; "
-                    "merge task vectors of one run, or pass --allow_mixed to merge them anyway")
+                    f"task vectors from different {described[field_name]}: {label} has {field_name}={mine!r}, "
+                    f"{first_label} has {theirs!r}; merge task vectors of one run, or pass --allow_mixed to merge "
+                    "them anyway")
 
 
 @dataclass
@@ -172,7 +183,7 @@ def _index_entries(folder: Path, index: Mapping[str, Any]) -> dict[str, tuple[Pa
     for entry in index["task_vectors"]:
         if not isinstance(entry, Mapping) or not entry.get("task") or not entry.get("file"):
             raise ValueError(f"{folder / INDEX_NAME}: every entry needs a 'task' and a 'file', got {entry!r}")
-        found[str(entry["task"])] = (folder / Path(entry["file"]).name, dict(entry))
+        found[str(entry["task"])] = (inside(folder, str(entry["file"]), str(folder / INDEX_NAME)), dict(entry))
     return found
 
 
@@ -206,8 +217,6 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     the other files of its folder: one folder holds one run; runs in separate folders (one fine-tuning per
     task) merge when their base agrees.
     """
-    from weaving.merging.task_vectors import read_metadata
-
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
         raise FileNotFoundError("task vectors: an empty list; give a run folder or task vector files")
@@ -242,7 +251,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     seed = _none(first.get("seed"))
     pretrained_file = None
     if first_index is not None and first_index.get("pretrained_file") and first_root is not None:
-        pretrained_file = first_root / first_index["pretrained_file"]
+        pretrained_file = inside(first_root, first_index["pretrained_file"], str(first_root / TASK_VECTORS_DIR / INDEX_NAME))
     zero_entries = (first_index or {}).get("zero_entries") or 0
     if isinstance(zero_entries, bool) or not isinstance(zero_entries, int) or zero_entries < 0:
         raise ValueError(f"{first_root}: index.json's zero_entries must be a whole number >= 0, got {zero_entries!r}")
@@ -261,7 +270,7 @@ def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: i
 
 def write_index(run_dir: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write RUN/task_vectors/index.json atomically."""
-    from weaving.atomic import atomic_write_text
+    from weaving.io.publish import atomic_write_text
 
     return atomic_write_text(Path(run_dir) / TASK_VECTORS_DIR / INDEX_NAME, json.dumps(payload, indent=2))
 
@@ -277,14 +286,39 @@ def run_contents(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def pretrained_source(source: str | os.PathLike) -> Path:
-    """A pretrained state dict file from a file or a run folder (its RUN/pretrained.safetensors)."""
+    """theta_pre's file from a file or a run folder (the file its index.json names, by default
+    RUN/pretrained.safetensors); a run fine-tuned from a public tag without that file is a one-line error."""
     path = Path(source)
     if path.is_dir():
         index = read_index(path / TASK_VECTORS_DIR)
         name = (index or {}).get("pretrained_file") or PRETRAINED_FILE
-        if not (path / name).is_file():
+        file = inside(path, str(name), str(path / TASK_VECTORS_DIR / INDEX_NAME))
+        if not file.is_file():
             tag = (index or {}).get("pretrained")
-            hint = f" (the run was fine-tuned from the public tag {tag!r}: export it first)" if tag else ""
+            hint = (f" (the run was fine-tuned from the public tag {tag!r}: export it first)" if tag else
+                    "; pass theta_pre's safetensors file or a run written by `weaving import` / `weaving fit`")
             raise FileNotFoundError(f"{path}: a run folder without {name}{hint}")
-        return path / name
+        return file
     return path
+
+
+def task_vector_paths(sources: Sequence[str | os.PathLike]) -> list[str]:
+    """Folders (a run or its task_vectors/) expand to their task vector files, in the run's order; model
+    folders (Hugging Face layout) and files pass through."""
+    paths: list[str] = []
+    for source in sources:
+        if Path(source).is_dir() and not is_weights_folder(source):
+            paths += [str(p) for p in read_run(source).paths.values()]
+        else:
+            paths.append(str(source))
+    return paths
+
+
+def recorded_model(pretrained: str, task_vectors: Sequence[str]) -> str | None:
+    """The open_clip model name the inputs record in their metadata (theta_pre first), or None."""
+    for path in [pretrained, *task_vectors]:
+        if str(path).endswith(".safetensors") and Path(path).is_file():
+            model = read_metadata(path).get("model")
+            if model:
+                return model
+    return None
