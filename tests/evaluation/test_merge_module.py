@@ -118,8 +118,9 @@ def test_weaving_over_a_grid_of_hyper_parameters(domain_run, head_cache):
                          head_cache_dir=head_cache)
     validate(module, ["digits"])
     members = list(read_run(domain_run).paths.values())
-    expected = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]})
-    single = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], k=0.3)
+    zeros = read_run(domain_run).zero_entries  # the run's population, which the module uses by default
+    expected = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]}, zero_entries=zeros)
+    single = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], k=0.3, zero_entries=zeros)
     merged = visual_state_dict(module.clip_model)
     assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
     assert not all(torch.allclose(merged[k], single[k], atol=1e-6) for k in expected)
