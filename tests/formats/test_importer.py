@@ -47,6 +47,9 @@ def test_import_writes_the_run_layout(tiny_hf, tmp_path, capsys):
     torch.testing.assert_close(delta["visual.conv1.weight"], conv - theta_pre["visual.conv1.weight"])
     files = read_run(str(run))  # what `weaving validate` / MergeModule reads
     assert list(files.paths) == ["taskA", "taskB"] and files.model == name
+    from weaving.models.clip import harness_zero_entries
+
+    assert index["zero_entries"] == files.zero_entries == harness_zero_entries(theta_pre) > 0
     assert files.pretrained == str((run / "pretrained.safetensors").resolve())
     assert state_dict_hash(theta_pre) != state_dict_hash({**theta_pre, "logit_scale": theta_pre["logit_scale"] + 1})
 

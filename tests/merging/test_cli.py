@@ -369,3 +369,31 @@ def test_a_billion_point_search_space_fails_before_any_tensor_is_read(files, mon
     with pytest.raises(ValueError, match="has 1000000000 points; at most 10000"):  # 10^4 lambdas x 10^4 x 10
         merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "breadcrumbs_ties",
                     "--lambdas", "0.0001:1.0:0.0001", "--grid", grid, *extra, "--output", str(tmp / "never.pt")])
+
+
+def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, capsys):
+    """index.json's zero_entries (what `weaving fit` / `weaving import` record for a CLIP run) is the
+    default population of the methods that count one; the user's own value wins; other methods ignore it."""
+    from weaving.io.runs import RunIdentity, index_payload, write_index
+
+    tmp, pretrained, tvs, _ = files
+    run = tmp / "run"
+    (run / "task_vectors").mkdir(parents=True)
+    for i, tv in enumerate(tvs):
+        save_file(tv, run / "task_vectors" / f"t{i}.safetensors")
+    save_file(pretrained, run / "pretrained.safetensors")
+    write_index(run, index_payload(RunIdentity(), pretrained_file="pretrained.safetensors", seed=None, stream=None,
+                                   tasks=["t0", "t1", "t2"], entries=[{"task": f"t{i}", "file": f"t{i}.safetensors"}
+                                                                      for i in range(3)], zero_entries=60))
+    for method, args, expected in [("ties", "{}", {"zero_entries": 60}), ("pcb", "{}", {"zero_entries": 60}),
+                                   ("ties", "{zero_entries: 0}", {"zero_entries": 0}),
+                                   ("task_arithmetic", "{}", {})]:
+        out = tmp / f"{method}{len(args)}.safetensors"
+        merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", method,
+                    "--method_args", args, "--output", str(out)])
+        want = weaving.merge(pretrained, tvs, method, **expected)
+        got = load_file(out)
+        assert all(torch.equal(got[k], want[k]) for k in pretrained), (method, args)
+        assert json.loads(read_metadata(out)["weaving_recipe"])["hparams"] == expected
+    plain = weaving.merge(pretrained, tvs, "ties")
+    assert not all(torch.equal(load_file(tmp / "ties2.safetensors")[k], plain[k]) for k in pretrained)

@@ -48,6 +48,9 @@ def test_vectors_are_final_minus_pretrained_with_metadata_and_index(tmp_path):
     full = load_clip("weaving-tiny-vit", None, seed=0).model.state_dict()
     assert index["format"] == RUN_FORMAT and index["pretrained_file"] == "pretrained.safetensors"
     assert index["pretrained_hash"] == state_dict_hash(full) == state_dict_hash(tmp_path / "pretrained.safetensors")
+    from weaving.models.clip import harness_zero_entries
+
+    assert index["zero_entries"] == harness_zero_entries(full) > 0  # the official harness's text-side entries
     for task in tasks:
         meta = read_metadata(folder / f"{task}.safetensors")
         assert (meta["run_id"], meta["pretrained_hash"]) == (index["run_id"], index["pretrained_hash"])

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from torch.utils.data import Dataset, Subset
 
 import weaving.data.prompts as prompts
-from weaving.data.class_orders import class_order as order_of_classes
+from weaving.data.class_orders import IMAGENET_R_README_NAMES, class_order as order_of_classes
 from weaving.data.lineage_layout import lineage_dataset, lineage_root
 from weaving.data.splits import ClassSubset, holdout_split, parse_split_name, split_classes, split_name, validation_split
 from weaving.data.transforms import ToRGB
@@ -338,6 +338,11 @@ def _prefer_lineage(task: str, classnames: tuple[str, ...], factory: Factory) ->
     return load
 
 
+# MagMax's ImageNet-R head: its class folder names with underscores replaced (src/datasets/imagenetr.py:
+# `c.replace('_', ' ')`), "newt", "panda", "timber wolf", in the order of weaving's labels (WordNet ids).
+IMAGENET_R_CLASSNAMES = tuple(name.replace("_", " ") for name in IMAGENET_R_README_NAMES)
+
+
 def _register_builtin_tasks() -> None:
     cars = partial(_with_validation, _load_cars)
     builtin = [
@@ -357,7 +362,7 @@ def _register_builtin_tasks() -> None:
         ("dtd", prompts.DTD_CLASSNAMES, prompts.DTD_TEMPLATES, _load_dtd, "torchvision DTD (download=True)"),
         ("cifar100", prompts.CIFAR100_CLASSNAMES, prompts.CIFAR100_TEMPLATES, partial(_with_validation, _load_cifar100),
          "torchvision CIFAR100 (download=True)"),
-        ("imagenet_r", prompts.IMAGENET_R_CLASSNAMES, prompts.IMAGENET_TEMPLATES, _holdout_task(_load_imagenet_r),
+        ("imagenet_r", IMAGENET_R_CLASSNAMES, prompts.IMAGENET_TEMPLATES, _holdout_task(_load_imagenet_r),
          "ImageNet-R archive (manual download)"),
         ("cub200", prompts.CUB200_CLASSNAMES, prompts.CUB200_TEMPLATES, partial(_with_validation, _load_cub200),
          "CUB-200-2011 archive (manual download)"),

@@ -249,7 +249,7 @@ class ComparisonModule(pl.LightningModule):
                    include_deltas, lam, rows, analysis, seed, model, pretrained, init_seed, allow_mixed) -> None:
         """Check the config (a one-line error before anything is loaded), read the run and load theta_pre."""
         import weaving
-        from weaving.merging.registry import get_method, get_pooling
+        from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
         from weaving.models.clip import load_clip
         from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
 
@@ -285,6 +285,9 @@ class ComparisonModule(pl.LightningModule):
         if task_vectors is not None:
             self.run = read_run(task_vectors, allow_mixed=allow_mixed, tasks=vectors)
             self.vector_names = list(self.run.paths)
+            self.method_args = {m: with_recorded_zero_entries(m, args, self.run.zero_entries)
+                                for m, args in self.method_args.items()}
+            self.hyperparameters = {m: get_method(m).resolve(self.method_args[m]) for m in self.methods}
             if model is None:
                 if self.run.model is None:
                     raise ValueError("the task vectors record no model name; set model (and pretrained, init_seed)")

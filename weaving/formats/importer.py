@@ -167,6 +167,7 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
                progress: bool = True, overwrite: bool = False) -> Path:
     """Import theta_pre and fine-tuned checkpoints into a run folder (see the module doc); returns RUN.
     An existing RUN (or one that is an input) is replaced only with `overwrite`."""
+    from weaving.models.clip import harness_zero_entries
     from weaving.models.heads import imported_head_path
 
     inputs = [pretrained, *finetuned.values(), *(heads or {}).values(), *([text_from] if text_from else [])]
@@ -201,7 +202,8 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
                             {"model": name, "pretrained_hash": pre_hash, "task": task, "source": heads[task]})
         index = {"format": RUN_FORMAT, "run_id": run_id, "model": name, "pretrained": common["pretrained"],
                  "pretrained_file": "pretrained.safetensors", "pretrained_hash": pre_hash, "seed": None,
-                 "stream": "independent", "tasks": list(finetuned), "task_vectors": entries,
+                 "stream": "independent", "tasks": list(finetuned), "zero_entries": harness_zero_entries(theta_pre),
+                 "task_vectors": entries,
                  "imported_from": {"pretrained": pre.source, "pretrained_format": pre.format,
                                    "heads": dict(heads or {})}}
         write_index(tmp, index)

@@ -7,7 +7,10 @@ A run folder RUN holds
 - `RUN/task_vectors/<task>.safetensors`: `visual.*` tensors of theta_t - theta_pre, whose metadata carries
   the run identity (`run_id`, `pretrained_hash`, `model`, `pretrained`);
 - `RUN/task_vectors/index.json`: `{"format": "weaving.run/1", "run_id", "model", "pretrained",
-  "pretrained_file", "pretrained_hash", "seed", "stream", "tasks", "task_vectors": [{"task", "file", ...}]}`.
+  "pretrained_file", "pretrained_hash", "seed", "stream", "tasks", "zero_entries",
+  "task_vectors": [{"task", "file", ...}]}`. `zero_entries` is the count of zero-delta entries the official
+  CLIP harnesses add to every task vector (`weaving.models.clip.harness_zero_entries`); merges of the run
+  pass it to the methods that count them (ties, pcb) unless the user sets it (0 when absent).
 
 The run id names one training (or import); the pretrained hash (`state_dict_hash`) names theta_pre. Task
 vectors merge only when both agree (`check_same_base`, the one identity check: resume, the task-vector
@@ -187,6 +190,7 @@ class Run:
     root: Path | None = None
     pretrained_file: Path | None = None
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    zero_entries: int = 0  # index.json's: zero-delta entries the official CLIP harnesses add
 
     @property
     def model(self) -> str | None:
@@ -212,7 +216,7 @@ class Run:
         if missing:
             raise ValueError(f"no task vectors for {missing}; available: {', '.join(self.paths)}")
         return Run({t: self.paths[t] for t in tasks}, self.identity, self.seed, self.stream, self.root,
-                   self.pretrained_file, {t: self.metadata.get(t, {}) for t in tasks})
+                   self.pretrained_file, {t: self.metadata.get(t, {}) for t in tasks}, self.zero_entries)
 
 
 def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -334,17 +338,20 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     pretrained_file = None
     if first_index is not None and first_index.get("pretrained_file") and first_root is not None:
         pretrained_file = inside(first_root, first_index["pretrained_file"], str(first_root / TASK_VECTORS_DIR / INDEX_NAME))
+    zero_entries = (first_index or {}).get("zero_entries") or 0
+    if isinstance(zero_entries, bool) or not isinstance(zero_entries, int) or zero_entries < 0:
+        raise ValueError(f"{first_root}: index.json's zero_entries must be a whole number >= 0, got {zero_entries!r}")
     return Run(paths, identity, None if seed is None else int(seed), _none(first.get("stream")), first_root,
-               pretrained_file, metadata).select(tasks)
+               pretrained_file, metadata, zero_entries).select(tasks)
 
 
 def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: int | None, stream: str | None,
-                  tasks: Sequence[str], entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+                  tasks: Sequence[str], entries: Iterable[Mapping[str, Any]], zero_entries: int = 0) -> dict[str, Any]:
     """The index.json object of a run (see module docstring)."""
     return {"format": RUN_FORMAT, "run_id": identity.run_id, "model": identity.model,
             "pretrained": identity.pretrained, "pretrained_file": pretrained_file,
             "pretrained_hash": identity.pretrained_hash, "seed": seed, "stream": stream, "tasks": list(tasks),
-            "task_vectors": [dict(e) for e in entries]}
+            "zero_entries": zero_entries, "task_vectors": [dict(e) for e in entries]}
 
 
 def write_index(run_dir: str | os.PathLike, payload: Mapping[str, Any]) -> Path:

@@ -115,7 +115,7 @@ class SafetensorsFile(TensorSource):
         self._offsets = {key: start + begin for key, (_, _, begin, _) in entries.items()}
 
     def read_into(self, key: str, buffer: torch.Tensor) -> torch.Tensor:
-        count = math.prod(self._shapes[key]) * self._dtypes[key].itemsize
+        count = nbytes(self._shapes[key], self._dtypes[key])
         if count:
             target = memoryview(buffer.reshape(-1).view(torch.uint8).numpy()).cast("B")
             with open(self.path, "rb", buffering=0) as handle:

@@ -25,7 +25,7 @@ from weaving.io.loader import as_source, is_weights_folder
 from weaving.io.runs import RunIdentity, check_same_base, pretrained_source, read_run, task_vector_paths
 from weaving.merging.recipe import is_recipe_file, recipe_from_options, run_recipe
 from weaving.merging.recipe import load_yaml as load_recipe_file
-from weaving.merging.registry import METHODS, get_method, get_pooling
+from weaving.merging.registry import METHODS, get_method, get_pooling, with_recorded_zero_entries
 from weaving.merging.search_space import load_yaml, parse_search_space, use_in_jsonargparse
 
 LIST_OPTIONS = ("finetuned", "task_vectors")
@@ -97,7 +97,11 @@ def run(cfg) -> str:
         get_pooling(cfg.pooling)
     if not is_weights_folder(cfg.pretrained):
         cfg.pretrained = str(pretrained_source(cfg.pretrained))
-    if cfg.task_vectors:
+    if cfg.task_vectors:  # run folders: the population their index.json records (ties, pcb: zero_entries)
+        recorded = {read_run(s, allow_mixed=cfg.allow_mixed).zero_entries for s in cfg.task_vectors
+                    if Path(s).is_dir() and not is_weights_folder(s)}
+        if len(recorded) == 1:
+            hparams = with_recorded_zero_entries(cfg.method, hparams, recorded.pop())
         cfg.task_vectors = task_vector_paths(cfg.task_vectors)
     if cfg.task_vectors and not any(is_weights_folder(s) for s in cfg.task_vectors):
         run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)  # one base model, unless allow_mixed

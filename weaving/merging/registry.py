@@ -86,6 +86,14 @@ def get_method(name: str) -> MergeMethod:
     return METHODS[name]
 
 
+def with_recorded_zero_entries(method: str, args: dict[str, Any], zero_entries: int) -> dict[str, Any]:
+    """`args` plus the `zero_entries` a run records (index.json) when `method` counts them (ties, pcb) and
+    `args` does not set it: a run's merges use the population of the official harness by default."""
+    if zero_entries and "zero_entries" in get_method(method).defaults and "zero_entries" not in args:
+        return {**args, "zero_entries": zero_entries}
+    return dict(args)
+
+
 def get_pooling(name: str) -> MergeMethod | None:
     """None for an elementwise pooling of weaving.merging.pooling (mean, random, magmax), else the merge
     method used as pooling; an unknown name raises a ValueError listing both kinds."""

@@ -185,7 +185,8 @@ class TaskVectorWriter(Callback):
                      pretrained_file: str | None) -> None:
         write_index(run_dir, index_payload(module.identity, pretrained_file=pretrained_file,
                                            seed=module.hparams.seed, stream=module.hparams.stream,
-                                           tasks=module.task_names, entries=entries))
+                                           tasks=module.task_names, entries=entries,
+                                           zero_entries=module.zero_entries))
 
 
 def _is_public_tag(module: FineTuner) -> bool:

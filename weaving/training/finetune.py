@@ -31,6 +31,7 @@ from torch import Tensor
 
 from weaving.models import ClassificationHead, build_head, load_clip
 from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
+from weaving.models.clip import harness_zero_entries
 
 STREAMS = ("independent", "sequential")
 
@@ -133,6 +134,7 @@ class FineTuner(pl.LightningModule):
         bundle = load_clip(model, pretrained, seed=seed)
         self.model_name, self.pretrained = bundle.name, bundle.pretrained
         self.pretrained_hash = state_dict_hash(bundle.model.state_dict())
+        self.zero_entries = harness_zero_entries(bundle.model.state_dict())  # recorded in index.json
         self.run_id = new_run_id()  # rank zero's is broadcast in setup; a resumed run takes its checkpoint's
         self.visual = bundle.model.visual  # the only registered submodule: checkpoints hold the encoder only
         self.theta_pre = {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
