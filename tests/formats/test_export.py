@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import weaving
 from weaving.formats.export import file_sha256
 from weaving.formats.importer import import_run
 from weaving.merging.cli import merge_main
+from weaving.io.runs import read_run
 from weaving.io.safetensors import read_metadata
 from weaving.merging.task_vectors import load_task_vector
 
@@ -22,14 +24,17 @@ from weaving.merging.task_vectors import load_task_vector
 def run(tiny_hf, tmp_path_factory):
     root = tiny_hf[0]
     out = tmp_path_factory.mktemp("export") / "run"
-    return import_run(str(root / "pre"), {"a": str(root / "ft"), "b": str(root / "ft")}, out, progress=False)
+    second = out.parent / "ft_b"  # import refuses one source given twice: a copy stands for task b
+    shutil.copytree(root / "ft", second)
+    return import_run(str(root / "pre"), {"a": str(root / "ft"), "b": str(second)}, out, progress=False)
 
 
 def merged_open_clip(run, name):
     """weaving's own merged model: theta_pre + TIES of the run's task vectors, loaded into open_clip."""
     theta_pre = load_task_vector(run / "pretrained.safetensors")
     tvs = [run / "task_vectors" / f"{t}.safetensors" for t in ("a", "b")]
-    merged = weaving.merge(theta_pre, tvs, "ties", lam=0.7, k=0.5)
+    zeros = read_run(run).zero_entries  # a run folder's recorded population, which the CLI merges use
+    merged = weaving.merge(theta_pre, tvs, "ties", lam=0.7, k=0.5, zero_entries=zeros)
     model = open_clip.create_model(name)
     model.load_state_dict(merged)
     return model.eval()
