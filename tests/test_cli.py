@@ -180,3 +180,25 @@ def test_validate_config_numbers_read_as_yaml_1_2(capsys, tmp_path):
                             "--config", str(extra), "--print_config")
     init_args = yaml.safe_load(out)["model"]["init_args"]
     assert code in (0, None) and init_args["lambdas"] == "1:3:1" and init_args["lam"] == 1e-3
+
+
+def test_sigterm_during_fit_ends_with_one_line_and_a_non_zero_exit(capsys, monkeypatch, tmp_path):
+    """A cluster's time limit sends SIGTERM: Lightning stops the loop with a SystemExit of code 0, which
+    would report the stopped run as finished."""
+    from weaving.training import FineTuner
+
+    step = FineTuner.training_step
+
+    def terminated(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler notes it; the loop stops after this step
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(FineTuner, "training_step", terminated)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        code, _, err = run_main(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert code == 143
+    assert err.splitlines()[-1] == "weaving fit: terminated by SIGTERM before the end; resume with --ckpt_path last"
+    assert "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -30,14 +31,15 @@ def run_cli(args, capsys):
 def test_import_writes_the_run_layout(tiny_hf, tmp_path, capsys):
     root, pre, tuned, name = tiny_hf
     run = tmp_path / "run"
+    shutil.copytree(root / "ft", tmp_path / "ft_copy")  # one source twice is refused: a copy stands for task B
     code, err = run_cli(["import", "--pretrained", str(root / "pre"), "--finetuned", f"taskA={root / 'ft'}",
-                         f"taskB={root / 'ft'}", "--output", str(run)], capsys)
+                         f"taskB={tmp_path / 'ft_copy'}", "--output", str(run)], capsys)
     assert code == 0, err
     index = json.loads((run / "task_vectors" / "index.json").read_text())
     theta_pre = load_file(run / "pretrained.safetensors")
     assert index["model"] == name and index["tasks"] == ["taskA", "taskB"]
     assert index["pretrained_file"] == "pretrained.safetensors" and index["pretrained_hash"] == state_dict_hash(theta_pre)
-    assert [e["source"] for e in index["task_vectors"]] == [str(root / "ft")] * 2
+    assert [e["source"] for e in index["task_vectors"]] == [str(root / "ft"), str(tmp_path / "ft_copy")]
     delta = load_file(run / "task_vectors" / "taskA.safetensors")
     assert set(delta) == {k for k in theta_pre if k.startswith("visual.")}
     assert torch.count_nonzero(delta["visual.proj"]) == 0  # a CLIPVisionModel: projection taken from theta_pre
@@ -66,6 +68,8 @@ def bad_inputs(tiny_hf, tmp_path_factory):
     (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": {\"dtype\"")
     (root / "mystery.bin").write_bytes(b"not a checkpoint at all")
     (root / "empty_folder").mkdir()
+    save_file({"visual.conv1.weight": torch.zeros(1)}, root / "run_task_vector.safetensors",
+              metadata={"format": "weaving.task_vector/1", "task": "t"})
     save_file({"visual.conv1.weight": torch.zeros(1), "vision_model.pre_layrnorm.weight": torch.zeros(1)},
               root / "mixed.safetensors")
     return root
@@ -81,6 +85,8 @@ def bad_inputs(tiny_hf, tmp_path_factory):
     ("unknown folder", "pre", "empty_folder", "unknown format.*--format"),
     ("ambiguous names", "pre", "mixed.safetensors", "--format"),
     ("missing file", "pre", "nowhere.pt", "no such file"),
+    ("a run's task vector as fine-tuned", "pre", "run_task_vector.safetensors",
+     "its metadata says it is a task vector .*, not fine-tuned weights; give it with --task_vectors"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(case, pretrained, finetuned, message, tiny_hf, bad_inputs,
                                                    tmp_path, capsys):
@@ -143,6 +149,13 @@ def test_validate_takes_an_imported_run_directly(tmp_path):
     got = visual_state_dict(module.clip_model)
     assert all(torch.allclose(got[k], want[k], atol=1e-6) for k in got)
     assert 0.0 <= float(trainer.callback_metrics["val/acc/mean"]) <= 1.0
+
+
+def test_one_source_twice_is_refused_before_work(tiny_hf, tmp_path, capsys):
+    root = tiny_hf[0]
+    code, err = run_cli(["import", "--pretrained", str(root / "pre"), "--finetuned", f"a={root / 'ft'}",
+                         f"b={root / 'ft'}/", "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.endswith("the same checkpoint as a; give each once") and not (tmp_path / "run").exists()
 
 
 def test_a_clip_size_open_clip_does_not_ship_imports_and_exports_without_python(tmp_path, capsys):

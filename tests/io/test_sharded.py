@@ -59,6 +59,9 @@ def test_shard_plan_respects_the_size_and_keeps_the_order():
     shards = plan_shards(layout, 100)
     assert [[k for k, _, _ in s] for s in shards] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6"]]
     assert plan_shards([("big", (100,), torch.float32)] + layout[:1], 100) == [[("big", (100,), torch.float32)], layout[:1]]
+    # exact fit: tensors that fill a shard to the byte share it (40 + 40 = 80), the next one starts a new shard
+    assert [[k for k, _, _ in s] for s in plan_shards(layout[:5], 80)] == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert [[k for k, _, _ in s] for s in plan_shards(layout[:2], 40)] == [["t0"], ["t1"]]
     assert parse_size("2GiB") == 2**31 and parse_size("1.5MB") == 1_500_000 and parse_size(512) == 512
     with pytest.raises(ValueError, match="expected bytes or a size"):
         parse_size("lots")

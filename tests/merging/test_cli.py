@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import weaving
 from weaving.cli import main
+from weaving.io.runs import InputWarning
 from weaving.merging.cli import merge_main
 from weaving.io.safetensors import read_metadata
 
@@ -292,6 +293,82 @@ def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
         assert not (tmp_path / output).exists(), args
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "ft0.safetensors", "ft1.safetensors",
                                                           "pre.safetensors", "pre32.safetensors"]
+
+
+def test_a_run_whose_index_and_files_disagree_is_refused_unless_tasks_are_named(files, capsys):
+    """A stopped fit (tasks of the stream without a task vector) or a lost index entry is not the run's
+    result: merge refuses the folder, and merges the files when they are named."""
+    tmp, pretrained, tvs, _ = files
+    folder = tmp / "run" / "task_vectors"
+    folder.mkdir(parents=True)
+    for name, tv in zip("abc", tvs):
+        save_file(tv, folder / f"{name}.safetensors")
+    entries = [{"task": name, "file": f"{name}.safetensors"} for name in "ab"]
+    out = tmp / "never.safetensors"
+    for tasks, message in ((["a", "b", "c"], "1 of its 3 tasks have no task vector (c"),
+                           (["a", "b"], "1 task vector files are not in its index (c.safetensors)")):
+        (folder / "index.json").write_text(json.dumps({"format": "weaving.run/1", "tasks": tasks, "task_vectors": entries}))
+        code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(tmp / "run"),
+                                   "--method", "task_arithmetic", "--output", str(out))
+        assert code == 2 and message in err and "does not cover the run" in err and not out.exists(), err
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(folder / "a.safetensors"),
+                str(folder / "b.safetensors"), "--method", "task_arithmetic", "--output", str(out)])
+    expected = weaving.merge(pretrained, tvs[:2], "task_arithmetic")
+    assert all(torch.equal(load_file(out)[k], expected[k]) for k in pretrained)
+
+
+def test_inputs_of_the_wrong_kind_are_refused_from_their_metadata(files, capsys):
+    tmp, pretrained, tvs, finetuned = files
+    save_file(pretrained, tmp / "theta_pre.safetensors", metadata={"format": "weaving.pretrained/1"})
+    save_file(tvs[0], tmp / "fit_tv.safetensors", metadata={"format": "weaving.task_vector/1", "task": "a"})
+    save_file(tvs[1], tmp / "imported_tv.safetensors", metadata={"format": "weaving.run/1", "kind": "task_vector"})
+    pre, out = str(tmp / "pre.safetensors"), tmp / "never.safetensors"
+    cases = [
+        (["--task_vectors", str(tmp / "tv0.safetensors"), str(tmp / "theta_pre.safetensors")],
+         "theta_pre.safetensors: its metadata says it is theta_pre (pretrained weights), not a task vector"),
+        (["--finetuned", finetuned[0], str(tmp / "fit_tv.safetensors")],
+         "fit_tv.safetensors: its metadata says it is a task vector (theta_t - theta_pre), not fine-tuned weights; give it with --task_vectors"),
+        (["--finetuned", str(tmp / "imported_tv.safetensors")], "its metadata says it is a task vector"),
+        (["--finetuned", finetuned[0], finetuned[1], finetuned[0]], "the same model as entry 0; give each model once"),
+        (["--finetuned", pre], "is the pretrained model itself"),
+        (["--finetuned", str(tmp / "theta_pre.safetensors")], "is theta_pre (pretrained weights) itself"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), str(tmp / "tv0.safetensors")], "give each task once"),
+    ]
+    for args, message in cases:
+        code, err = run_in_process(capsys, "--pretrained", pre, *args, "--method", "task_arithmetic", "--output", str(out))
+        assert code == 2 and message in err and "Traceback" not in err and not out.exists(), (args, err)
+
+
+def test_full_weights_given_as_task_vectors_are_warned_about(files, capsys):
+    tmp, pretrained, tvs, finetuned = files
+    out = tmp / "out.safetensors"
+    done = run_cli("--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", finetuned[0],
+                   str(tmp / "tv1.safetensors"), "--method", "task_arithmetic", "--output", str(out))
+    warnings_printed = [line for line in done.stderr.splitlines() if "warning:" in line]
+    assert len(warnings_printed) == 1 and warnings_printed[0].startswith(
+        f"weaving merge: warning: inputs.task_vectors[0] {finetuned[0]} looks like full fine-tuned weights")
+    assert done.returncode == 0 and out.exists()  # a warning: the file has no metadata to be sure
+    with pytest.warns(InputWarning, match=r"\|\|tau\|\| / \|\|theta_pre\|\| = 1\.\d\d over 3 tensors"):
+        weaving.run_recipe({"inputs": {"pretrained": str(tmp / "pre.safetensors"), "task_vectors": [finetuned[1]]},
+                            "method": "task_arithmetic", "output": str(tmp / "out2.safetensors")})
+
+
+@pytest.mark.parametrize("extra", [[], ["--format", "open_clip", "--model", "ViT-B-32"]])
+def test_a_billion_point_search_space_fails_before_any_tensor_is_read(files, monkeypatch, extra):
+    tmp, _, _, finetuned = files
+
+    def never(*args, **kwargs):
+        raise AssertionError("a tensor file was opened before the search space was checked")
+
+    import weaving.merging.cli as cli
+    import weaving.merging.recipe as recipe
+
+    monkeypatch.setattr(recipe, "open_checkpoint", never)
+    monkeypatch.setattr(cli, "as_source", never)
+    grid = "{k: " + json.dumps([round(0.1 + i * 1e-5, 6) for i in range(10_000)]) + ", beta: 0.1:1.0:0.1}"
+    with pytest.raises(ValueError, match="has 1000000000 points; at most 10000"):  # 10^4 lambdas x 10^4 x 10
+        merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "breadcrumbs_ties",
+                    "--lambdas", "0.0001:1.0:0.0001", "--grid", grid, *extra, "--output", str(tmp / "never.pt")])
 
 
 def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, capsys):

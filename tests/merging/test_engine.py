@@ -140,3 +140,55 @@ def test_huge_lambdas_are_refused_as_overflow_not_as_not_finite(inputs):
         weaving.merge(pre32, single, "ties", lam=float("inf"))
     merged = weaving.merge(pretrained, tvs, "task_arithmetic", lam=1e39)  # float64 holds it
     assert all(torch.isfinite(v).all() for v in merged.values())
+
+
+# ------------------------------------------------------------------------------ documented defaults
+def documented_defaults():
+    """{method: {name: value}} from docs/methods.md's table (the 'hyper-parameters (default)' column)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[2] / "docs" / "methods.md").read_text()
+    found = {}
+    for name, column in re.findall(r"^\| `(\w+)` \| ([^|]*) \|", table, flags=re.M):
+        if name in weaving.METHODS:
+            found[name] = {k: ast.literal_eval(v) for k, v in re.findall(r"`(\w+)=([^`]+)`", column)}
+    return found
+
+
+def test_every_method_has_a_documented_row():
+    assert set(documented_defaults()) == set(weaving.METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(weaving.METHODS))
+def test_documented_defaults_are_the_defaults(method):
+    """A merge that leaves the hyper-parameters implicit equals one that spells out the documented values
+    (and a different value changes the result, so the comparison can fail)."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"visual.w": (64, 64), "visual.b": (64,)}  # rows long enough for breadcrumbs' small fractions
+    pretrained = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    tvs = [{k: 0.1 * torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(3)]
+    documented = documented_defaults()[method]
+    implicit = weaving.merge(pretrained, tvs, method, seed=1)
+    explicit = weaving.merge(pretrained, tvs, method, seed=1, **documented)
+    assert all(torch.equal(implicit[k], explicit[k]) for k in pretrained)
+    for name, value in documented.items():
+        if isinstance(value, (bool, str)):
+            continue
+        changed = value + 10_000 if isinstance(value, int) else 0.5 if value < 0.5 else value / 2
+        other = weaving.merge(pretrained, tvs, method, seed=1, **{**documented, name: changed})
+        assert any(not torch.equal(implicit[k], other[k]) for k in pretrained), (method, name)
+
+
+def test_documented_weaving_defaults(inputs):
+    """weave's pooling='mean' and include_deltas=True, merge's lam=1.0 and seed=0 (README, docs/evaluation.md)."""
+    pretrained, tvs = inputs
+    implicit = weaving.weave(pretrained, tvs, "dare", [0.5, 1.0])
+    explicit = weaving.weave(pretrained, tvs, "dare", [0.5, 1.0], pooling="mean", include_deltas=True, seed=0)
+    assert all(torch.equal(implicit[k], explicit[k]) for k in pretrained)
+    without = weaving.weave(pretrained, tvs, "dare", [0.5, 1.0], include_deltas=False)
+    assert any(not torch.equal(implicit[k], without[k]) for k in pretrained)
+    merged = weaving.merge(pretrained, tvs, "dare")
+    assert all(torch.equal(merged[k], weaving.merge(pretrained, tvs, "dare", lam=1.0, seed=0)[k]) for k in pretrained)
+    assert any(not torch.equal(merged[k], weaving.merge(pretrained, tvs, "dare", seed=1)[k]) for k in pretrained)

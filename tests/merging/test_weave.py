@@ -217,6 +217,15 @@ def test_bad_grids_and_points(inputs, kwargs, message):
         weaving.weave(*inputs, "ties", **kwargs)
 
 
+def test_two_seeds_give_different_random_pooling(inputs):
+    pretrained, tvs = inputs
+    a = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=0)
+    b = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=1)
+    assert any(not torch.equal(a[k], b[k]) for k in pretrained)
+    differing = sum(int((a[k] != b[k]).sum()) for k in pretrained)
+    assert differing > sum(v.numel() for v in pretrained.values()) // 2  # 13 members: most elements change
+
+
 @pytest.mark.parametrize("method", ["ties", "pcb"])
 def test_method_pooling_counts_the_methods_zero_entries(inputs, method):
     """Every member of A has the task vectors' population: with zero_entries, ties and pcb weave (and pool,

@@ -81,7 +81,9 @@ def test_overwritten_run_killed_midway_never_mixes_runs(tmp_path):
     assert index["run_id"] != old
     assert [e["task"] for e in index["task_vectors"]] == ["digits_part1of3", "digits_part2of3"]
     assert not (tmp_path / "task_vectors" / "digits_part3of3.safetensors").exists()  # the stale one is gone
-    run = read_run(tmp_path)
+    with pytest.raises(ValueError, match=r"1 of its 3 tasks have no task vector \(digits_part3of3"):
+        read_run(tmp_path)  # a stopped run is not the run's result ...
+    run = read_run(tmp_path, tasks=["digits_part1of3", "digits_part2of3"])  # ... unless its prefix is asked for
     assert list(run.paths) == ["digits_part1of3", "digits_part2of3"] and run.run_id == index["run_id"]
     assert {read_metadata(p)["run_id"] for p in run.paths.values()} == {index["run_id"]}
 
@@ -134,3 +136,27 @@ def test_vectors_feed_the_merge_side(tmp_path):
     found = read_run(tmp_path)
     assert list(found.paths) == ["digits", "digits_mirrored"]
     assert (found.model, found.pretrained, found.seed) == ("weaving-tiny-vit", None, 0)
+
+
+def test_resume_refuses_when_finished_tasks_lost_their_task_vectors(tmp_path):
+    """Killed in task 3 of 3, task_vectors/ deleted, resumed: tasks 1-2 cannot be made again from the
+    checkpoint of task 3, so the resume names them and stops before training or writing anything."""
+    with pytest.raises(Crash):
+        fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2, callbacks=[CrashAtStep(5)])
+    shutil.rmtree(tmp_path / "task_vectors")
+    with pytest.raises(ValueError, match=r"cannot resume: 2 finished task\(s\) have no task vector in .*"
+                                         r"\(digits_part1of3, digits_part2of3\)"):
+        fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2, ckpt_path="last")
+    assert not (tmp_path / "task_vectors").exists()
+
+
+def test_resume_of_a_finished_run_keeps_its_index(tmp_path):
+    fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1)
+    index = (tmp_path / "task_vectors" / "index.json").read_text()
+    fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1, ckpt_path="last")  # nothing to do
+    assert (tmp_path / "task_vectors" / "index.json").read_text() == index
+    (tmp_path / "task_vectors" / "digits_rot90.safetensors").unlink()
+    (tmp_path / "task_vectors" / "index.json").unlink()
+    with pytest.raises(ValueError, match=r"2 finished task\(s\) have no task vector .*\(digits, digits_rot90\)"):
+        fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1, ckpt_path="last")
+    assert not (tmp_path / "task_vectors" / "index.json").exists()  # not rewritten without its task vectors

@@ -283,7 +283,7 @@ class ComparisonModule(pl.LightningModule):
         self.run = None
         self.vector_names: list[str] = []
         if task_vectors is not None:
-            self.run = read_run(task_vectors, allow_mixed=allow_mixed).select(vectors)
+            self.run = read_run(task_vectors, allow_mixed=allow_mixed, tasks=vectors)
             self.vector_names = list(self.run.paths)
             self.method_args = {m: with_recorded_zero_entries(m, args, self.run.zero_entries)
                                 for m, args in self.method_args.items()}

@@ -50,6 +50,33 @@ def parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
     return named
 
 
+def _check_sources(pretrained: str, finetuned: Mapping[str, str]) -> None:
+    """Before any reading: each fine-tuned source once, and no local safetensors file whose metadata says it
+    is another kind (a run's task vector or theta_pre given as fine-tuned weights; weaving.io.runs.check_kind)."""
+    from weaving.io.runs import check_kind
+
+    seen: dict[str, str] = {}
+    for name, source in finetuned.items():
+        key = os.path.realpath(source) if os.path.exists(source) else source
+        if key in seen:
+            raise ValueError(f"--finetuned {name}={source}: the same checkpoint as {seen[key]}; give each once")
+        seen[key] = name
+        check_kind(_metadata_if_readable(source), f"--finetuned {name}={source}", "finetuned")
+    check_kind(_metadata_if_readable(pretrained), f"--pretrained {pretrained}", "pretrained")
+
+
+def _metadata_if_readable(source: str) -> dict[str, str]:
+    """A local safetensors file's metadata; {} for anything else (the reader reports a bad file itself)."""
+    from weaving.io.safetensors import read_metadata
+
+    if not (str(source).endswith(".safetensors") and os.path.isfile(source)):
+        return {}
+    try:
+        return read_metadata(source)
+    except (ValueError, OSError):
+        return {}
+
+
 def _pretrained(source: str, model: str | None, fmt: str | None, text_from: str | None) -> tuple[Checkpoint, str, dict]:
     """theta_pre as a full open_clip state dict, checked by loading it into the named open_clip model."""
     from weaving.models.clip import load_clip
@@ -147,6 +174,7 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
     output = check_output(output, folder=True, overwrite=overwrite, inputs=inputs, what="--output")
     if not finetuned:
         raise ValueError("give at least one --finetuned NAME=SOURCE")
+    _check_sources(pretrained, finetuned)
     final = output.resolve()
     pre, name, theta_pre = _pretrained(pretrained, model, format, text_from)
     pre_hash = state_dict_hash(theta_pre)

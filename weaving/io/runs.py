@@ -122,6 +122,63 @@ def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixe
                     "them anyway")
 
 
+# ------------------------------------------------------------------------------------- kinds of input
+# What a weights file is, as its own metadata says: `weaving fit` writes `format` (weaving.pretrained/1,
+# weaving.task_vector/1), `weaving import` writes `kind` (pretrained, task_vector). Files without either
+# (public checkpoints, other tools' task vectors) are not judged by this; see `looks_like_full_weights`.
+FORMAT_KINDS = {"weaving.pretrained/1": "pretrained", "weaving.task_vector/1": "task_vector"}
+KIND_WORDS = {"pretrained": "theta_pre (pretrained weights)", "task_vector": "a task vector (theta_t - theta_pre)",
+              "finetuned": "fine-tuned weights"}
+KIND_FLAGS = {"pretrained": "--pretrained", "task_vector": "--task_vectors", "finetuned": "--finetuned"}
+
+
+def recorded_kind(metadata: Mapping[str, Any]) -> str | None:
+    """'pretrained' or 'task_vector' as a file's metadata records it, else None (not recorded)."""
+    kind = metadata.get("kind")
+    return kind if kind in ("pretrained", "task_vector") else FORMAT_KINDS.get(str(metadata.get("format")))
+
+
+def check_kind(metadata: Mapping[str, Any], label: str, expected: str) -> None:
+    """Refuse an input whose metadata says it is another kind than `expected` (pretrained, task_vector,
+    finetuned): theta_pre given as a task vector would add the weights again, a task vector given as
+    fine-tuned weights would subtract theta_pre from a delta, theta_pre given as fine-tuned adds nothing."""
+    kind = recorded_kind(metadata)
+    if kind is None or kind == expected:
+        return
+    if expected == "finetuned" and kind == "pretrained":
+        raise ValueError(f"{label} is {KIND_WORDS[kind]} itself, not fine-tuned weights: its task vector is zero; "
+                         "give the fine-tuned checkpoints")
+    raise ValueError(f"{label}: its metadata says it is {KIND_WORDS[kind]}, not {KIND_WORDS[expected]}; "
+                     f"give it with {KIND_FLAGS[kind]}")
+
+
+FULL_WEIGHTS_RATIO = 0.5
+
+
+class InputWarning(UserWarning):
+    """An input that is probably of the wrong kind, where no metadata says so (`weaving` prints it as one line)."""
+
+
+def looks_like_full_weights(task_vector: Any, pretrained: Any, label: str, keys: int = 4) -> str | None:
+    """A warning when a task vector without a recorded kind looks like full fine-tuned weights (None when
+    it does not). The heuristic: over the first `keys` floating-point matrices both hold, ||tau|| /
+    ||theta_pre|| above FULL_WEIGHTS_RATIO (0.5). Fine-tuning moves weights by a few percent, so a task vector
+    is far smaller than the weights; a full checkpoint is about as large as them (ratio near 1)."""
+    if recorded_kind(getattr(task_vector, "metadata", {}) or {}) is not None:
+        return None
+    shared = [k for k in pretrained.keys() if k in set(task_vector.keys()) and len(pretrained.shape(k)) >= 2
+              and pretrained.dtype(k).is_floating_point][:keys]
+    if not shared:
+        return None
+    delta = sum(float(task_vector.get(k).double().square().sum()) for k in shared) ** 0.5
+    base = sum(float(pretrained.get(k).double().square().sum()) for k in shared) ** 0.5
+    if not base or not delta / base > FULL_WEIGHTS_RATIO:  # NaN (a damaged file): the finite check says so
+        return None
+    return (f"{label} looks like full fine-tuned weights, not a task vector: ||tau|| / ||theta_pre|| = "
+            f"{delta / base:.2f} over {len(shared)} tensors (task vectors are usually below 0.1); if it is a "
+            "fine-tuned checkpoint, give it with --finetuned")
+
+
 @dataclass
 class Run:
     """Task vector files by task name (in run order) and the identity of the run they belong to."""
@@ -187,6 +244,27 @@ def _index_entries(folder: Path, index: Mapping[str, Any]) -> dict[str, tuple[Pa
     return found
 
 
+def disagreement(folder: Path, index: Mapping[str, Any], entries: Mapping[str, tuple[Path, dict[str, Any]]]) -> str | None:
+    """How a task_vectors folder's index.json and files disagree, in words (None when they agree): tasks of
+    the run's stream without a task vector (a fit that stopped, an entry lost), or task vector files the
+    index does not list. Such a folder is not the run's result; only an explicit choice of tasks reads it."""
+    listed = {path.name for path, _ in entries.values()}
+    unlisted = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in listed)
+    stream = [str(task) for task in index.get("tasks") or []]
+    unfinished = [task for task in stream if task not in entries]
+    problems = []
+    if unfinished:
+        problems.append(f"{len(unfinished)} of its {len(stream)} tasks have no task vector ({', '.join(unfinished[:5])}"
+                        f"{', ...' if len(unfinished) > 5 else ''}; a fit that stopped early: resume it with --ckpt_path last)")
+    if unlisted:
+        problems.append(f"{len(unlisted)} task vector files are not in its index ({', '.join(unlisted[:5])}"
+                        f"{', ...' if len(unlisted) > 5 else ''})")
+    if not problems:
+        return None
+    return (f"{folder / INDEX_NAME} does not cover the run: {'; '.join(problems)}; to merge only some task vectors, "
+            "name them (their files, or the tasks to use)")
+
+
 def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict[str, Any] | None, Path | None, Path]:
     """Entries (task -> file, index entry), index, run root and folder of one run folder, folder or file."""
     folder, root = item, None
@@ -207,9 +285,13 @@ def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict
     return entries, index, root, folder
 
 
-def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False) -> Run:
+def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False,
+             tasks: Sequence[str] | None = None) -> Run:
     """Task vectors and their run identity from a run folder (uses RUN/task_vectors/), a task_vectors
-    folder, one file, or a list of any of these.
+    folder, one file, or a list of any of these; `tasks`: only those (in that order, see `Run.select`).
+
+    A folder must hold its whole run (`disagreement`: every task of the stream has its task vector, every
+    file is in index.json) unless `tasks` names the ones wanted, e.g. a prefix of a stopped run.
 
     Order: index.json's when present, else sorted file names (or the list's order). Task names come from
     the index / file metadata ("task"), else the file stem. Unless `allow_mixed`, every file must share the
@@ -227,6 +309,9 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     first_index, first_root = None, None
     for item in items:
         entries, index, root, folder = _read_item(Path(item))
+        problem = disagreement(folder, index, entries) if index is not None and tasks is None else None
+        if problem:
+            raise ValueError(problem)
         if first_index is None and len(items) == 1:
             first_index, first_root = index, root
         group = by_folder.setdefault(folder.resolve(), [])
@@ -236,6 +321,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
             if not path.is_file():
                 raise FileNotFoundError(f"task vector file {path} is missing; rerun the fine-tuning that writes it")
             own = read_metadata(path)
+            check_kind(own, str(path), "task_vector")
             meta = {**own, **extra}
             name = str(extra.get("task") or meta.get("task") or stem)
             if name in paths:
@@ -256,7 +342,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     if isinstance(zero_entries, bool) or not isinstance(zero_entries, int) or zero_entries < 0:
         raise ValueError(f"{first_root}: index.json's zero_entries must be a whole number >= 0, got {zero_entries!r}")
     return Run(paths, identity, None if seed is None else int(seed), _none(first.get("stream")), first_root,
-               pretrained_file, metadata, zero_entries)
+               pretrained_file, metadata, zero_entries).select(tasks)
 
 
 def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: int | None, stream: str | None,

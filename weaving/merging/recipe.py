@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from weaving.merging.registry import get_method, get_pooling
 from weaving.merging.search_space import check_keys, load_yaml as load_yaml_text, number, parse_search_space
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
 from weaving.merging.weave import prepare_weave
+from weaving.io.runs import InputWarning, check_kind, looks_like_full_weights
 
 TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed", "format", "model",
             "overwrite")
@@ -223,14 +225,34 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def open_models(recipe: Recipe) -> tuple[TensorSource, list[TensorSource], Path | None]:
     """The pretrained source, the (weighted, lazy) task vectors, and the pretrained's folder (for its
-    config and tokenizer files; None when the pretrained is a lone file)."""
+    config and tokenizer files; None when the pretrained is a lone file).
+
+    Each input must be the kind its place says (`weaving.io.runs.check_kind`: theta_pre, fine-tuned weights or
+    a task vector, as its metadata records), and each model is given once; a task vector without a recorded
+    kind that looks like full weights is warned about (`weaving.io.runs.looks_like_full_weights`)."""
+    kind = "finetuned" if recipe.finetuned else "task_vector"
     base_path = resolve_location(recipe.pretrained)
-    pretrained = LastReadSource(open_checkpoint(base_path, recipe.pretrained))
+    base = open_checkpoint(base_path, recipe.pretrained)
+    check_kind(base.metadata, f"inputs.pretrained {recipe.pretrained}", "pretrained")
+    pretrained = LastReadSource(base)
+    seen: dict[Path, int] = {base_path.resolve(): -1}
     task_vectors: list[TensorSource] = []
-    for model in recipe.models:
-        source = open_checkpoint(resolve_location(model.location), model.location)
+    for i, model in enumerate(recipe.models):
+        where = f"inputs.{'finetuned' if recipe.finetuned else 'task_vectors'}[{i}] {model.location}"
+        path = resolve_location(model.location)
+        first = seen.setdefault(path.resolve(), i)
+        if first == -1:
+            raise ValueError(f"{where} is the pretrained model itself: its task vector is zero; give the fine-tuned models")
+        if first != i:
+            raise ValueError(f"{where}: the same model as entry {first}; give each model once (a weight scales one)")
+        source = open_checkpoint(path, model.location)
+        check_kind(source.metadata, where, kind)
         if recipe.finetuned:
             source = DifferenceSource(source, pretrained)
+        else:
+            warning = looks_like_full_weights(source, base, where)
+            if warning:
+                warnings.warn(warning, InputWarning, stacklevel=2)
         task_vectors.append(source if model.weight == 1.0 else ScaledSource(source, model.weight))
     side_files = base_path if base_path.is_dir() else base_path.parent if base_path.name.endswith(".index.json") else None
     return pretrained, task_vectors, side_files

@@ -9,6 +9,7 @@ import torch
 
 from weaving.io.source import TensorSource, check_finite
 from weaving.merging.selection import select_rows
+from weaving.merging import tensor_ops
 from weaving.merging.tensor_ops import select_sorted
 
 # On a GPU, task vectors up to this many entries are sorted at once for global selections; larger ones,
@@ -95,7 +96,7 @@ class TaskVectorSet:
         """
         dtype = self.selection_dtype()
         count = self.numel()
-        if self.device.type == "cuda" and count <= IN_MEMORY_SELECTION and not self.partial:
+        if self.device.type not in tensor_ops.RADIX_DEVICES and count <= IN_MEMORY_SELECTION and not self.partial:
             streams: list[list[torch.Tensor]] = [[] for _ in indices]
             for key in self.keys:
                 for block in blocks_of(key):

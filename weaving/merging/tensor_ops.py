@@ -41,6 +41,11 @@ def sorted_values(values: torch.Tensor, indices: list[int]) -> list[torch.Tensor
     return select_sorted([values], indices)
 
 
+# Device types where selections stream (radix selection, weaving.merging.selection); elsewhere (GPUs) one
+# device-wide sort is faster. Tests empty it to run the sorting path on the CPU.
+RADIX_DEVICES = ("cpu",)
+
+
 def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: bool = False,
                   zeros: int = 0) -> list[torch.Tensor]:
     """[sorted(v)[i] for i in indices], v = all entries of `parts` flattened together (abs values when
@@ -55,7 +60,7 @@ def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: b
     if d + zeros == 0:
         raise ValueError("cannot select from an empty tensor")
     dtype = parts[0].dtype
-    if parts[0].device.type == "cpu" and dtype in (torch.float32, torch.float64):
+    if parts[0].device.type in RADIX_DEVICES and dtype in (torch.float32, torch.float64):
         return radix_select(lambda: iter(parts), indices, d, dtype, absolute=absolute, zeros=zeros)
     flat = torch.cat([p.reshape(-1) for p in parts])
     ordered = torch.sort(flat.abs() if absolute else flat).values

@@ -8,7 +8,9 @@ unlike `trainer.log_dir` it does not move to a new `version_N` folder when a run
 
 A fresh fit into a run dir that holds another run's files (task vectors, index.json, theta_pre, or
 checkpoints in a ModelCheckpoint folder) is refused with one line unless `overwrite` (then those files are
-deleted first); a resumed fit (`--ckpt_path`) must belong to the run recorded in index.json.
+deleted first); a resumed fit (`--ckpt_path`) must belong to the run recorded in index.json, and the task
+vectors of the tasks it finished before its checkpoint must all be there (it refuses, naming them, before
+any training or any write: a later checkpoint cannot recreate them).
 """
 
 from __future__ import annotations
@@ -80,13 +82,22 @@ class TaskVectorWriter(Callback):
                 for path in stale:
                     path.unlink(missing_ok=True)
         else:
-            index = read_index(self.folder(trainer))
+            folder = self.folder(trainer)
+            index = read_index(folder)
             if index is not None:
-                where = self.folder(trainer) / INDEX_NAME
+                where = folder / INDEX_NAME
                 check_same_base([(str(where), RunIdentity(run_id=index.get("run_id"))),
                                  (f"checkpoint {trainer.ckpt_path}", module.identity)], fields=("run_id",),
                                 message=lambda _, label, mine, first, theirs: f"{label} belongs to run {mine} but "
                                 f"{first} to run {theirs}; resume from that run's checkpoint or start again with --overwrite")
+            listed = {e.get("task"): e.get("file") for e in (index or {}).get("task_vectors", []) if isinstance(e, dict)}
+            missing = [task for task in module.finished_tasks()
+                       if not listed.get(task) or not (folder / Path(str(listed[task])).name).is_file()]
+            if missing:  # the checkpoint holds later weights: a finished task's vector cannot be made again
+                raise ValueError(
+                    f"cannot resume: {len(missing)} finished task(s) have no task vector in {folder} ({', '.join(missing)}); "
+                    f"the checkpoint {trainer.ckpt_path} is past them and cannot recreate them: restore them, or "
+                    "start again with --overwrite")
             if index is not None:
                 trainer.strategy.barrier()
                 return

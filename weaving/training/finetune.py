@@ -169,6 +169,13 @@ class FineTuner(pl.LightningModule):
         full = {k: v.detach().cpu() for k, v in self._clip.model.state_dict().items()}
         return {**full, **self.theta_pre}
 
+    def finished_tasks(self) -> list[str]:
+        """The tasks a resumed fit does not train again (finished before its checkpoint); [] for a new fit."""
+        resume = getattr(self, "_resume_epoch", None)
+        if resume is None:
+            return []
+        return self.task_names if resume >= self.stream_epochs else self._task_names[:self.task_of_epoch(resume)]
+
     @property
     def stream_epochs(self) -> int:
         """Epochs of the whole stream: epochs_per_task x tasks."""
@@ -321,6 +328,8 @@ class FineTuner(pl.LightningModule):
         self._activate(self.task_of_epoch(self.trainer.current_epoch if resume is None else resume))
         if resume is not None:
             rank_zero_info(self._resume_line(resume))
+            if resume >= self.stream_epochs:  # a finished run: Lightning would redo the last epoch (its
+                self.trainer.should_stop = True  # checkpoint predates the epoch's end) and rewrite its vector
 
     def _resume_line(self, epoch: int) -> str:
         """What a resumed fit keeps: the finished tasks (their task vectors are not written again)."""
@@ -332,11 +341,6 @@ class FineTuner(pl.LightningModule):
         within = epoch - task * self.hparams.epochs_per_task
         where = f" at epoch {within + 1}/{self.hparams.epochs_per_task} of it" if within else ""
         return f"resumed at epoch {epoch}: {kept}; continuing with task {task + 1}/{total} {self._task_names[task]}{where}"
-
-    @property
-    def stream_epochs(self) -> int:
-        """Epochs of the whole stream: epochs_per_task x tasks."""
-        return self.hparams.epochs_per_task * len(self._task_names)
 
     def on_validation_start(self) -> None:
         if not self._heads:  # `weaving validate` with a FineTuner: evaluate the current task's head
