@@ -178,7 +178,7 @@ def module_pass(model, task, g, lambdas, *, batch_size, device, cache_dir, max_s
     import lightning.pytorch as pl
 
     from weaving.evaluation.comparison import ComparisonModule
-    from weaving.merging.task_vectors import save_state_dict
+    from weaving.io.writer import save_state_dict
 
     path = workdir / f"g_{task}.safetensors"
     save_state_dict(path, g, {"task": task})

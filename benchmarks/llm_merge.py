@@ -68,7 +68,7 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, 
 
 def io_limit(root: Path, out: Path) -> None:
     """Read every input tensor once and write one output tensor per name: the floor for any merge."""
-    from weaving.formats.sharded import open_checkpoint, save_streamed
+    from weaving.io import open_checkpoint, save_streamed
 
     sources = [open_checkpoint(root / "base")] + [open_checkpoint(root / f"ft{t}") for t in range(TASKS)]
     base = sources[0]
@@ -101,7 +101,7 @@ def mergekit_config(root: Path, method: str) -> dict:
 def memory_goal(root: Path) -> int:
     """Issue 14's bound on the merge's resident memory: 1.5 x the largest tensor (float32, the compute
     dtype) x (T + 3), in bytes (statistics not included: a few numbers for ties)."""
-    from weaving.formats.sharded import open_checkpoint
+    from weaving.io import open_checkpoint
 
     base = open_checkpoint(root / "base")
     largest = max(_numel(base.shape(key)) for key in base.keys())
@@ -127,7 +127,7 @@ def compare(root: Path, mergekit: str | None, work: Path) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     rows = [run_case("process floor (python with torch and weaving imported, nothing read)",
-                     [python, "-c", "import torch, weaving.merging.recipe, weaving.formats.sharded"], work / "floor"),
+                     [python, "-c", "import torch, weaving.merging.recipe, weaving.io"], work / "floor"),
             run_case("I/O limit (read all inputs once, write once)",
                      [python, __file__, "io-limit", "--root", str(root), "--out", str(work / "io")], work / "io")]
     for method, weaving_method in (("task_arithmetic", "task_arithmetic"), ("ties", {"ties": {"k": 0.2}})):

@@ -43,6 +43,8 @@ def test_version(capsys):
     (["test", "--config", str(CONFIGS / "merge" / "digits_task_arithmetic.yaml")],
      "weaving test: error: MergeModule has no test loop; run `weaving validate`"),
     (["merge", "--pretrained", "x.safetensors", "--bogus", "1"], "weaving merge: error:"),
+    (["validate", "--config", str(CONFIGS / "merge" / "digits_task_arithmetic.yaml"), "--model.init_args.lam", "1e39"],
+     "weaving validate: error: lam=1e+39 overflows float32 (largest 3.403e+38)"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, capsys):
     code, _, err = run_main(capsys, *args)
@@ -131,7 +133,7 @@ from pathlib import Path
 # Python's own Ctrl-C handler, as a process started from a terminal has: python keeps an inherited SIG_IGN,
 # and in full clean-clone CI runs this child, started late in the suite, did not react to SIGINT at all.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import weaving.formats.sharded as sharded
+import weaving.io.safetensors as sharded
 
 write = sharded.SafetensorsStream.write
 
@@ -168,3 +170,35 @@ def test_sigint_during_a_merge_exits_130_with_one_line_and_no_temporary_files(tm
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("merge[")]
     assert process.returncode == 130 and lines == ["weaving merge: interrupted"], err
     assert os.listdir(out) == []  # the temporary file of the half-written output is gone
+
+
+def test_validate_config_numbers_read_as_yaml_1_2(capsys, tmp_path):
+    """A merge config's `lambdas: 1:3:1` stays a range (YAML 1.1: 3781) and `lam: 1e-3` is a number."""
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    lambdas: 1:3:1\n    lam: 1e-3\n")
+    code, out, _ = run_main(capsys, "validate", "--config", str(CONFIGS / "merge" / "digits_ties_weave.yaml"),
+                            "--config", str(extra), "--print_config")
+    init_args = yaml.safe_load(out)["model"]["init_args"]
+    assert code in (0, None) and init_args["lambdas"] == "1:3:1" and init_args["lam"] == 1e-3
+
+
+def test_sigterm_during_fit_ends_with_one_line_and_a_non_zero_exit(capsys, monkeypatch, tmp_path):
+    """A cluster's time limit sends SIGTERM: Lightning stops the loop with a SystemExit of code 0, which
+    would report the stopped run as finished."""
+    from weaving.training import FineTuner
+
+    step = FineTuner.training_step
+
+    def terminated(self, batch, batch_idx):
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler notes it; the loop stops after this step
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(FineTuner, "training_step", terminated)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        code, _, err = run_main(capsys, "fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    assert code == 143
+    assert err.splitlines()[-1] == "weaving fit: terminated by SIGTERM before the end; resume with --ckpt_path last"
+    assert "Traceback" not in err

@@ -9,6 +9,7 @@
 One exit-code policy for every command: 0 on success, 2 for a user error (bad option, config, path or
 input; one line `weaving COMMAND: error: ...` on stderr, no traceback; `WEAVING_DEBUG=1` re-raises),
 130 when interrupted by Ctrl-C (one line `weaving COMMAND: interrupted`; temporary files are removed),
+143 when `weaving fit` (or validate) is stopped by SIGTERM (one line; resume with --ckpt_path last),
 1 for anything else (a bug or a crash: the traceback is printed).
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
 
 USAGE = """usage: weaving COMMAND [options]   (weaving COMMAND --help for a command's options)
 
@@ -126,6 +128,15 @@ def lightning_main(args: list[str] | None = None) -> None:
             parser.add_argument("--allow_mixed", type=bool, default=False,
                                 help="validate/test: merge task vectors whose base model or run ids disagree.")
 
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+                from weaving.io.torch_pickle import check_lightning_checkpoint
+
+                check_lightning_checkpoint(ckpt)  # before Lightning unpickles it (for its hyper-parameters)
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
             if self.subcommand == "test":
@@ -222,17 +233,47 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_WARNING_PREFIX: list[str] = []  # the running command's name; the formatter below is installed once
+
+
+def _one_line_warnings(name: str) -> None:
+    """weaving's own warnings about inputs (weaving.io.runs.InputWarning) as `weaving COMMAND: warning: ...`."""
+    import warnings
+
+    from weaving.io.runs import InputWarning
+
+    if not _WARNING_PREFIX:
+        original = warnings.formatwarning
+
+        def formatwarning(message, category, *args, **kwargs):  # noqa: ANN001
+            if issubclass(category, InputWarning):
+                return f"{_WARNING_PREFIX[0]}: warning: {message}\n"
+            return original(message, category, *args, **kwargs)
+
+        warnings.formatwarning = formatwarning
+        _WARNING_PREFIX.append(name)
+    _WARNING_PREFIX[0] = name
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `weaving` command (see the module docstring for the exit-code policy)."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else ""
     name = f"weaving {command}" if command in COMMANDS else "weaving"
+    if command in COMMANDS:
+        _one_line_warnings(name)
     try:
         dispatch(argv)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C; atomic writes have removed their temporaries
         # Inside trainer.fit/validate/test (`weaving fit`, the demo) Lightning catches Ctrl-C itself: it runs
         # the on_exception hooks and its teardown, then calls sys.exit(1), whose context is the interrupt.
         interrupted = isinstance(stop, KeyboardInterrupt) or isinstance(stop.__context__, KeyboardInterrupt)
+        if type(stop).__name__ == "SIGTERMException" and not os.environ.get("WEAVING_DEBUG"):
+            # Lightning ends fit/validate with SIGTERMException, a SystemExit of code 0, on SIGTERM (what a
+            # cluster's time limit sends): the run did not finish, so say so and fail like a killed process.
+            hint = "; resume with --ckpt_path last" if name == "weaving fit" else ""
+            print(f"{name}: terminated by SIGTERM before the end{hint}", file=sys.stderr)
+            sys.exit(TERMINATED)
         if not interrupted or os.environ.get("WEAVING_DEBUG"):
             raise
         print(f"{name}: interrupted", file=sys.stderr)
@@ -262,7 +303,11 @@ def dispatch(argv: list[str] | None = None) -> None:
 
         print(f"weaving {weaving.__version__}")
         return
+    from weaving.merging.search_space import use_in_jsonargparse
+
+    use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
     if command == "merge":
+        import weaving.formats  # noqa: F401  (registers the whole-model formats of --format)
         from weaving.merging.cli import merge_main
 
         merge_main(argv[1:])

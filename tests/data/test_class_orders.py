@@ -15,7 +15,8 @@ import pytest
 
 from weaving.data import class_orders, get_task
 from weaving.data.datamodule import TaskStreamDataModule
-from weaving.data.splits import parse_split_name, split_classes, split_task
+from weaving.data.splits import parse_split_name, split_classes
+from weaving.data.tasks import split_task
 
 
 def digest(values) -> str:

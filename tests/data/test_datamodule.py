@@ -136,3 +136,17 @@ def test_signatures_are_a_yaml_schema():
         assert config.data[key] == value and config.data.batch_size == 8, cls
         with pytest.raises(Exception, match="batch_size"):  # a typed schema: a wrong type is refused
             parser.parse_string(f"data:\n  {key}: {value}\n  batch_size: many\n")
+
+
+def test_decoded_test_sets_share_one_cache_entry_with_the_evaluator(tmp_path):
+    """The datamodule keys a decoded test set by the model's input size, as the evaluator does: one entry
+    (the model name as the size made a second entry of every test set)."""
+    from weaving.data.cache import open_test_set
+    from weaving.models import load_clip
+
+    data = MultiTaskDataModule(["digits"], batch_size=64, decoded_cache=True, cache_dir=str(tmp_path))
+    data.eval_dataset(data.tasks[0], "test")
+    clip = load_clip("weaving-tiny-vit")
+    open_test_set("digits", split="test", transform=clip.eval_transform, image_size=clip.model.visual.image_size,
+                  cache_dir=tmp_path, progress=False)
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 1

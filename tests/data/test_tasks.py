@@ -234,5 +234,96 @@ def test_imagenet_prompts_come_from_open_clip():
     assert [t.format("dog") for t in prompts.IMAGENET_TEMPLATES] == [t("dog") for t in OPENAI_IMAGENET_TEMPLATES]
     indices = prompts.IMAGENET_R_IMAGENET_INDICES
     assert len(indices) == len(set(indices)) == 200 and list(indices) == sorted(indices)  # wnid order = label order
-    assert prompts.IMAGENET_R_CLASSNAMES[0] == IMAGENET_CLASSNAMES[1] == "goldfish"
-    assert prompts.IMAGENET_R_CLASSNAMES[-1] == "acorn"
+    assert prompts.IMAGENET_R_OPEN_CLIP_CLASSNAMES[0] == IMAGENET_CLASSNAMES[1] == "goldfish"
+    assert prompts.IMAGENET_R_OPEN_CLIP_CLASSNAMES[-1] == "acorn"
+
+
+# MagMax's own lists (https://github.com/danielm1405/magmax), recorded here to compare the registry with:
+# src/datasets/imagenetr.py `_ImageNetR.CLASSES` (its class folder names; labels follow this sorted order),
+# torchvision's CIFAR100 `classes` (src/datasets/cifar100.py uses them as they are) and
+# src/datasets/templates.py `imagenet_template` (its CUB200 templates), as format strings.
+MAGMAX_IMAGENET_R_CLASSES = [
+    'African_chameleon', 'Granny_Smith', 'accordion', 'acorn', 'afghan_hound', 'ambulance', 'american_egret',
+    'ant', 'assault_rifle', 'axolotl', 'baboon', 'backpack', 'badger', 'bagel', 'bald_eagle', 'banana', 'barn',
+    'baseball_player', 'basketball', 'basset_hound', 'bathtub', 'beagle', 'beaver', 'bee', 'beer_glass',
+    'bell_pepper', 'binoculars', 'birdhouse', 'bison', 'black_swan', 'bloodhound', 'border_collie',
+    'boston_terrier', 'bow_tie', 'boxer', 'broccoli', 'broom', 'bucket', 'burrito', 'cabbage', 'candle',
+    'cannon', 'canoe', 'carousel', 'castle', 'cauldron', 'centipede', 'cheeseburger', 'cheetah', 'chihuahua',
+    'chimpanzee', 'chow_chow', 'clown_fish', 'cobra', 'cocker_spaniels', 'cockroach', 'collie', 'cowboy_hat',
+    'cucumber', 'dalmatian', 'dragonfly', 'duck', 'eel', 'electric_guitar', 'espresso', 'fire_engine',
+    'flamingo', 'flute', 'fly', 'fox_squirrel', 'french_bulldog', 'gasmask', 'gazelle', 'german_shepherd_dog',
+    'gibbon', 'golden_retriever', 'goldfinch', 'goldfish', 'goose', 'gorilla', 'grand_piano', 'grasshopper',
+    'great_white_shark', 'grey_whale', 'guillotine', 'guinea_pig', 'hammer', 'hammerhead', 'harmonica', 'harp',
+    'hatchet', 'hen', 'hermit_crab', 'hippopotamus', 'hotdog', 'hummingbird', 'husky', 'hyena', 'ice_cream',
+    'iguana', 'italian_greyhound', 'jeep', 'jellyfish', 'joystick', 'junco', 'killer_whale', 'king_penguin',
+    'koala', 'lab_coat', 'labrador_retriever', 'ladybug', 'lawn_mower', 'lemon', 'leopard', 'lighthouse',
+    'lion', 'lipstick', 'llama', 'lobster', 'lorikeet', 'mailbox', 'mantis', 'meerkat', 'military_aircraft',
+    'missile', 'mitten', 'mobile_phone', 'monarch_butterfly', 'mushroom', 'newt', 'orangutan', 'ostrich',
+    'panda', 'parachute', 'peacock', 'pelican', 'pembroke_welsh_corgi', 'pickup_truck', 'pig', 'pineapple',
+    'pirate_ship', 'pizza', 'polar_bear', 'pomegranate', 'pomeranian', 'porcupine', 'pretzel', 'puffer_fish',
+    'pug', 'red_fox', 'revolver', 'rottweiler', 'rugby_ball', 'saint_bernard', 'sandal', 'saxophone', 'scarf',
+    'school_bus', 'schooner', 'scorpion', 'scottish_terrier', 'scuba_diver', 'sea_lion', 'shield', 'shih_tzu',
+    'skunk', 'snail', 'snow_leopard', 'soccer_ball', 'space_shuttle', 'spider_web', 'standard_poodle',
+    'starfish', 'steam_locomotive', 'stingray', 'strawberry', 'submarine', 'tabby_cat', 'tank', 'tarantula',
+    'tennis_ball', 'tiger', 'timber_wolf', 'toucan', 'toy_poodle', 'tractor', 'tree_frog', 'trombone', 'vase',
+    'violin', 'volcano', 'vulture', 'weimaraner', 'west_highland_white_terrier', 'wheelbarrow', 'whippet',
+    'wine_bottle', 'wood_rabbit', 'yorkshire_terrier', 'zebra',
+]
+
+TORCHVISION_CIFAR100_CLASSES = [
+    'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl',
+    'boy', 'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair',
+    'chimpanzee', 'clock', 'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin',
+    'elephant', 'flatfish', 'forest', 'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp',
+    'lawn_mower', 'leopard', 'lion', 'lizard', 'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain',
+    'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'otter', 'palm_tree', 'pear', 'pickup_truck',
+    'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road', 'rocket',
+    'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper', 'snail', 'snake', 'spider', 'squirrel',
+    'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone', 'television', 'tiger', 'tractor',
+    'train', 'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf', 'woman', 'worm',
+]
+
+MAGMAX_IMAGENET_TEMPLATE = [
+    'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',
+    'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.', 'a photo of a hard to see {}.',
+    'a bright photo of a {}.', 'a photo of a clean {}.', 'a photo of a dirty {}.', 'a dark photo of the {}.',
+    'a drawing of a {}.', 'a photo of my {}.', 'the plastic {}.', 'a photo of the cool {}.',
+    'a close-up photo of a {}.', 'a black and white photo of the {}.', 'a painting of the {}.',
+    'a painting of a {}.', 'a pixelated photo of the {}.', 'a sculpture of the {}.',
+    'a bright photo of the {}.', 'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.',
+    'a jpeg corrupted photo of a {}.', 'a blurry photo of the {}.', 'a photo of the {}.',
+    'a good photo of the {}.', 'a rendering of the {}.', 'a {} in a video game.', 'a photo of one {}.',
+    'a doodle of a {}.', 'a close-up photo of the {}.', 'a photo of a {}.', 'the origami {}.',
+    'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.', 'a origami {}.',
+    'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.', 'a photo of the clean {}.',
+    'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.', 'a photo of a weird {}.',
+    'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.', 'a embroidered {}.',
+    'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
+    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
+    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.', 'a dark photo of a {}.',
+    'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.', 'a photo of a cool {}.',
+    'a photo of a small {}.', 'a tattoo of the {}.',
+]
+
+
+def test_continual_heads_are_magmaxs():
+    """cifar100, imagenet_r and cub200 name their classes and prompt them as MagMax's heads do."""
+    from weaving.data import prompts
+    from weaving.data.class_orders import IMAGENET_R_README_NAMES
+
+    cifar100, imagenet_r, cub200 = get_task("cifar100"), get_task("imagenet_r"), get_task("cub200")
+    assert list(cifar100.classnames) == TORCHVISION_CIFAR100_CLASSES  # underscores kept: "aquarium_fish"
+    assert list(cifar100.templates) == list(prompts.CIFAR100_TEMPLATES)
+    # MagMax's label k is the k-th sorted folder name; weaving's label is the WordNet-id order: same names
+    by_folder = dict(zip(IMAGENET_R_README_NAMES, imagenet_r.classnames))
+    assert sorted(by_folder) == MAGMAX_IMAGENET_R_CLASSES
+    assert all(by_folder[folder] == folder.replace("_", " ") for folder in MAGMAX_IMAGENET_R_CLASSES)
+    assert {"newt", "panda", "timber wolf", "African chameleon"} <= set(imagenet_r.classnames)
+    assert list(imagenet_r.templates) == MAGMAX_IMAGENET_TEMPLATE
+    assert list(cub200.templates) == MAGMAX_IMAGENET_TEMPLATE and len(MAGMAX_IMAGENET_TEMPLATE) == 80
+    assert cub200.classnames[0] == "Black footed Albatross"  # folder "001.Black_footed_Albatross"[4:], "_" -> " "
+    # open_clip's ImageNet names stay available, in the same label order
+    assert prompts.IMAGENET_R_OPEN_CLIP_CLASSNAMES[:2] == ("goldfish", "great white shark")
+    assert len(prompts.IMAGENET_R_OPEN_CLIP_CLASSNAMES) == 200

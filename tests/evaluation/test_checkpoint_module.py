@@ -70,7 +70,7 @@ def test_theta_pre_alone_and_missing_parts(files, tmp_path):
 
 def test_merge_module_export_scores_the_same_as_a_checkpoint(domain_run, tmp_path):
     from weaving.evaluation.merge_module import MergeModule
-    from weaving.merging.task_vectors import read_metadata
+    from weaving.io.safetensors import read_metadata
 
     out = tmp_path / "merged.safetensors"
     module = MergeModule(str(domain_run), method="ties", lam=0.8, tasks=["digits", "digits_rot90"],

@@ -10,7 +10,7 @@ from weaving.evaluation import report, setups
 from weaving.evaluation.comparison import ComparisonModule, run_comparison, write_comparison
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 
 from .direct import add_scaled, direct_accuracies
 
@@ -51,9 +51,11 @@ def test_rows_equal_a_direct_evaluation_of_each_merged_model(clip, domain_run, h
     for method in ("ties", "dare"):
         for variant in ("lam", "privileged") + (("recommended",) if method == "dare" else ()):
             lam = rows[(method, variant)]["lam"]
-            merged = weaving.merge(pre, members, method, lam=lam, seed=0)
+            args = rows[(method, variant)]["hyperparameters"]  # ties: the run's zero_entries
+            merged = weaving.merge(pre, members, method, lam=lam, seed=0, **args)
             assert rows[(method, variant)]["accuracy"] == direct(clip, setup.columns, merged), (method, variant)
-        woven = weaving.weave(pre, members, method, [0.5, 1.0], seed=0)
+        assert ("zero_entries" in args) == (method == "ties")
+        woven = weaving.weave(pre, members, method, [0.5, 1.0], seed=0, **args)
         assert rows[(method, "weave")]["accuracy"] == direct(clip, setup.columns, woven), method
         assert rows[(method, "weave")]["lambdas"] == [0.5, 1.0]
     curve = analysis["methods"]["ties"]
@@ -126,14 +128,14 @@ def _validate(module):
 
 
 def test_results_record_what_produced_each_row_and_the_config(domain_run, head_cache, tmp_path):
-    from weaving.formats.export import file_sha256
+    from weaving.io.loader import file_sha256
 
     out = tmp_path / "job"
     results, _ = run_comparison(domain_run, methods=["ties"], method_args={"ties": {"k": 0.3}}, lambdas=[0.5, 1.0],
                                 seed=3, head_cache_dir=head_cache, output_dir=str(out), **QUICK)
-    paths = read_run(domain_run).paths
+    paths, recorded = read_run(domain_run).paths, read_run(domain_run).zero_entries  # the run's population
     for row in results["rows"]:
-        assert row["hyperparameters"] == weaving.METHODS["ties"].resolve({"k": 0.3})  # defaults included
+        assert row["hyperparameters"] == weaving.METHODS["ties"].resolve({"k": 0.3, "zero_entries": recorded})
         assert row["seed"] == 3
         assert row["task_vectors"] == {t: file_sha256(paths[t]) for t in DOMAINS}
     weave = next(r for r in results["rows"] if r["weave"])

@@ -137,7 +137,7 @@ def test_output_that_is_a_file_is_refused(capsys, tmp_path):
 
 def test_reuse_only_matching_seed_tasks_and_theta_pre():
     from weaving.evaluation.demo import _why_not_reusable
-    from weaving.runs import state_dict_hash
+    from weaving.io.runs import state_dict_hash
 
     config = DemoConfig(seed=0)
     base = state_dict_hash(load_clip("weaving-tiny-vit", None, seed=0).model.state_dict())

@@ -6,7 +6,7 @@ from weaving.data.datamodule import MultiTaskDataModule
 from weaving.evaluation import report, setups
 from weaving.evaluation.comparison import run_comparison
 from weaving.evaluation.merge_module import MergeModule
-from weaving.runs import read_run
+from weaving.io.runs import read_run
 from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
 
@@ -118,11 +118,26 @@ def test_weaving_over_a_grid_of_hyper_parameters(domain_run, head_cache):
                          head_cache_dir=head_cache)
     validate(module, ["digits"])
     members = list(read_run(domain_run).paths.values())
-    expected = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]})
-    single = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], k=0.3)
+    zeros = read_run(domain_run).zero_entries  # the run's population, which the module uses by default
+    expected = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], grid={"k": [0.3, 0.6]}, zero_entries=zeros)
+    single = weaving.weave(module.theta_pre, members, "ties", [0.5, 1.0], k=0.3, zero_entries=zeros)
     merged = visual_state_dict(module.clip_model)
     assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
     assert not all(torch.allclose(merged[k], single[k], atol=1e-6) for k in expected)
     assert module.lambdas == [0.5, 1.0]
     with pytest.raises(ValueError, match="has no hyper-parameter 'beta'"):
         MergeModule(str(domain_run), method="ties", weave=True, grid={"beta": [0.1]}, head_cache_dir=head_cache)
+
+
+def test_a_run_records_the_population_ties_and_pcb_count_by_default(domain_run, head_cache):
+    """`weaving fit` records the official harness's zero-delta entries in index.json; the run's merges pass
+    them to ties and pcb unless the config sets zero_entries (as `weaving merge` does)."""
+    recorded = read_run(str(domain_run)).zero_entries
+    assert recorded > 0
+    module = MergeModule(str(domain_run), method="ties", head_cache_dir=head_cache)
+    assert module.method_args["ties"] == {"zero_entries": recorded}
+    assert module.hyperparameters["ties"] == {"k": 0.2, "zero_entries": recorded}
+    module = MergeModule(str(domain_run), method="pcb", method_args={"zero_entries": 0}, head_cache_dir=head_cache)
+    assert module.hyperparameters["pcb"]["zero_entries"] == 0
+    module = MergeModule(str(domain_run), method="magmax", head_cache_dir=head_cache)
+    assert module.method_args["magmax"] == {}

@@ -11,6 +11,7 @@ import torch
 
 from weaving.formats import hf_clip
 from weaving.formats.importer import import_run
+from weaving.io.hub import resolve_location
 
 from .conftest import hf_configs, register_config
 
@@ -107,6 +108,38 @@ def test_offline_hub_id_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ValueError) as info:
-        hf_clip.download("someone/clip-that-is-not-cached")
+        resolve_location("someone/clip-that-is-not-cached")
     message = str(info.value)
     assert "someone/clip-that-is-not-cached" in message and "\n" not in message
+
+
+def test_conversion_with_random_layer_norm_parameters(tiny_hf, tmp_path):
+    """Fresh models have layer norms at weight 1, bias 0, under which swapped or dropped norm names still
+    give equal features; random ones do not."""
+    import open_clip
+    import transformers
+
+    from .conftest import TINY
+
+    name = tiny_hf[3]  # the open_clip config of this shape (a second one would make imports ambiguous)
+    full_cfg, _ = hf_configs(**TINY)
+    torch.manual_seed(3)
+    pre = transformers.CLIPModel(full_cfg).eval()
+    norms = [n for n, _ in pre.named_parameters() if "norm" in n or "layrnorm" in n]
+    assert any("pre_layrnorm" in n for n in norms) and any("post_layernorm" in n for n in norms)
+    with torch.no_grad():
+        for param_name, param in pre.named_parameters():
+            if param_name in norms:
+                param.copy_(1.0 + 0.5 * torch.randn_like(param) if param_name.endswith("weight") else 0.5 * torch.randn_like(param))
+    pre.save_pretrained(tmp_path / "pre")
+    pre.vision_model.save_pretrained(tmp_path / "ft")  # CLIPVisionModel weights: the fine-tune is theta_pre
+    run = import_run(str(tmp_path / "pre"), {"t": str(tmp_path / "ft")}, tmp_path / "run", progress=False)
+    model = open_clip.create_model(name, pretrained=str(run / "pretrained.safetensors")).eval()
+    images = torch.randn(2, 3, TINY["image"], TINY["image"])
+    tokens = torch.randint(1, 998, (2, 77))
+    tokens[:, 5] = 999
+    with torch.no_grad():
+        want_image = pre.get_image_features(pixel_values=images)
+        want_text = pre.get_text_features(input_ids=tokens)
+        assert relative_error(model.encode_image(images), getattr(want_image, "pooler_output", want_image)) < 1e-5
+        assert relative_error(model.encode_text(tokens), getattr(want_text, "pooler_output", want_text)) < 1e-5

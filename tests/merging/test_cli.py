@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 import weaving
 from weaving.cli import main
+from weaving.io.runs import InputWarning
 from weaving.merging.cli import merge_main
-from weaving.merging.task_vectors import read_metadata
+from weaving.io.safetensors import read_metadata
 
 from .conftest import make_inputs
 
@@ -166,7 +167,7 @@ def test_task_vectors_of_different_bases_need_allow_mixed(files, capsys):
 def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
     import yaml
 
-    from weaving.formats.sharded import open_checkpoint
+    from weaving.io.loader import open_checkpoint
 
     from ..formats.llm import finetunes, llama_like, write_hf_folder
 
@@ -217,3 +218,182 @@ def test_bad_recipe_files_are_one_line_errors(files, recipe, message):
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp / "out").exists()
+
+
+@pytest.mark.parametrize("flag, space", [
+    ("1:3:1", "1:3:1"),  # YAML 1.1 would read a base-60 integer: one lambda of 3781
+    ("[1e-3, 0.5]", [1e-3, 0.5]),
+    ("{distribution: uniform, low: 0.1, high: 1.5, n: 4, seed: 2}", {"distribution": "uniform", "low": 0.1, "high": 1.5, "n": 4, "seed": 2}),
+    ("{kind: linear_depth, start: 0.2, stop: 1.0}", {"kind": "linear_depth", "start": 0.2, "stop": 1.0}),
+    ("[0.5, {kind: pattern, patterns: {'*proj*': 2.0}}]", [0.5, {"kind": "pattern", "patterns": {"*proj*": 2.0}}]),
+])
+def test_every_documented_lambdas_form_works_on_the_command_line(files, flag, space):
+    tmp, pretrained, tvs, finetuned = files
+    out = tmp / "woven.safetensors"
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", *[str(tmp / f"tv{i}.safetensors") for i in range(3)],
+                "--method", "task_arithmetic", "--lambdas", flag, "--output", str(out)])
+    expected = weaving.weave(pretrained, tvs, "task_arithmetic", space)
+    got = load_file(out)
+    for key in pretrained:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-6, rtol=1e-6)
+
+
+def test_lambdas_range_and_exponents_in_a_config_file(files):
+    tmp, pretrained, tvs, _ = files
+    tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
+    config = tmp / "merge.yaml"
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlambdas: 2:4:1\noutput: {tmp / 'a.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    config.write_text(f"pretrained: {tmp / 'pre.safetensors'}\ntask_vectors: {json.dumps(tv_paths)}\n"
+                      f"method: task_arithmetic\nlam: 1e-3\noutput: {tmp / 'b.safetensors'}\n")
+    merge_main(["--config", str(config)])
+    woven, merged = load_file(tmp / "a.safetensors"), load_file(tmp / "b.safetensors")
+    expected_woven = weaving.weave(pretrained, tvs, "task_arithmetic", [2.0, 3.0, 4.0])
+    expected_merged = weaving.merge(pretrained, tvs, "task_arithmetic", lam=1e-3)
+    for key in pretrained:
+        torch.testing.assert_close(woven[key], expected_woven[key], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged[key], expected_merged[key], atol=1e-6, rtol=1e-6)
+
+
+def test_a_range_is_not_a_lambda(files, capsys):
+    tmp, *_ = files
+    code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors",
+                               str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "1:3:1",
+                               "--output", str(tmp / "never.safetensors"))
+    assert code == 2 and "--lam: expected float, got 1:3:1" in err and not (tmp / "never.safetensors").exists()
+
+
+def test_non_finite_outputs_are_refused_and_never_written(tmp_path, capsys):
+    pre = {"visual.a.weight": torch.full((4, 4), 40000.0, dtype=torch.float16), "visual.b": torch.ones(3, dtype=torch.float16)}
+    save_file(pre, tmp_path / "pre.safetensors")
+    for i in range(2):
+        save_file({k: v + 20000.0 for k, v in pre.items()}, tmp_path / f"ft{i}.safetensors")
+    big = {k: torch.full(v.shape, 1e30) for k, v in pre.items()}
+    save_file({k: v.float() for k, v in pre.items()}, tmp_path / "pre32.safetensors")
+    save_file({k: v.float() + big[k] for k, v in pre.items()}, tmp_path / "big.safetensors")
+    half = ["--pretrained", str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft0.safetensors"),
+            str(tmp_path / "ft1.safetensors")]
+    single = ["--pretrained", str(tmp_path / "pre32.safetensors"), "--finetuned", str(tmp_path / "big.safetensors")]
+    cases = [
+        (half + ["--method", "task_arithmetic"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "ties", "--lambdas", "1.0,2.0", "--pooling", "magmax"], "out.safetensors", "(float16) is not finite"),
+        (half + ["--method", "task_arithmetic", "--out_shard_size", "100"], "folder", "(float16) is not finite"),
+        (single + ["--method", "task_arithmetic", "--dtype", "float16"], "out.safetensors", "overflow float16"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e37"], "out.safetensors", "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lambdas", "0.5,1e39", "--pooling", "magmax"], "out.safetensors",
+         "a lambda or weight too large for float32"),
+        (single + ["--method", "task_arithmetic", "--lam", "1e39"], "out.safetensors", "lam=1e+39 overflows float32"),
+    ]
+    for args, output, message in cases:
+        code, err = run_in_process(capsys, *args, "--output", str(tmp_path / output))
+        errors = [line for line in err.splitlines() if line.startswith("weaving merge: error: ")]  # the progress bar aside
+        assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (args, err)
+        assert "'visual.a.weight'" in errors[0] or "lam=" in errors[0]
+        assert not (tmp_path / output).exists(), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.safetensors", "ft0.safetensors", "ft1.safetensors",
+                                                          "pre.safetensors", "pre32.safetensors"]
+
+
+def test_a_run_whose_index_and_files_disagree_is_refused_unless_tasks_are_named(files, capsys):
+    """A stopped fit (tasks of the stream without a task vector) or a lost index entry is not the run's
+    result: merge refuses the folder, and merges the files when they are named."""
+    tmp, pretrained, tvs, _ = files
+    folder = tmp / "run" / "task_vectors"
+    folder.mkdir(parents=True)
+    for name, tv in zip("abc", tvs):
+        save_file(tv, folder / f"{name}.safetensors")
+    entries = [{"task": name, "file": f"{name}.safetensors"} for name in "ab"]
+    out = tmp / "never.safetensors"
+    for tasks, message in ((["a", "b", "c"], "1 of its 3 tasks have no task vector (c"),
+                           (["a", "b"], "1 task vector files are not in its index (c.safetensors)")):
+        (folder / "index.json").write_text(json.dumps({"format": "weaving.run/1", "tasks": tasks, "task_vectors": entries}))
+        code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(tmp / "run"),
+                                   "--method", "task_arithmetic", "--output", str(out))
+        assert code == 2 and message in err and "does not cover the run" in err and not out.exists(), err
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", str(folder / "a.safetensors"),
+                str(folder / "b.safetensors"), "--method", "task_arithmetic", "--output", str(out)])
+    expected = weaving.merge(pretrained, tvs[:2], "task_arithmetic")
+    assert all(torch.equal(load_file(out)[k], expected[k]) for k in pretrained)
+
+
+def test_inputs_of_the_wrong_kind_are_refused_from_their_metadata(files, capsys):
+    tmp, pretrained, tvs, finetuned = files
+    save_file(pretrained, tmp / "theta_pre.safetensors", metadata={"format": "weaving.pretrained/1"})
+    save_file(tvs[0], tmp / "fit_tv.safetensors", metadata={"format": "weaving.task_vector/1", "task": "a"})
+    save_file(tvs[1], tmp / "imported_tv.safetensors", metadata={"format": "weaving.run/1", "kind": "task_vector"})
+    pre, out = str(tmp / "pre.safetensors"), tmp / "never.safetensors"
+    cases = [
+        (["--task_vectors", str(tmp / "tv0.safetensors"), str(tmp / "theta_pre.safetensors")],
+         "theta_pre.safetensors: its metadata says it is theta_pre (pretrained weights), not a task vector"),
+        (["--finetuned", finetuned[0], str(tmp / "fit_tv.safetensors")],
+         "fit_tv.safetensors: its metadata says it is a task vector (theta_t - theta_pre), not fine-tuned weights; give it with --task_vectors"),
+        (["--finetuned", str(tmp / "imported_tv.safetensors")], "its metadata says it is a task vector"),
+        (["--finetuned", finetuned[0], finetuned[1], finetuned[0]], "the same model as entry 0; give each model once"),
+        (["--finetuned", pre], "is the pretrained model itself"),
+        (["--finetuned", str(tmp / "theta_pre.safetensors")], "is theta_pre (pretrained weights) itself"),
+        (["--task_vectors", str(tmp / "tv0.safetensors"), str(tmp / "tv0.safetensors")], "give each task once"),
+    ]
+    for args, message in cases:
+        code, err = run_in_process(capsys, "--pretrained", pre, *args, "--method", "task_arithmetic", "--output", str(out))
+        assert code == 2 and message in err and "Traceback" not in err and not out.exists(), (args, err)
+
+
+def test_full_weights_given_as_task_vectors_are_warned_about(files, capsys):
+    tmp, pretrained, tvs, finetuned = files
+    out = tmp / "out.safetensors"
+    done = run_cli("--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", finetuned[0],
+                   str(tmp / "tv1.safetensors"), "--method", "task_arithmetic", "--output", str(out))
+    warnings_printed = [line for line in done.stderr.splitlines() if "warning:" in line]
+    assert len(warnings_printed) == 1 and warnings_printed[0].startswith(
+        f"weaving merge: warning: inputs.task_vectors[0] {finetuned[0]} looks like full fine-tuned weights")
+    assert done.returncode == 0 and out.exists()  # a warning: the file has no metadata to be sure
+    with pytest.warns(InputWarning, match=r"\|\|tau\|\| / \|\|theta_pre\|\| = 1\.\d\d over 3 tensors"):
+        weaving.run_recipe({"inputs": {"pretrained": str(tmp / "pre.safetensors"), "task_vectors": [finetuned[1]]},
+                            "method": "task_arithmetic", "output": str(tmp / "out2.safetensors")})
+
+
+@pytest.mark.parametrize("extra", [[], ["--format", "open_clip", "--model", "ViT-B-32"]])
+def test_a_billion_point_search_space_fails_before_any_tensor_is_read(files, monkeypatch, extra):
+    tmp, _, _, finetuned = files
+
+    def never(*args, **kwargs):
+        raise AssertionError("a tensor file was opened before the search space was checked")
+
+    import weaving.merging.cli as cli
+    import weaving.merging.recipe as recipe
+
+    monkeypatch.setattr(recipe, "open_checkpoint", never)
+    monkeypatch.setattr(cli, "as_source", never)
+    grid = "{k: " + json.dumps([round(0.1 + i * 1e-5, 6) for i in range(10_000)]) + ", beta: 0.1:1.0:0.1}"
+    with pytest.raises(ValueError, match="has 1000000000 points; at most 10000"):  # 10^4 lambdas x 10^4 x 10
+        merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "breadcrumbs_ties",
+                    "--lambdas", "0.0001:1.0:0.0001", "--grid", grid, *extra, "--output", str(tmp / "never.pt")])
+
+
+def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, capsys):
+    """index.json's zero_entries (what `weaving fit` / `weaving import` record for a CLIP run) is the
+    default population of the methods that count one; the user's own value wins; other methods ignore it."""
+    from weaving.io.runs import RunIdentity, index_payload, write_index
+
+    tmp, pretrained, tvs, _ = files
+    run = tmp / "run"
+    (run / "task_vectors").mkdir(parents=True)
+    for i, tv in enumerate(tvs):
+        save_file(tv, run / "task_vectors" / f"t{i}.safetensors")
+    save_file(pretrained, run / "pretrained.safetensors")
+    write_index(run, index_payload(RunIdentity(), pretrained_file="pretrained.safetensors", seed=None, stream=None,
+                                   tasks=["t0", "t1", "t2"], entries=[{"task": f"t{i}", "file": f"t{i}.safetensors"}
+                                                                      for i in range(3)], zero_entries=60))
+    for method, args, expected in [("ties", "{}", {"zero_entries": 60}), ("pcb", "{}", {"zero_entries": 60}),
+                                   ("ties", "{zero_entries: 0}", {"zero_entries": 0}),
+                                   ("task_arithmetic", "{}", {})]:
+        out = tmp / f"{method}{len(args)}.safetensors"
+        merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", method,
+                    "--method_args", args, "--output", str(out)])
+        want = weaving.merge(pretrained, tvs, method, **expected)
+        got = load_file(out)
+        assert all(torch.equal(got[k], want[k]) for k in pretrained), (method, args)
+        assert json.loads(read_metadata(out)["weaving_recipe"])["hparams"] == expected
+    plain = weaving.merge(pretrained, tvs, "ties")
+    assert not all(torch.equal(load_file(tmp / "ties2.safetensors")[k], plain[k]) for k in pretrained)

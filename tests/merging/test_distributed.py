@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import weaving
-from weaving.formats.sharded import nbytes, open_checkpoint
+from weaving.io.loader import open_checkpoint
+from weaving.io.sizes import nbytes
 from weaving.merging.distributed import partition
 from weaving.merging.recipe import run_recipe
 from weaving.merging.selection import radix_select
@@ -27,6 +28,10 @@ CASES["dare_seeded"] = {"method": {"dare": {"p": 0.4}}, "seed": 9}
 CASES["weave_grid"] = {"method": "ties", "weaving": {"lambdas": [0.5, 1.0], "grid": {"k": [0.2, 0.5]}}}
 CASES["weave_random_pool"] = {"method": "pcb", "weaving": {"lambdas": "0.5:1.5:0.5", "pooling": "random"}}
 CASES["weave_ties_pool"] = {"method": "task_arithmetic", "weaving": {"lambdas": [0.3, 1.0], "pooling": "ties"}}
+# extra zero entries count once over the ranks (856 entries per task vector here)
+CASES["ties_zero_entries"] = {"method": {"ties": {"k": 0.2, "zero_entries": 300}}}
+CASES["pcb_vision_zero_entries"] = {"method": {"pcb": {"variant": "vision", "zero_entries": 300}},
+                                    "weaving": {"lambdas": [0.5, 1.0], "pooling": "pcb"}}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -6,18 +6,22 @@ import weaving
 from .conftest import assert_float64_close
 
 
+def clamp(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Both references' `clamp(x, min_ratio, max_ratio)` on a T x d matrix: sorted-index bounds per row."""
+    d = x.shape[1]
+    s = x.sort(dim=1).values
+    return torch.clamp(x, s[:, int(d * lo)].unsqueeze(1), s[:, int(d * (1 - hi) - 1)].unsqueeze(1))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Both references' `normalize(x, dim=1)`: row-wise min-max."""
+    lo, hi = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+    return (x - lo) / (hi - lo)
+
+
 def dense_pcb(dense: torch.Tensor, ratio: float) -> torch.Tensor:
-    """The reference formulation on a dense T x d matrix (sorted-index clamps, row-wise min-max)."""
+    """The generic reference (pcb-merging.py, `PCB_merge`) on a dense T x d matrix."""
     n, d = dense.shape
-
-    def clamp(x, lo, hi):
-        s = x.sort(dim=1).values
-        return torch.clamp(x, s[:, int(d * lo)].unsqueeze(1), s[:, int(d * (1 - hi) - 1)].unsqueeze(1))
-
-    def normalize(x):
-        lo, hi = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
-        return (x - lo) / (hi - lo)
-
     a = clamp(dense.abs(), 1e-4, 1e-4)
     c = torch.sign(dense) * a
     intra = torch.exp(n * normalize(a) ** 2)
@@ -26,16 +30,61 @@ def dense_pcb(dense: torch.Tensor, ratio: float) -> torch.Tensor:
     return (c * s).sum(0) / s.sum(0).clamp(min=1e-12)
 
 
-@pytest.mark.parametrize("ratio", [0.1, 0.5])
-def test_matches_dense_reference(ratio):
-    g = torch.Generator().manual_seed(0)
-    shapes = {"a": (40, 30), "b": (30,), "c": (7, 3, 5)}
-    tvs = [{k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()} for _ in range(4)]
-    pre = {k: torch.zeros(s, dtype=torch.float64) for k, s in shapes.items()}
-    merged = weaving.merge(pre, tvs, "pcb", ratio=ratio)
-    dense = torch.stack([torch.cat([tv[k].reshape(-1) for k in shapes]) for tv in tvs])
-    got = torch.cat([merged[k].reshape(-1) for k in shapes])
-    assert_float64_close(got, dense_pcb(dense, ratio))
+def dense_pcb_vision(dense: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The vision reference (vision_source_code/pcb.py's main block, its `lams` left to lambda) on a dense
+    T x d matrix: clip 0.01 at both ends, and the inter-score against the sum over tasks of the signed
+    min-max normalised vectors instead of the raw sum."""
+    n, d = dense.shape
+    a = clamp(dense.abs(), 0.01, 0.01)
+    c = torch.sign(dense) * a
+    normalized = torch.sign(dense) * normalize(a)
+    intra = torch.exp(n * normalize(a) ** 2)
+    inter = torch.tanh(dense * normalized.sum(dim=0))
+    s = normalize(clamp(intra * inter, 1 - ratio, 0))
+    return (c * s).sum(0) / s.sum(0).clamp(min=1e-12)
+
+
+REFERENCES = {"generic": dense_pcb, "vision": dense_pcb_vision}
+SHAPES = {"a": (40, 30), "b": (30,), "c": (7, 3, 5)}  # 1,335 entries per task
+
+
+def pcb_inputs(seed: int = 0, tasks: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    tvs = [{k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in SHAPES.items()} for _ in range(tasks)]
+    return {k: torch.zeros(s, dtype=torch.float64) for k, s in SHAPES.items()}, tvs
+
+
+def flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([state[k].reshape(-1) for k in SHAPES])
+
+
+@pytest.mark.parametrize("variant", ["generic", "vision"])
+@pytest.mark.parametrize("ratio", [0.05, 0.1, 0.5])
+def test_matches_dense_reference(variant, ratio):
+    pre, tvs = pcb_inputs()
+    merged = weaving.merge(pre, tvs, "pcb", ratio=ratio, variant=variant)
+    dense = torch.stack([flat(tv) for tv in tvs])
+    assert_float64_close(flat(merged), REFERENCES[variant](dense, ratio))
+
+
+def test_the_variants_differ():
+    pre, tvs = pcb_inputs()
+    generic, vision = (flat(weaving.merge(pre, tvs, "pcb", variant=v)) for v in ("generic", "vision"))
+    assert not torch.allclose(generic, vision)
+
+
+@pytest.mark.parametrize("variant", ["generic", "vision"])
+@pytest.mark.parametrize("ratio,zeros", [(0.1, 100), (0.1, 1335), (0.5, 700), (0.05, 20000)])
+def test_zero_entries_equal_the_reference_on_task_vectors_with_appended_zeros(variant, ratio, zeros):
+    """zero_entries=Z is the reference rule on each task vector with Z zeros appended: the clip quantiles
+    move towards 0, and the score quantile moves past the Z zero scores, which sort among the others."""
+    pre, tvs = pcb_inputs(seed=2)
+    merged = weaving.merge(pre, tvs, "pcb", ratio=ratio, variant=variant, zero_entries=zeros)
+    dense = torch.stack([torch.cat([flat(tv), torch.zeros(zeros, dtype=torch.float64)]) for tv in tvs])
+    expected = REFERENCES[variant](dense, ratio)
+    assert expected[-zeros:].abs().sum() == 0
+    assert_float64_close(flat(merged), expected[:-zeros])
+    assert not torch.allclose(flat(merged), flat(weaving.merge(pre, tvs, "pcb", ratio=ratio, variant=variant)))
 
 
 def test_only_top_ratio_scores_contribute():
@@ -49,3 +98,11 @@ def test_only_top_ratio_scores_contribute():
 def test_bad_ratio(inputs):
     with pytest.raises(ValueError, match="ratio"):
         weaving.merge(*inputs, "pcb", ratio=0.0)
+
+
+@pytest.mark.parametrize("args,message", [({"variant": "nlp"}, "unknown variant 'nlp'; known variants: generic, vision"),
+                                          ({"variant": 1}, "variant must be a string"),
+                                          ({"zero_entries": -3}, "whole number >= 0")])
+def test_bad_variant_and_zero_entries(inputs, args, message):
+    with pytest.raises(ValueError, match=message):
+        weaving.merge(*inputs, "pcb", **args)

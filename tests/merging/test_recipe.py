@@ -4,7 +4,7 @@ import yaml
 from safetensors.torch import save_file
 
 import weaving
-from weaving.formats.sharded import open_checkpoint
+from weaving.io.loader import open_checkpoint
 from weaving.merging.recipe import parse_recipe, run_recipe
 
 from ..formats.llm import finetunes, llama_like, write_hf_folder
@@ -124,7 +124,7 @@ def test_parse_recipe_defaults():
 def test_the_pretrained_is_read_once_per_key_and_pass(models, monkeypatch, method):
     """Each fine-tuned model subtracts the pretrained tensor, and the output adds it back: one read of it
     per key and pass serves them all (ties makes 4 passes: two for its thresholds, its sign, the merge)."""
-    from weaving.formats import sharded
+    from weaving.io import safetensors as sharded
 
     tmp, base_dir, paths, base, _ = models
     reads: dict[str, int] = {}
@@ -149,3 +149,18 @@ def test_the_progress_bar_of_a_streamed_merge_ends_full(models, capsys):
                progress=True)
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     assert f"{len(base)}/{len(base)}" in bar[-1]
+
+
+def test_recipe_file_numbers_read_as_yaml_1_2(tmp_path):
+    """`lambdas: 1:3:1` is a range (YAML 1.1: the base-60 integer 3781); `lam: 1e-3`, `weight: 1e39` numbers."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("inputs: {pretrained: B, finetuned: [{model: A, weight: 1e39}]}\nmethod: ties\n"
+                    "weaving: {lambdas: 1:3:1}\noutput: out.safetensors\n")
+    recipe = parse_recipe(path)
+    assert recipe.weaving["lambdas"] == "1:3:1" and recipe.models[0].weight == 1e39
+    assert weaving.parse_lambdas(recipe.weaving["lambdas"]) == [1.0, 2.0, 3.0]
+    path.write_text("inputs: {pretrained: B, finetuned: [A]}\nmethod: ties\nlam: 1e-3\noutput: out.safetensors\n")
+    assert parse_recipe(path).lam == 1e-3
+    with pytest.raises(ValueError, match="recipe: lam must be a finite number, got '1:3:1'"):
+        parse_recipe({"inputs": {"pretrained": "B", "finetuned": ["A"]}, "method": "ties", "lam": "1:3:1",
+                      "output": "out.safetensors"})

@@ -76,7 +76,7 @@ def test_pattern_lambda_takes_the_first_matching_pattern():
 @pytest.mark.parametrize("space, message", [
     ({"lambdas": [1.0], "grid": {"k": []}}, "grid over 'k' is empty"),
     ({"lambdas": [1.0], "grid": {"lam": [1.0]}}, "not in the grid"),
-    ({"lambdas": [1.0], "grids": {"k": [0.1]}}, "has no key 'grids'"),
+    ({"lambdas": [1.0], "grids": {"k": [0.1]}}, "unknown key .grids. in a search space"),
     ({"distribution": "normal", "low": 0, "high": 1, "n": 3}, "unknown distribution 'normal'"),
     ({"distribution": "uniform", "low": 0.1, "high": 1}, "needs 'n'"),
     ({"distribution": "uniform", "low": 1.0, "high": 0.5, "n": 2}, "low < high"),
@@ -92,3 +92,55 @@ def test_pattern_lambda_takes_the_first_matching_pattern():
 def test_bad_search_spaces_say_what_is_wrong(space, message):
     with pytest.raises(ValueError, match=message):
         parse_search_space(space)
+
+
+# ------------------------------------------------------------------------------------- reading numbers
+from weaving.merging.search_space import load_yaml, number, use_in_jsonargparse  # noqa: E402
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1:3:1", "1:3:1"), ("1:0:0.1", "1:0:0.1"), ("2:4:1", "2:4:1"),  # YAML 1.1 base-60: 3781, 3600.1, 7441
+    ("1e-3", 1e-3), ("1e39", 1e39), ("-2.5E+2", -250.0), ("0.5", 0.5), ("7", 7), ("0x10", 16), ("1_000", 1000),
+    (".inf", float("inf")), ("2024-01-02", "2024-01-02"), ("[1e-3, 1:2:1]", [1e-3, "1:2:1"]),
+])
+def test_yaml_reads_ranges_as_text_and_exponents_as_numbers(text, value):
+    assert load_yaml(text) == value
+
+
+def test_jsonargparse_reads_typed_flags_with_the_same_rules():
+    from jsonargparse import ArgumentParser
+
+    use_in_jsonargparse()
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--lam", type=float)
+    parser.add_argument("--grid", type=dict)
+    assert parser.parse_args(["--lam", "1e-3"]).lam == 1e-3
+    assert parser.parse_args(["--grid", "{k: 1:3:1}"]).grid == {"k": "1:3:1"}
+    with pytest.raises(Exception, match="1:3:1"):
+        parser.parse_args(["--lam", "1:3:1"])
+
+
+def test_number_takes_yaml_number_text_and_refuses_ranges():
+    assert number("1e-3", "lam") == 1e-3 and number(2, "lam") == 2.0 and number(" 1e39 ", "w") == 1e39
+    for bad in ("1:3:1", "heavy", True, float("nan"), "inf", None):
+        with pytest.raises(ValueError, match="lam must be a finite number"):
+            number(bad, "lam")
+
+
+@pytest.mark.parametrize("space, lambdas", [
+    ("1:3:1", [1.0, 2.0, 3.0]),
+    ("[1e-3, 0.5]", [1e-3, 0.5]),
+    ("{distribution: uniform, low: 0.1, high: 0.2, n: 3, seed: 0}",
+     weaving.parse_lambdas({"distribution": "uniform", "low": 0.1, "high": 0.2, "n": 3, "seed": 0})),
+])
+def test_search_spaces_given_as_text_parse_like_their_values(space, lambdas):
+    assert weaving.parse_lambdas(space) == pytest.approx(lambdas)
+
+
+def test_per_layer_lambdas_and_grids_given_as_text():
+    (point,) = parse_search_space("{kind: linear_depth, start: 0.2, stop: 1.0}")
+    assert point.lam == LayerLambda("linear_depth", 0.2, 1.0)
+    points = parse_search_space("[0.5]", grid="{k: 0.1:0.2:0.1}")
+    assert [p.setting["k"] for p in points] == [0.1, 0.2]
+    with pytest.raises(ValueError, match="not readable YAML"):
+        parse_search_space("{kind: linear_depth")

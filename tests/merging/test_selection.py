@@ -73,3 +73,48 @@ def test_value_of_inverts_the_digit_order():
         top_digit = (top ^ 0x7FFF) + 32768 if negative else top + 32768
         low_digit = 0xFFFF - (low & 0xFFFF) if negative else low & 0xFFFF
         assert value_of((top_digit, low_digit), False, torch.float32).item() == value
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_extra_zeros_select_as_if_appended(dtype, absolute):
+    """`zeros` entries equal to 0.0 that no block holds sort among the others as appended zeros would."""
+    parts = _blocks(dtype)
+    full = torch.cat(parts, dim=1)
+    count, zeros = full.shape[1], 25
+    ordered = torch.cat([full, torch.zeros(full.shape[0], zeros, dtype=dtype)], dim=1)
+    ordered = (ordered.abs() if absolute else ordered).sort(dim=1).values
+    total = count + zeros
+    indices = [list(range(total))] * 2 + [[0, -1], [70, 80, 90, 100], [-zeros, total - 1]]
+    chosen = select_rows(lambda: iter(parts), indices, count, dtype, absolute=absolute, zeros=zeros)
+    for r, (wanted, values) in enumerate(zip(indices, chosen)):
+        assert [float(v) for v in values] == [float(ordered[r, i]) for i in wanted]
+
+
+def test_extra_zeros_are_counted_once_over_processes():
+    """Two 'processes' summing their histograms, with 50 extra zeros: the zeros count once, not per process."""
+    g = torch.Generator().manual_seed(6)
+    shares = [torch.randn(1, 300, generator=g), torch.randn(1, 200, generator=g)]
+    union = torch.cat(shares + [torch.zeros(1, 50)], dim=1).sort(dim=1).values
+    indices = [list(range(0, 550, 7)) + [549]]
+    barrier = threading.Barrier(2)
+    posted: list = [None, None]
+    results: list = [None, None]
+
+    def process(rank):
+        def all_reduce(counts):
+            posted[rank] = counts
+            barrier.wait()
+            total = posted[0] + posted[1]
+            barrier.wait()
+            return total
+
+        results[rank] = select_rows(lambda: iter([shares[rank]]), indices, 500, torch.float32, all_reduce, zeros=50)
+
+    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = [float(union[0, i]) for i in indices[0]]
+    assert [float(v) for v in results[0][0]] == expected == [float(v) for v in results[1][0]]

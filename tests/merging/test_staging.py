@@ -4,9 +4,11 @@ import pytest
 import torch
 
 import weaving
-from weaving.merging.staging import StagedTaskVectorSet, make_task_set, read_into, safetensors_layout
+from weaving.io.safetensors import SafetensorsFile
+from weaving.io.writer import save_state_dict
+from weaving.merging.staging import StagedTaskVectorSet, make_task_set
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import TensorSource, save_state_dict, save_task_vector
+from weaving.merging.task_vectors import save_task_vector
 
 from .conftest import make_inputs
 
@@ -18,12 +20,10 @@ def test_safetensors_are_read_straight_into_a_buffer_bit_for_bit(tmp_path):
     tensors = {"f32": torch.randn(5, 7, generator=g), "f64": torch.randn(3, generator=g, dtype=torch.float64),
                "bf16": torch.randn(4, 4, generator=g).bfloat16(), "f16": torch.randn(9, generator=g).half(),
                "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
-    path = save_state_dict(tmp_path / "x.safetensors", tensors, {"run_id": "r"})
-    start, layout = safetensors_layout(path)
+    source = SafetensorsFile(save_state_dict(tmp_path / "x.safetensors", tensors, {"run_id": "r"}))
     for name, value in tensors.items():
-        dtype, shape, begin, end = layout[name]
-        buffer = torch.empty(shape, dtype=dtype)
-        read_into(path, start, begin, end, buffer)
+        buffer = torch.empty(source.shape(name), dtype=source.dtype(name))
+        assert source.read_into(name, buffer) is buffer
         assert buffer.dtype == value.dtype and torch.equal(buffer.reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8))
 
 
@@ -53,7 +53,7 @@ def test_staged_path_is_bit_identical_to_the_plain_path(monkeypatch, tmp_path, f
 def _sources(tmp_path, num_tasks=3):
     _, task_vectors = make_inputs(num_tasks=num_tasks)
     paths = [save_task_vector(tmp_path / f"t{i}.safetensors", tv) for i, tv in enumerate(task_vectors)]
-    sources = [TensorSource(p) for p in paths]
+    sources = [SafetensorsFile(p) for p in paths]
     return sources, sources[0].keys(), task_vectors
 
 
@@ -79,7 +79,7 @@ def test_staged_reads_check_values(tmp_path):
     _, task_vectors = make_inputs(num_tasks=2)
     task_vectors[1]["visual.proj.bias"][0] = float("nan")
     paths = [save_task_vector(tmp_path / f"t{i}.safetensors", tv) for i, tv in enumerate(task_vectors)]
-    sources = [TensorSource(p) for p in paths]
+    sources = [SafetensorsFile(p) for p in paths]
     staged = StagedTaskVectorSet(sources, sources[0].keys(), torch.device("cpu"))
     with pytest.raises(ValueError, match="t1.safetensors: tensor 'visual.proj.bias' contains NaN"):
         staged.tensors("visual.proj.bias")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from weaving.formats.sharded import open_checkpoint
+from weaving.io.loader import open_checkpoint
 from weaving.merging import engine, summed
 from weaving.merging.recipe import run_recipe
 

@@ -10,9 +10,17 @@ from .conftest import make_inputs
 @pytest.mark.parametrize("method, args", [("ties", {"k": 0.3}), ("pcb", {"ratio": 0.2}), ("ties", {"k": 0.9})])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_streamed_selection_gives_the_in_memory_thresholds(monkeypatch, method, args, dtype):
+    from weaving.merging import tensor_ops
+
     pretrained, tvs = make_inputs(num_tasks=4, dtype=dtype)
+    sorts = []
+    sort = torch.sort
+    monkeypatch.setattr(tensor_ops, "RADIX_DEVICES", ())  # the GPU's in-memory sorting branch, on the CPU
+    monkeypatch.setattr(torch, "sort", lambda *a, **k: sorts.append(1) or sort(*a, **k))
     in_memory = weaving.merge(pretrained, tvs, method, **args)
-    monkeypatch.setattr(task_set, "IN_MEMORY_SELECTION", 0)  # every task vector counts as large
+    assert sorts  # the branch ran
+    monkeypatch.undo()
+    monkeypatch.setattr(task_set, "IN_MEMORY_SELECTION", 0)  # every task vector counts as large: streamed
     streamed = weaving.merge(pretrained, tvs, method, **args)
     assert all(torch.equal(in_memory[k], streamed[k]) for k in pretrained)
 

@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import save_file
 
 import weaving
-from weaving.merging.task_vectors import load_task_vector, read_metadata, save_task_vector, task_vector_from_finetuned
+from weaving.io.safetensors import read_metadata
+from weaving.merging.task_vectors import load_task_vector, save_task_vector, task_vector_from_finetuned
 
 
 def test_round_trip_with_metadata(tmp_path):

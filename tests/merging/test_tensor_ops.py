@@ -45,3 +45,17 @@ def test_select_sorted_orders_negative_numbers_across_magnitudes():
     shuffled = values[torch.randperm(9, generator=torch.Generator().manual_seed(0))]
     assert [v.item() for v in select_sorted([shuffled[:4], shuffled[4:]], list(range(9)))] == values.tolist()
     assert [v.item() for v in select_sorted([shuffled], [0, 8], absolute=True)] == [0.0, values[-1].item()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("absolute", [False, True])
+def test_select_sorted_with_extra_zeros_equals_a_sort_with_zeros_appended(dtype, absolute):
+    """Radix selection (float32/64 on the CPU) and the sort path (here float16; CUDA) alike."""
+    g = torch.Generator().manual_seed(8)
+    parts = [torch.randn(60, generator=g).to(dtype), -torch.rand(3, 4, generator=g).to(dtype)]
+    zeros = 30
+    flat = torch.cat([p.reshape(-1) for p in parts] + [torch.zeros(zeros, dtype=dtype)])
+    ordered = torch.sort(flat.abs() if absolute else flat).values
+    indices = list(range(flat.numel())) + [-1, -zeros]
+    got = select_sorted(parts, indices, absolute=absolute, zeros=zeros)
+    assert [v.item() for v in got] == [ordered[i].item() for i in indices]

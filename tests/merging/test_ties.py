@@ -98,3 +98,35 @@ def test_blocked_passes_do_not_depend_on_the_block_size(method, monkeypatch):
     blocked = weaving.merge(pre, tvs, method)
     for key in shapes:
         assert torch.equal(whole[key], blocked[key]), key
+
+
+def with_zeros(task_vectors: list[dict[str, torch.Tensor]], count: int) -> list[dict[str, torch.Tensor]]:
+    """Each task vector with `count` zero entries appended (as the official harnesses' text-side tensors)."""
+    return [{**tv, "appended": torch.zeros(count, dtype=torch.float64)} for tv in task_vectors]
+
+
+@pytest.mark.parametrize("k,zeros", [(0.2, 0), (0.2, 10), (0.2, 50), (0.2, 64), (0.5, 30), (0.5, 200), (1.0, 40)])
+def test_zero_entries_equal_the_reference_on_task_vectors_with_appended_zeros(inputs, k, zeros):
+    """zero_entries=Z is the official rule on the task vectors with Z zeros appended (81 entries each here:
+    Z=50 moves the threshold down the sorted values, Z=64 and Z=200 take it into the zeros: keep everything)."""
+    pretrained, tvs = inputs
+    merged = weaving.merge(pretrained, tvs, "ties", k=k, zero_entries=zeros)
+    expected = ties_reference(with_zeros(tvs, zeros), k)
+    assert expected["appended"].abs().sum() == 0
+    for key in pretrained:
+        assert_float64_close(merged[key] - pretrained[key], expected[key])
+
+
+def test_zero_entries_shift_the_threshold_index():
+    # |x| = 1 2 3 4 5 (d=5), k=0.2: the threshold is the (5 - int(5*0.2)) = 4th smallest, 4. With 5 zeros
+    # appended (d=10) it is the (10 - int(10*0.2)) = 8th smallest of 0 0 0 0 0 1 2 3 4 5, 3.
+    pre = {"w": torch.zeros(5, dtype=torch.float64)}
+    tvs = [{"w": torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0], dtype=torch.float64)}]
+    assert weaving.merge(pre, tvs, "ties", k=0.2)["w"].tolist() == [0.0, 0.0, 0.0, -4.0, 5.0]
+    assert weaving.merge(pre, tvs, "ties", k=0.2, zero_entries=5)["w"].tolist() == [0.0, 0.0, 3.0, -4.0, 5.0]
+
+
+@pytest.mark.parametrize("zeros,message", [(-1, "whole number >= 0"), (2.5, "whole number"), (True, "whole number")])
+def test_bad_zero_entries(inputs, zeros, message):
+    with pytest.raises(ValueError, match=message):
+        weaving.merge(*inputs, "ties", zero_entries=zeros)

@@ -215,3 +215,29 @@ def test_grid_with_one_value_equals_the_fixed_hyper_parameter(inputs):
 def test_bad_grids_and_points(inputs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         weaving.weave(*inputs, "ties", **kwargs)
+
+
+def test_two_seeds_give_different_random_pooling(inputs):
+    pretrained, tvs = inputs
+    a = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=0)
+    b = weaving.weave(pretrained, tvs, "ties", "0.1:1.0:0.1", pooling="random", seed=1)
+    assert any(not torch.equal(a[k], b[k]) for k in pretrained)
+    differing = sum(int((a[k] != b[k]).sum()) for k in pretrained)
+    assert differing > sum(v.numel() for v in pretrained.values()) // 2  # 13 members: most elements change
+
+
+@pytest.mark.parametrize("method", ["ties", "pcb"])
+def test_method_pooling_counts_the_methods_zero_entries(inputs, method):
+    """Every member of A has the task vectors' population: with zero_entries, ties and pcb weave (and pool,
+    here with pooling=method) exactly as on task vectors with that many zeros appended."""
+    pretrained, tvs = inputs
+    zeros = 40
+    woven = weaving.weave(pretrained, tvs, method, LAMBDAS, pooling=method, zero_entries=zeros)
+    padded_pre = {**pretrained, "appended": torch.zeros(zeros, dtype=torch.float64)}
+    padded = [{**tv, "appended": torch.zeros(zeros, dtype=torch.float64)} for tv in tvs]
+    expected = weaving.weave(padded_pre, padded, method, LAMBDAS, pooling=method)
+    plain = weaving.weave(pretrained, tvs, method, LAMBDAS, pooling=method)
+    assert expected["appended"].abs().sum() == 0
+    for key in pretrained:
+        assert_float64_close(woven[key], expected[key])
+    assert any(not torch.allclose(woven[key], plain[key]) for key in pretrained)

@@ -195,3 +195,28 @@ def test_hf_hub_models_go_to_open_clip_and_refuse_a_tag(monkeypatch):
         load_clip("hf-hub:org/some-clip", pretrained="openai")
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         load_clip("local-dir:/no/such/folder")
+
+
+@pytest.mark.parametrize("name,expected", [("ViT-B-32", 25_599_489), ("ViT-B-16", 25_599_489), ("ViT-L-14", 38_595_841)])
+def test_harness_zero_entries_of_the_paper_models(name, expected):
+    """The official harnesses' ImageEncoder drops only the text transformer; what stays beside the visual
+    tower (token and positional embeddings, ln_final, text_projection, logit_scale) is counted from the
+    open_clip model itself (built on the meta device: shapes, no weights). 113,448,705 entries in all for
+    ViT-B-32, the `d` that PCB's vision code notes."""
+    from open_clip.factory import get_model_config
+    from open_clip.model import CLIP
+
+    with torch.device("meta"):
+        model = CLIP(**get_model_config(name))
+    state = model.state_dict()
+    assert clip_module.harness_zero_entries(state) == expected
+    if name == "ViT-B-32":
+        assert sum(t.numel() for k, t in state.items() if not k.startswith("transformer.")) == 113_448_705
+
+
+def test_harness_zero_entries_of_a_tiny_model():
+    state = load_clip("weaving-tiny-vit", seed=0).model.state_dict()
+    text_side = ["positional_embedding", "text_projection", "logit_scale", "token_embedding.weight",
+                 "ln_final.weight", "ln_final.bias"]
+    assert sorted(k for k in state if not k.startswith(("visual.", "transformer."))) == sorted(text_side)
+    assert clip_module.harness_zero_entries(state) == sum(state[k].numel() for k in text_side) > 0

@@ -12,7 +12,8 @@ import torch
 
 from weaving.data.datamodule import TaskStreamDataModule
 from weaving.training import FineTuner
-from weaving.merging.task_vectors import load_task_vector, read_metadata
+from weaving.io.safetensors import read_metadata
+from weaving.merging.task_vectors import load_task_vector
 from weaving.models import load_clip, visual_state_dict
 
 from .conftest import Crash, CrashAtStep, WeightRecorder, fit_stream
@@ -42,11 +43,14 @@ def test_vectors_are_final_minus_pretrained_with_metadata_and_index(tmp_path):
     assert [e["global_step"] for e in index["task_vectors"]] == [2, 4]
     assert index["model"] == "weaving-tiny-vit" and index["pretrained"] is None and index["seed"] == 0
     # the run contract: one run id and theta_pre's hash in the index and in every file; theta_pre saved in full
-    from weaving.runs import RUN_FORMAT, state_dict_hash
+    from weaving.io.runs import RUN_FORMAT, state_dict_hash
 
     full = load_clip("weaving-tiny-vit", None, seed=0).model.state_dict()
     assert index["format"] == RUN_FORMAT and index["pretrained_file"] == "pretrained.safetensors"
     assert index["pretrained_hash"] == state_dict_hash(full) == state_dict_hash(tmp_path / "pretrained.safetensors")
+    from weaving.models.clip import harness_zero_entries
+
+    assert index["zero_entries"] == harness_zero_entries(full) > 0  # the official harness's text-side entries
     for task in tasks:
         meta = read_metadata(folder / f"{task}.safetensors")
         assert (meta["run_id"], meta["pretrained_hash"]) == (index["run_id"], index["pretrained_hash"])
@@ -66,7 +70,7 @@ def test_fresh_fit_into_a_used_run_dir_refuses_unless_overwrite(tmp_path):
 
 def test_overwritten_run_killed_midway_never_mixes_runs(tmp_path):
     """Issue reproduction: a finished 3-part run, rerun with another lr and killed after part 2."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2)
     old = json.loads((tmp_path / "task_vectors" / "index.json").read_text())["run_id"]
@@ -77,14 +81,16 @@ def test_overwritten_run_killed_midway_never_mixes_runs(tmp_path):
     assert index["run_id"] != old
     assert [e["task"] for e in index["task_vectors"]] == ["digits_part1of3", "digits_part2of3"]
     assert not (tmp_path / "task_vectors" / "digits_part3of3.safetensors").exists()  # the stale one is gone
-    run = read_run(tmp_path)
+    with pytest.raises(ValueError, match=r"1 of its 3 tasks have no task vector \(digits_part3of3"):
+        read_run(tmp_path)  # a stopped run is not the run's result ...
+    run = read_run(tmp_path, tasks=["digits_part1of3", "digits_part2of3"])  # ... unless its prefix is asked for
     assert list(run.paths) == ["digits_part1of3", "digits_part2of3"] and run.run_id == index["run_id"]
     assert {read_metadata(p)["run_id"] for p in run.paths.values()} == {index["run_id"]}
 
 
 def test_stale_vector_in_a_run_folder_is_refused_on_read(tmp_path):
     """A file of another run copied into the folder (and listed): read_run refuses unless allow_mixed."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path / "a", tasks=("digits",), splits=2, batches=1)
     fit_stream(tmp_path / "b", tasks=("digits",), splits=2, batches=1)
@@ -124,9 +130,33 @@ def test_checkpoint_of_another_base_model_is_refused(tmp_path):
 
 def test_vectors_feed_the_merge_side(tmp_path):
     """What the evaluation side reads: run dir -> task vector files, model recipe from metadata."""
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     fit_stream(tmp_path, tasks=("digits", "digits_mirrored"), batches=1)
     found = read_run(tmp_path)
     assert list(found.paths) == ["digits", "digits_mirrored"]
     assert (found.model, found.pretrained, found.seed) == ("weaving-tiny-vit", None, 0)
+
+
+def test_resume_refuses_when_finished_tasks_lost_their_task_vectors(tmp_path):
+    """Killed in task 3 of 3, task_vectors/ deleted, resumed: tasks 1-2 cannot be made again from the
+    checkpoint of task 3, so the resume names them and stops before training or writing anything."""
+    with pytest.raises(Crash):
+        fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2, callbacks=[CrashAtStep(5)])
+    shutil.rmtree(tmp_path / "task_vectors")
+    with pytest.raises(ValueError, match=r"cannot resume: 2 finished task\(s\) have no task vector in .*"
+                                         r"\(digits_part1of3, digits_part2of3\)"):
+        fit_stream(tmp_path, tasks=("digits",), splits=3, batches=2, ckpt_path="last")
+    assert not (tmp_path / "task_vectors").exists()
+
+
+def test_resume_of_a_finished_run_keeps_its_index(tmp_path):
+    fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1)
+    index = (tmp_path / "task_vectors" / "index.json").read_text()
+    fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1, ckpt_path="last")  # nothing to do
+    assert (tmp_path / "task_vectors" / "index.json").read_text() == index
+    (tmp_path / "task_vectors" / "digits_rot90.safetensors").unlink()
+    (tmp_path / "task_vectors" / "index.json").unlink()
+    with pytest.raises(ValueError, match=r"2 finished task\(s\) have no task vector .*\(digits, digits_rot90\)"):
+        fit_stream(tmp_path, tasks=("digits", "digits_rot90"), batches=1, ckpt_path="last")
+    assert not (tmp_path / "task_vectors" / "index.json").exists()  # not rewritten without its task vectors

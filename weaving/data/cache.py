@@ -20,8 +20,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from weaving.io.publish import publish_folder
 
 CACHE_FORMAT = "weaving.decoded/1"
 CACHE_ENV = "WEAVING_CACHE_DIR"
@@ -149,13 +149,13 @@ def _auto_workers(n: int) -> int:
 
 def _build_entry(folder: Path, key: str, dataset: Dataset, *, num_workers: int | None, progress: bool,
                  desc: str, extra: dict[str, Any]) -> None:
-    """Decode `dataset` (items: uint8 [3, H, W], label) into a temporary folder, then rename it to `folder`."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        n = len(dataset)
-        if n == 0:
-            raise ValueError(f"the test set of {desc!r} is empty; check the dataset root and split")
+    """Decode `dataset` (items: uint8 [3, H, W], label) into a temporary folder published as `folder`
+    (weaving.io.publish: an interrupted build leaves nothing; a corrupt entry, checked by the caller, is
+    replaced)."""
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f"the test set of {desc!r} is empty; check the dataset root and split")
+    with publish_folder(folder, overwrite=True) as tmp:
         workers = _auto_workers(n) if num_workers is None else num_workers
         loader = DataLoader(dataset, batch_size=64, shuffle=False, num_workers=workers)
         image_hash, label_hash, images, written = hashlib.sha256(), hashlib.sha256(), None, 0
@@ -182,18 +182,6 @@ def _build_entry(folder: Path, key: str, dataset: Dataset, *, num_workers: int |
         meta = {"format": CACHE_FORMAT, "key": key, "shape": [n, *batch.shape[1:]],
                 "images_sha256": image_hash.hexdigest(), "labels_sha256": label_hash.hexdigest(), **extra}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for path in tmp.iterdir():
-            os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)
-        if folder.exists():  # a corrupt entry (checked by the caller): replace it
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished the same entry first: keep theirs
-            if _read_entry(folder, key) is None:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- test sets

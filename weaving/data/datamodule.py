@@ -238,9 +238,12 @@ class MultiTaskDataModule(_TaskData):
         if not self.decoded_cache:
             return self.dataset(task, split)
         from weaving.data.cache import DecodedDataset, DecodedTestSet, open_test_set
+        from weaving.models.clip import input_size
 
+        # the key's input size is the model's (height, width), as the evaluator gives it: one entry per test set
         test_set = open_test_set(task.name, root=self.root, split=split, transform=self.transforms()[1],
-                                 image_size=self.model, cache_dir=self.cache_dir, num_workers=self.num_workers)
+                                 image_size=input_size(self.model, self.pretrained), cache_dir=self.cache_dir,
+                                 num_workers=self.num_workers)
         return DecodedDataset(test_set) if isinstance(test_set, DecodedTestSet) else test_set.dataset
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -24,6 +24,9 @@ from typing import Callable
 
 from torch.utils.data import Dataset, Subset
 
+from weaving.data.splits import validation_split
+from weaving.data.transforms import ToRGB
+
 EUROSAT_FOLDERS = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                    "PermanentCrop", "Residential", "River", "SeaLake")
 
@@ -61,8 +64,6 @@ def _check_classes(task: str, found: list[str], classnames: tuple[str, ...], whe
 def _image_folder(task: str, path: Path, classnames: tuple[str, ...], transform: Callable | None) -> Dataset:
     from torchvision.datasets import ImageFolder
 
-    from weaving.data.tasks import ToRGB
-
     dataset = ImageFolder(str(path), transform=ToRGB(transform))
     _check_classes(task, dataset.classes, classnames, path)
     return dataset
@@ -84,8 +85,6 @@ def _resisc45(folder: Path, split: str, classnames: tuple[str, ...], transform: 
 def lineage_dataset(task: str, folder: Path, split: str, classnames: tuple[str, ...],
                     transform: Callable | None) -> Dataset:
     """`split` of `task` from its prepared folder (see the module doc for which folder each split is)."""
-    from weaving.data.splits import validation_split
-
     if task == "resisc45":
         if split != "test" and not (folder / "resisc45-val.txt").is_file():
             train, val = validation_split(_resisc45(folder, "train", classnames, transform))

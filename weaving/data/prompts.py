@@ -218,17 +218,19 @@ DTD_CLASSNAMES = (
     "wrinkled", "zigzagged",
 )
 
+# torchvision's CIFAR100 names, underscores kept ("aquarium_fish"), as MagMax's heads use them
+# (src/datasets/cifar100.py: `self.test_dataset.classes`).
 CIFAR100_CLASSNAMES = (
-    "apple", "aquarium fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
     "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
     "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
     "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
-    "lawn mower", "leopard", "lion", "lizard", "lobster", "man", "maple tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak tree", "orange", "orchid", "otter", "palm tree", "pear", "pickup truck",
-    "pine tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
+    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
     "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet pepper", "table", "tank", "telephone", "television", "tiger",
-    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow tree", "wolf", "woman",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
     "worm",
 )
 
@@ -318,7 +320,9 @@ IMAGENET_R_IMAGENET_INDICES = (
     936, 937, 943, 945, 947, 948, 949, 951, 953, 954, 957, 963, 965, 967, 980, 981, 983, 988,
 )
 
-IMAGENET_R_CLASSNAMES = tuple(IMAGENET_CLASSNAMES[i] for i in IMAGENET_R_IMAGENET_INDICES)
+# open_clip's ImageNet names of the ImageNet-R classes ("smooth newt", "giant panda"): an option for heads
+# built the way open_clip's zero-shot ImageNet evaluation names them; not the registry's default.
+IMAGENET_R_OPEN_CLIP_CLASSNAMES = tuple(IMAGENET_CLASSNAMES[i] for i in IMAGENET_R_IMAGENET_INDICES)
 
 # Templates (format strings with one "{}") ------------------------------------------------------------
 
@@ -375,6 +379,5 @@ CIFAR100_TEMPLATES = (
 # OpenAI CLIP's 80 ImageNet templates, as open_clip ships them (callables), turned into format strings.
 IMAGENET_TEMPLATES = tuple(template("{}") for template in OPENAI_IMAGENET_TEMPLATES)
 
-CUB200_TEMPLATES = (
-    "a photo of a {}, a type of bird.",
-)
+# MagMax's CUB200 head uses the 80 ImageNet templates (src/datasets/templates.py: 'CUB200': imagenet_template).
+CUB200_TEMPLATES = IMAGENET_TEMPLATES

@@ -15,18 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
-from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from weaving.data import class_orders
 from weaving.data.class_orders import check_class_order, default_class_order, part_bounds, part_of_order
-
-if TYPE_CHECKING:
-    from weaving.data.tasks import Task
 
 VAL_FRACTION = 0.1
 MAX_VAL_SIZE = 5000
@@ -95,42 +89,6 @@ class ClassSubset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, _ = self.dataset[self.indices[index]]
         return image, self.targets[index]
-
-
-@lru_cache(maxsize=8)
-def _cached_dataset(base: Task, root: Any, split: str, transform: Callable | None, download: bool) -> Dataset:
-    return base.dataset(root, split, transform, download)
-
-
-def _split_factory(
-    base: Task, classes: tuple[int, ...], root: Any, split: str, transform: Callable | None, download: bool
-) -> Dataset:
-    # The n parts of a task share one loaded base dataset (CIFAR-100 in 50 parts must not load 50 copies).
-    try:
-        dataset = _cached_dataset(base, root, split, transform, download)
-    except TypeError:  # an unhashable transform: build it uncached
-        dataset = base.dataset(root, split, transform, download)
-    return ClassSubset(dataset, classes)
-
-
-def split_task(task: Task | str, n: int, i: int, class_order: str | int | None = None) -> Task:
-    """Part `i` (0-based) of `n` class-incremental parts of `task` in `class_order` (None: the task's default).
-
-    The part keeps the classes `split_classes(C, n, i, order)`, sorted by label (labels remapped to 0..k-1 in
-    that order, which is also the order of its head's classes, as MagMax's per-part head), and the task's
-    templates; its datasets hold only the images of those classes. Named by `split_name`.
-    """
-    from weaving.data.tasks import get_task
-
-    base = get_task(task) if isinstance(task, str) else task
-    order = class_orders.class_order(base.name, len(base.classnames), class_order)
-    classes = tuple(split_classes(len(base.classnames), n, i, order))
-    return replace(
-        base,
-        name=split_name(base.name, n, i, class_order),
-        classnames=tuple(base.classnames[c] for c in classes),
-        factory=partial(_split_factory, base, classes),
-    )
 
 
 def parse_split_name(name: str) -> SplitName | None:

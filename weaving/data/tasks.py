@@ -32,15 +32,18 @@ Images are converted to RGB before the transform.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
 from torch.utils.data import Dataset, Subset
 
-from weaving.data import prompts
-from weaving.data.splits import holdout_split, parse_split_name, split_task, validation_split
+import weaving.data.prompts as prompts
+from weaving.data.class_orders import IMAGENET_R_README_NAMES, class_order as order_of_classes
+from weaving.data.lineage_layout import lineage_dataset, lineage_root
+from weaving.data.splits import ClassSubset, holdout_split, parse_split_name, split_classes, split_name, validation_split
+from weaving.data.transforms import ToRGB
 
 SPLITS = ("train", "val", "test")
 TEST_FRACTION = 0.2  # hold-out test share for datasets without an official test split
@@ -119,22 +122,41 @@ def get_task(name: str) -> Task:
                      "optionally with _sorted, _magmax or _seed<k> for the class order)")
 
 
+@lru_cache(maxsize=8)
+def _cached_dataset(base: Task, root: Any, split: str, transform: Callable | None, download: bool) -> Dataset:
+    return base.dataset(root, split, transform, download)
+
+
+def _split_factory(
+    base: Task, classes: tuple[int, ...], root: Any, split: str, transform: Callable | None, download: bool
+) -> Dataset:
+    # The n parts of a task share one loaded base dataset (CIFAR-100 in 50 parts must not load 50 copies).
+    try:
+        dataset = _cached_dataset(base, root, split, transform, download)
+    except TypeError:  # an unhashable transform: build it uncached
+        dataset = base.dataset(root, split, transform, download)
+    return ClassSubset(dataset, classes)
+
+
+def split_task(task: Task | str, n: int, i: int, class_order: str | int | None = None) -> Task:
+    """Part `i` (0-based) of `n` class-incremental parts of `task` in `class_order` (None: the task's default).
+
+    The part keeps the classes `split_classes(C, n, i, order)`, sorted by label (labels remapped to 0..k-1 in
+    that order, which is also the order of its head's classes, as MagMax's per-part head), and the task's
+    templates; its datasets hold only the images of those classes. Named by `split_name`.
+    """
+    base = get_task(task) if isinstance(task, str) else task
+    order = order_of_classes(base.name, len(base.classnames), class_order)
+    classes = tuple(split_classes(len(base.classnames), n, i, order))
+    return replace(
+        base,
+        name=split_name(base.name, n, i, class_order),
+        classnames=tuple(base.classnames[c] for c in classes),
+        factory=partial(_split_factory, base, classes),
+    )
+
+
 # --- helpers shared by the dataset factories ------------------------------------------------------------
-
-
-class ToRGB:
-    """Convert a PIL image to RGB, then apply `transform` (picklable, so DataLoader workers can use it)."""
-
-    def __init__(self, transform: Callable | None = None) -> None:
-        self.transform = transform
-
-    def __call__(self, image: Any) -> Any:
-        if hasattr(image, "convert"):
-            image = image.convert("RGB")
-        return self.transform(image) if self.transform is not None else image
-
-    def __repr__(self) -> str:
-        return f"ToRGB({self.transform!r})"
 
 
 def _missing(task: str, path: Path, how: str) -> FileNotFoundError:
@@ -308,14 +330,17 @@ def _prefer_lineage(task: str, classnames: tuple[str, ...], factory: Factory) ->
     """Read the task_vectors lineage's prepared folders when they are under root (weaving.data.lineage_layout)."""
 
     def load(root: Path, split: str, transform: Callable | None, download: bool) -> Dataset:
-        from weaving.data.lineage_layout import lineage_dataset, lineage_root
-
         folder = lineage_root(task, root)
         if folder is None:
             return factory(root, split, transform, download)
         return lineage_dataset(task, folder, split, tuple(classnames), transform)
 
     return load
+
+
+# MagMax's ImageNet-R head: its class folder names with underscores replaced (src/datasets/imagenetr.py:
+# `c.replace('_', ' ')`), "newt", "panda", "timber wolf", in the order of weaving's labels (WordNet ids).
+IMAGENET_R_CLASSNAMES = tuple(name.replace("_", " ") for name in IMAGENET_R_README_NAMES)
 
 
 def _register_builtin_tasks() -> None:
@@ -337,7 +362,7 @@ def _register_builtin_tasks() -> None:
         ("dtd", prompts.DTD_CLASSNAMES, prompts.DTD_TEMPLATES, _load_dtd, "torchvision DTD (download=True)"),
         ("cifar100", prompts.CIFAR100_CLASSNAMES, prompts.CIFAR100_TEMPLATES, partial(_with_validation, _load_cifar100),
          "torchvision CIFAR100 (download=True)"),
-        ("imagenet_r", prompts.IMAGENET_R_CLASSNAMES, prompts.IMAGENET_TEMPLATES, _holdout_task(_load_imagenet_r),
+        ("imagenet_r", IMAGENET_R_CLASSNAMES, prompts.IMAGENET_TEMPLATES, _holdout_task(_load_imagenet_r),
          "ImageNet-R archive (manual download)"),
         ("cub200", prompts.CUB200_CLASSNAMES, prompts.CUB200_TEMPLATES, partial(_with_validation, _load_cub200),
          "CUB-200-2011 archive (manual download)"),
@@ -352,6 +377,3 @@ def _register_builtin_tasks() -> None:
 
 
 _register_builtin_tasks()
-
-# The embedded digits tasks register themselves on import (after Task and register_task exist).
-from weaving.data import digits as _digits  # noqa: E402,F401

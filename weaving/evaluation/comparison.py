@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from weaving.evaluation.evaluate import (EvalSet, ShardSampler, WeightBank, WeightSet, autocast_for, class_counts,
                                          column_tally, evenly_spaced, padding_mask, predict)
 from weaving.evaluation.setups import Column, Setup, Tally, incremental_stages, setup_for_loaders
-from weaving.merging.search_space import check_setup, default_search_space, recommended_lambda
+from weaving.merging.search_space import check_lambda, check_setup, default_search_space, recommended_lambda
 
 SEQUENTIAL_LABEL = "Seq-FT"  # the sequential model theta_pre + tau_i (MagMax's sequential fine-tuning)
 ROWS = ("zeroshot", "individual", "lam", "recommended", "privileged", "weave")
@@ -249,8 +249,8 @@ class ComparisonModule(pl.LightningModule):
                    include_deltas, lam, rows, analysis, seed, model, pretrained, init_seed, allow_mixed) -> None:
         """Check the config (a one-line error before anything is loaded), read the run and load theta_pre."""
         import weaving
-        from weaving.merging.registry import get_method, get_pooling
-        from weaving.runs import RunIdentity, check_same_base, read_run, state_dict_hash
+        from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
+        from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
 
         self.setup_name = check_setup(setup)
         if isinstance(methods, str):
@@ -274,7 +274,7 @@ class ComparisonModule(pl.LightningModule):
         stray = [m for m in self.analysis_methods if m not in self.methods]
         if stray:
             raise ValueError(f"analysis names {stray}, which are not among the methods {self.methods}")
-        self.include_deltas, self.lam, self.seed = include_deltas, float(lam), int(seed)
+        self.include_deltas, self.lam, self.seed = include_deltas, check_lambda(lam), int(seed)
         self.spaces = {m: method_space(m, self.setup_name, lambdas) for m in self.methods}
         self.numbers: dict[str, list[float] | None] = {}
         for method in self.methods:
@@ -282,8 +282,11 @@ class ComparisonModule(pl.LightningModule):
         self.run = None
         self.vector_names: list[str] = []
         if task_vectors is not None:
-            self.run = read_run(task_vectors, allow_mixed=allow_mixed).select(vectors)
+            self.run = read_run(task_vectors, allow_mixed=allow_mixed, tasks=vectors)
             self.vector_names = list(self.run.paths)
+            self.method_args = {m: with_recorded_zero_entries(m, args, self.run.zero_entries)
+                                for m, args in self.method_args.items()}
+            self.hyperparameters = {m: get_method(m).resolve(self.method_args[m]) for m in self.methods}
             if model is None:
                 if self.run.model is None:
                     raise ValueError("the task vectors record no model name; set model (and pretrained, init_seed)")
@@ -664,7 +667,7 @@ class ComparisonModule(pl.LightningModule):
 
     def input_hashes(self, names: Sequence[str]) -> dict[str, str]:
         """{task vector: sha256 of its file}, each file hashed once per job."""
-        from weaving.formats.export import file_sha256
+        from weaving.io.loader import file_sha256
 
         cache = self.__dict__.setdefault("_hashes", {})
         for name in names:
@@ -766,7 +769,7 @@ class ComparisonModule(pl.LightningModule):
 
     def write(self, output_dir: str | os.PathLike) -> dict[str, Path]:
         """results.json/csv/md, analysis.json, the plots, summary.md and config.yaml in `output_dir` (atomically)."""
-        from weaving.atomic import atomic_write_text
+        from weaving.io.publish import atomic_write_text
         from weaving.evaluation import report
 
         out = Path(output_dir)
@@ -785,7 +788,7 @@ def write_comparison(results: Mapping[str, Any], analysis: Mapping[str, Any] | N
                      *, plots: bool = True, reference: str | None = None) -> dict[str, Path]:
     """Write results.json/csv/md, and with an analysis, analysis.json plus lambda_curves.png and
     best_lambda.png, into `output_dir` (atomically)."""
-    from weaving.atomic import atomic_write_text
+    from weaving.io.publish import atomic_write_text
     from weaving.evaluation import report
 
     out = Path(output_dir)

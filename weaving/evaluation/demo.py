@@ -73,7 +73,7 @@ def finetune_run(run_dir: Path, tasks: list[str], *, stream: str, splits: int | 
     import lightning.pytorch as pl
 
     from weaving.data.datamodule import TaskStreamDataModule
-    from weaving.runs import read_index
+    from weaving.io.runs import read_index
     from weaving.training.callbacks import TaskVectorWriter
     from weaving.training.finetune import FineTuner
 
@@ -111,7 +111,7 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
                       pretrained: str | None) -> str | None:
     """None when a run's task vectors are what this demo would train (tasks, seed, theta_pre); else why not."""
     from weaving.models import load_clip
-    from weaving.runs import state_dict_hash
+    from weaving.io.runs import RunIdentity, check_same_base, state_dict_hash
 
     index = index or {}
     if [e.get("task") for e in index.get("task_vectors", [])] != tasks:
@@ -119,15 +119,20 @@ def _why_not_reusable(index: dict[str, Any] | None, tasks: list[str], config: De
     if index.get("seed") != config.seed:
         return f"it was trained with seed {index.get('seed')}, not {config.seed}"
     base = state_dict_hash(load_clip(config.model, pretrained, seed=config.seed).model.state_dict())
-    if index.get("pretrained_hash") != base:
+    try:
+        check_same_base([("the run", RunIdentity(pretrained_hash=index.get("pretrained_hash"))),
+                         ("the demo", RunIdentity(pretrained_hash=base))], fields=("pretrained_hash",))
+    except ValueError:
         return "it was fine-tuned from another theta_pre"
     return None
 
 
 def pretrain(config: DemoConfig) -> str | None:
     """Step 0 (module docstring): the demo's theta_pre as a local checkpoint; None keeps the random init."""
-    from weaving.runs import read_run
-    from weaving.merging.task_vectors import load_task_vector, read_metadata, save_state_dict
+    from weaving.io.runs import read_run
+    from weaving.io.safetensors import read_metadata
+    from weaving.io.writer import save_state_dict
+    from weaving.merging.task_vectors import load_task_vector
     from weaving.models import load_clip
 
     if not config.pretrain_tasks:
@@ -159,7 +164,7 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     import weaving
     from weaving.evaluation import report
     from weaving.evaluation.comparison import run_comparison
-    from weaving.runs import read_run
+    from weaving.io.runs import read_run
 
     import torch
 

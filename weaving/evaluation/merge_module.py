@@ -47,7 +47,7 @@ class MergeModule(ComparisonModule):
             file for `open_clip.create_model(model, pretrained=FILE)`, or "hf" folder for transformers), with
             the recipe in its metadata (multi_task and continual setups: one merged model).
         allow_mixed: merge task vectors whose base model or run identities disagree (`weaving validate
-            --allow_mixed`); by default that is a one-line error (weaving.runs.check_same_base).
+            --allow_mixed`); by default that is a one-line error (weaving.io.runs.check_same_base).
     """
 
     def __init__(

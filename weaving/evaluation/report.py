@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from weaving.atomic import atomic_write_bytes, atomic_write_text
+from weaving.io.publish import atomic_write_bytes, atomic_write_text
 
 RESULTS_FILES = ("results.json", "results.csv", "results.md")
 ROW_KEYS = ("method", "weave", "lam", "lambdas", "pooling", "accuracy", "mean")

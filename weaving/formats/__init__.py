@@ -1,8 +1,8 @@
-"""Checkpoint formats in and out: task_vectors-lineage pickles (read without running them), Hugging Face
-CLIP folders and hub ids, open_clip state dicts; `weaving import` and full-checkpoint export.
+"""CLIP checkpoints in and out: open_clip <-> Hugging Face names, task_vectors-lineage modules, `weaving
+import` and full-checkpoint export. Tensors on disk are read and written by `weaving.io`.
 
-The names below are imported on first use, so that reading safetensors shards (`weaving.formats.sharded`,
-used by every merge) does not import open_clip.
+The names below are imported on first use, so that importing the package does not import open_clip.
+Importing it registers the whole-model formats `open_clip` and `hf` for `weaving merge --format`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ _EXPORTS = {
     "Checkpoint": "weaving.formats.checkpoint",
     "read_checkpoint": "weaving.formats.checkpoint",
     "resolve_model": "weaving.formats.checkpoint",
-    "UnsafePickleError": "weaving.formats.torch_pickle",
-    "read_torch_file": "weaving.formats.torch_pickle",
 }
 
 __all__ = sorted(_EXPORTS)
+
+import weaving.formats.export  # noqa: E402,F401  (registers the --format exporters)
 
 
 def __getattr__(name: str) -> Any:

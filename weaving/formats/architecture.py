@@ -9,8 +9,13 @@ names the caller must choose with `--model`, never a silent guess.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import re
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -137,9 +142,8 @@ def model_name(arch: Mapping[str, Any], label: str) -> str:
     names = matching_models(arch)
     if len(names) == 1:
         return names[0]
-    if not names:
-        raise ValueError(f"{label}: no open_clip model config matches its architecture ({describe(arch)}); "
-                         "register one (open_clip.add_model_config) or pass --model NAME")
+    if not names:  # a size open_clip does not ship: its config, when the checkpoint tells every fact
+        return register_architecture(arch, label)
     raise ValueError(f"{label}: its weights fit several open_clip models ({', '.join(names[:6])}); "
                      "pass --model NAME to choose (OpenAI CLIP weights use the -quickgelu names)")
 
@@ -156,3 +160,90 @@ def check_model(name: str, arch: Mapping[str, Any], label: str) -> None:
         act = "QuickGELU" if arch["quick_gelu"] else "GELU"
         raise ValueError(f"{label}: the checkpoint uses {act} but --model {name} does not; "
                          f"pick the {'-quickgelu ' if arch['quick_gelu'] else ''}variant")
+
+
+def register_model_config(name: str, config: Mapping[str, Any]) -> str:
+    """Register an open_clip model config under `name` for this process (open_clip reads configs from files:
+    this writes one into a private temporary folder)."""
+    folder = Path(tempfile.gettempdir()) / f"weaving-model-configs-{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(dict(config), indent=2))
+    open_clip.add_model_config(path)
+    return name
+
+
+def register_config_file(path: str | os.PathLike) -> str:
+    """Register an open_clip model-config JSON file (`--model FILE.json`) under its file name; returns the name.
+    It also reads open_clip's hub format (`{"model_cfg": {...}}`, e.g. a folder's open_clip_config.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {path}: no such file (expected an open_clip model-config JSON)")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {path}: not a readable JSON file ({error})") from None
+    if isinstance(config, dict) and isinstance(config.get("model_cfg"), dict):
+        config = config["model_cfg"]
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("vision_cfg", "text_cfg")) \
+            or "embed_dim" not in config:
+        raise ValueError(f"--model {path}: not an open_clip model config (it needs embed_dim, vision_cfg and text_cfg, "
+                         "as open_clip's model_configs/*.json)")
+    name = path.stem if path.name != "open_clip_config.json" else path.parent.name
+    return register_model_config(name, config)
+
+
+def config_of(arch: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An open_clip model config for a complete architecture (text tower included); None when a fact is
+    unknown (attention heads, activation, MLP ratio)."""
+    vision, text = arch.get("vision_cfg") or {}, arch.get("text_cfg")
+    facts = [arch.get("embed_dim"), arch.get("quick_gelu"), *vision.values(), *((text or {}).values())]
+    if text is None or any(value is None for value in facts):
+        return None
+    return {"embed_dim": arch["embed_dim"], "quick_gelu": bool(arch["quick_gelu"]),
+            "vision_cfg": {k: vision[k] for k in ("image_size", "layers", "width", "patch_size", "mlp_ratio", "head_width")},
+            "text_cfg": {k: text[k] for k in ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")}}
+
+
+def register_architecture(arch: Mapping[str, Any], label: str) -> str:
+    """Register the open_clip config of `arch` (read from a checkpoint's config.json, which names every fact)
+    under a name made of its facts, e.g. `ViT-w64-l2-p8-i32-e16-quickgelu-3f9a0c`; returns the name."""
+    config = config_of(arch)
+    if config is None:
+        raise ValueError(f"{label}: no open_clip model config matches its architecture ({describe(arch)}) and the "
+                         "checkpoint does not tell every fact needed to register one; pass --model FILE.json "
+                         "(an open_clip model config) or a registered --model NAME")
+    v = config["vision_cfg"]
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:6]
+    name = (f"ViT-w{v['width']}-l{v['layers']}-p{v['patch_size']}-i{v['image_size']}-e{config['embed_dim']}"
+            f"{'-quickgelu' if config['quick_gelu'] else ''}-{digest}")
+    return register_model_config(name, config)
+
+
+def model_option(model: str | None) -> str | None:
+    """The open_clip model name of `--model`: a registered name (checked: an unknown one lists the known
+    ones), or an open_clip model-config JSON file, registered on the fly under its file name."""
+    if model is None:
+        return None
+    from weaving.models.clip import _canonical_name
+
+    if str(model).endswith(".json"):
+        return register_config_file(model)
+    return _canonical_name(model)
+
+
+RUN_MODEL_CONFIG = "model_config.json"
+
+
+def register_run_config(folder: str | os.PathLike, name: str | None) -> None:
+    """Register the model config a run folder carries (RUN/model_config.json, written by `weaving import`)
+    under the run's model `name`, when open_clip does not know that name (a size registered on the fly)."""
+    path = Path(folder) / RUN_MODEL_CONFIG
+    if name is None or name in open_clip.list_models() or not path.is_file():
+        return
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(content, dict) and content.get("model") == name and isinstance(content.get("model_cfg"), dict):
+        register_model_config(name, content["model_cfg"])

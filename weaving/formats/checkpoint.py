@@ -7,14 +7,13 @@ Formats (`FORMATS`), detected from the file or folder content, never from the na
   with an index) or a hub id (`org/name` or `hf-hub:org/name`) of CLIPModel, CLIPVisionModel or
   CLIPVisionModelWithProjection;
 - "lineage": the task_vectors lineage's torch.save of a whole `ImageEncoder` (its CLIP under `model.`).
-Pickled files are read with `weaving.formats.torch_pickle` (nothing from the file runs). Content that fits
+Files are read by `weaving.io` (pickles by its restricted unpickler: nothing from the file runs). Content that fits
 no format, or several, is a one-line error that names `--format`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,12 @@ import torch
 
 from weaving.formats import architecture as arch_lib
 from weaving.formats import hf_clip, lineage
-from weaving.formats.torch_pickle import is_legacy_torch, is_torch_zip, read_torch_file
+from weaving.io.hub import is_hub_id, resolve_location
+from weaving.io.runs import PRETRAINED_FILE, pretrained_source
+from weaving.io.safetensors import load_state_dict, read_metadata
+from weaving.io.torch_pickle import is_legacy_torch, is_torch_zip, read_torch_file
 
 FORMATS = ("open_clip", "hf", "lineage")
-HUB_ID = re.compile(r"^(hf-hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 FORMAT_HINT = f"pass --format ({' | '.join(FORMATS)}) to say which it is"
 
 
@@ -96,13 +97,10 @@ def _read_file(path: Path) -> Any:
             raise ValueError(f"{path}: a zip archive, but not a torch.save file; {FORMAT_HINT}")
         return read_torch_file(path)
     if len(head) >= 9 and head[8:9] == b"{":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
-            return load_file(path)
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise ValueError(f"{path}: a corrupt safetensors file ({error})") from None
+            return load_state_dict(path)
+        except ValueError as error:
+            raise ValueError(f"{path}: a corrupt safetensors file ({str(error).removeprefix(f'{path}: ')})") from None
     if is_legacy_torch(head):
         raise ValueError(f"{path}: saved in the legacy (pre-1.6) torch format, which weaving does not read; "
                          "re-save it with a current torch.save or use the safetensors / zip version")
@@ -113,8 +111,6 @@ def _read_file(path: Path) -> Any:
 def _metadata(path: Path) -> dict[str, str]:
     if path.suffix != ".safetensors":
         return {}
-    from weaving.merging.task_vectors import read_metadata
-
     try:
         return read_metadata(path)
     except ValueError:
@@ -218,8 +214,8 @@ def read_checkpoint(source: str, format: str | None = None, model: str | None = 
         return _from_state_dict(obj, source, format, _metadata(path))
     if model is not None and "/" not in source and source and format in (None, "open_clip"):
         return _from_tag(model, source)
-    if HUB_ID.match(source) and format in (None, "hf") and not source.startswith((".", "/")):
-        return _from_hf_folder(hf_clip.download(source.removeprefix("hf-hub:")), source)
+    if is_hub_id(source) and format in (None, "hf"):
+        return _from_hf_folder(resolve_location(source), source)
     raise FileNotFoundError(f"{source}: no such file or folder (nor a hub id 'org/name', nor an open_clip tag "
                             "with --model)")
 
@@ -238,9 +234,7 @@ def resolve_model(checkpoint: Checkpoint, model: str | None) -> str:
         raise ValueError(f"{checkpoint.source}: has no image encoder (a text-only checkpoint?); nothing to import")
     label = checkpoint.source
     if model is not None:
-        from weaving.models.clip import _canonical_name
-
-        model = _canonical_name(model)
+        model = arch_lib.model_option(model)
         arch_lib.check_model(model, checkpoint.arch, label)
         return model
     if checkpoint.model:
@@ -261,12 +255,11 @@ def full_state(checkpoint: str, pretrained: str | None = None, *, model: str | N
     fine-tuned image encoder, the projection of a CLIPVisionModel) come from `pretrained` (a run folder or
     any checkpoint); without it they are a one-line error. The result loads strictly into the model.
     """
-    from weaving.formats.run_inputs import pretrained_path
     from weaving.models.clip import load_clip
 
     def read(source: str, fmt: str | None) -> Checkpoint:
-        is_run = Path(source).is_dir() and (Path(source) / "pretrained.safetensors").is_file()
-        return read_checkpoint(pretrained_path(source) if is_run else source, None if is_run else fmt, model)
+        is_run = Path(source).is_dir() and (Path(source) / PRETRAINED_FILE).is_file()
+        return read_checkpoint(str(pretrained_source(source)) if is_run else source, None if is_run else fmt, model)
 
     main = read(checkpoint, format)
     if not main.has_image_encoder:

@@ -10,7 +10,6 @@ the other's transpose. `CLIPVisionModel` holds only `vision_model.*` (no project
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +17,9 @@ from typing import Any
 
 import torch
 
-from weaving.formats.torch_pickle import read_torch_file
+from weaving.io.loader import open_checkpoint
 
 HF_INSTALL_HINT = 'Hugging Face CLIP support needs transformers: pip install "weaving[hf]"'
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model", "clip_text_model")
 
 # per block: transformers name -> open_clip name (q/k/v handled apart)
@@ -60,61 +57,10 @@ def is_clip_config(config: Mapping[str, Any]) -> bool:
     return config.get("model_type") in CLIP_MODEL_TYPES or any(str(a).startswith("CLIP") for a in architectures)
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (named by the folder's weight index)")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError, RuntimeError) as error:
-            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
-    state = read_torch_file(path)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
-    return dict(state)
-
-
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a transformers folder: single file or shards with an index (safetensors first)."""
-    for name in HF_WEIGHT_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        if not name.endswith(".index.json"):
-            return _load_file(path)
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}: not a readable shard index ({error})") from None
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(_load_file(folder / shard))
-        missing = sorted(set(weight_map) - set(state))
-        if missing:
-            raise ValueError(f"{path}: the shards lack {len(missing)} indexed tensors, e.g. {missing[0]!r}")
-        return state
-    raise FileNotFoundError(f"{folder}: no weights ({', '.join(HF_WEIGHT_FILES)})")
-
-
-def download(repo_id: str) -> Path:
-    """A local snapshot of a hub repository's config and weights; one line naming the id when it fails."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ValueError(f"{repo_id}: downloading from the Hugging Face Hub needs huggingface_hub "
-                         f"({HF_INSTALL_HINT})") from None
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
-        if not any(folder.glob("*.safetensors")):
-            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model*.bin"]))
-    except Exception as error:  # offline, unknown repo, gated, network: all end the same way for the user
-        reason = " ".join(str(error).split())[:160] or type(error).__name__
-        raise ValueError(f"could not get {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: {reason}); "
-                         "check the id and the connection, or download it and pass its folder") from None
-    return folder
+    """All tensors of a transformers folder (single file or shards with an index), read by weaving.io."""
+    source = open_checkpoint(folder)
+    return {key: source.get(key) for key in source.keys()}
 
 
 # ------------------------------------------------------------------------------------------ mapping
@@ -257,16 +203,18 @@ def hf_config(arch: Mapping[str, Any], logit_scale: float | None = None) -> dict
 
 
 def write_folder(folder: Path, state: Mapping[str, torch.Tensor], arch: Mapping[str, Any],
-                 metadata: Mapping[str, str]) -> None:
-    """Write config.json + model.safetensors of `state` (open_clip names) into an existing folder."""
-    from safetensors.torch import save_file
-
+                 metadata: Mapping[str, str], dtype: torch.dtype | None = None) -> None:
+    """Write config.json (saying the weights' `dtype`) + model.safetensors of `state` (open_clip names) into
+    an existing folder."""
     from weaving.formats.architecture import has_text_tower
+    from weaving.io.writer import save_state_dict, set_config_dtype
 
     if not has_text_tower(state):
         arch = {**arch, "text_cfg": None}
     hf = from_open_clip(state)
     scale = float(state["logit_scale"]) if "logit_scale" in state else None
     config = hf_config(arch, scale)
+    config.setdefault("torch_dtype", "float32")
+    set_config_dtype(config, dtype)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
-    save_file(hf, os.fspath(folder / "model.safetensors"), metadata={"format": "pt", **dict(metadata)})
+    save_state_dict(folder / "model.safetensors", hf, {"format": "pt", **dict(metadata)})

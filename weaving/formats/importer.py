@@ -6,8 +6,11 @@
 RUN/pretrained.safetensors holds theta_pre's full open_clip state dict (loadable with
 `open_clip.create_model(model, pretrained=that_file)`), RUN/task_vectors/<name>.safetensors each
 fine-tuned image encoder minus theta_pre (`visual.*`), RUN/task_vectors/index.json the model name, the
-source of every file and theta_pre's hash; RUN/heads/ the imported classification heads (`--heads`).
-Every input is read and checked before RUN appears: a bad input leaves nothing behind.
+source of every file and theta_pre's hash; RUN/model_config.json the open_clip config of the model (so a
+size open_clip does not ship, registered from the checkpoint's config.json on the fly, is known to later
+commands); RUN/heads/ the imported classification heads (`--heads`). `--model` is an open_clip name or
+model-config JSON file. Every input is read and checked before RUN appears: a bad input leaves nothing
+behind. An existing RUN (or one that holds an input) is replaced only with `--overwrite true`.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from tqdm.auto import tqdm
 
 from weaving.formats import architecture as arch_lib
 from weaving.formats.checkpoint import FORMATS, Checkpoint, read_checkpoint, resolve_model
-from weaving.formats.folders import atomic_folder, check_new_folder
+from weaving.io.publish import check_output, publish_folder
+from weaving.io.runs import RUN_FORMAT, state_dict_hash, write_index
+from weaving.io.source import check_finite
+from weaving.io.writer import save_state_dict
 
-from weaving.runs import RUN_FORMAT, state_dict_hash  # noqa: E402  (the run contract's hash)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -43,6 +48,33 @@ def parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
             raise ValueError(f"{option}: {name!r} is given twice")
         named[name] = source
     return named
+
+
+def _check_sources(pretrained: str, finetuned: Mapping[str, str]) -> None:
+    """Before any reading: each fine-tuned source once, and no local safetensors file whose metadata says it
+    is another kind (a run's task vector or theta_pre given as fine-tuned weights; weaving.io.runs.check_kind)."""
+    from weaving.io.runs import check_kind
+
+    seen: dict[str, str] = {}
+    for name, source in finetuned.items():
+        key = os.path.realpath(source) if os.path.exists(source) else source
+        if key in seen:
+            raise ValueError(f"--finetuned {name}={source}: the same checkpoint as {seen[key]}; give each once")
+        seen[key] = name
+        check_kind(_metadata_if_readable(source), f"--finetuned {name}={source}", "finetuned")
+    check_kind(_metadata_if_readable(pretrained), f"--pretrained {pretrained}", "pretrained")
+
+
+def _metadata_if_readable(source: str) -> dict[str, str]:
+    """A local safetensors file's metadata; {} for anything else (the reader reports a bad file itself)."""
+    from weaving.io.safetensors import read_metadata
+
+    if not (str(source).endswith(".safetensors") and os.path.isfile(source)):
+        return {}
+    try:
+        return read_metadata(source)
+    except (ValueError, OSError):
+        return {}
 
 
 def _pretrained(source: str, model: str | None, fmt: str | None, text_from: str | None) -> tuple[Checkpoint, str, dict]:
@@ -78,8 +110,6 @@ def _pretrained(source: str, model: str | None, fmt: str | None, text_from: str 
 
 def _task_vector(name: str, source: str, fmt: str | None, pre: Checkpoint, theta_pre: Mapping[str, torch.Tensor],
                  model: str) -> tuple[dict[str, torch.Tensor], Checkpoint, list[str]]:
-    from weaving.merging.task_vectors import check_finite
-
     checkpoint = read_checkpoint(source, fmt, None)
     label = f"fine-tuned {name}={source}"
     if not checkpoint.has_image_encoder:
@@ -113,7 +143,7 @@ def _task_vector(name: str, source: str, fmt: str | None, pre: Checkpoint, theta
 def _head(name: str, source: str, embed_dim: int) -> torch.Tensor:
     from weaving.data.tasks import get_task
     from weaving.formats.lineage import read_head
-    from weaving.formats.torch_pickle import read_torch_file
+    from weaving.io.torch_pickle import read_torch_file
 
     path = Path(source)
     if not path.is_file():
@@ -126,16 +156,25 @@ def _head(name: str, source: str, embed_dim: int) -> torch.Tensor:
     return weight
 
 
+def model_config(name: str) -> dict[str, Any]:
+    import open_clip
+
+    return open_clip.get_model_config(name)
+
+
 def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.PathLike, *, model: str | None = None,
                format: str | None = None, heads: Mapping[str, str] | None = None, text_from: str | None = None,
-               progress: bool = True) -> Path:
-    """Import theta_pre and fine-tuned checkpoints into a run folder (see the module doc); returns RUN."""
-    from weaving.merging.task_vectors import save_state_dict, write_json_atomic
+               progress: bool = True, overwrite: bool = False) -> Path:
+    """Import theta_pre and fine-tuned checkpoints into a run folder (see the module doc); returns RUN.
+    An existing RUN (or one that is an input) is replaced only with `overwrite`."""
+    from weaving.models.clip import harness_zero_entries
     from weaving.models.heads import imported_head_path
 
-    output = check_new_folder(output, "--output")
+    inputs = [pretrained, *finetuned.values(), *(heads or {}).values(), *([text_from] if text_from else [])]
+    output = check_output(output, folder=True, overwrite=overwrite, inputs=inputs, what="--output")
     if not finetuned:
         raise ValueError("give at least one --finetuned NAME=SOURCE")
+    _check_sources(pretrained, finetuned)
     final = output.resolve()
     pre, name, theta_pre = _pretrained(pretrained, model, format, text_from)
     pre_hash = state_dict_hash(theta_pre)
@@ -145,7 +184,7 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
               "pretrained_hash": pre_hash, "format": RUN_FORMAT}
     head_weights = {task: _head(task, src, theta_pre["visual.proj"].shape[1]) for task, src in (heads or {}).items()}
     entries = []
-    with atomic_folder(output) as tmp:
+    with publish_folder(output, overwrite=overwrite) as tmp:
         save_state_dict(tmp / "pretrained.safetensors", theta_pre,
                         {**common, "kind": "pretrained", "source": pre.source, "source_format": pre.format})
         (tmp / "task_vectors").mkdir()
@@ -163,10 +202,12 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
                             {"model": name, "pretrained_hash": pre_hash, "task": task, "source": heads[task]})
         index = {"format": RUN_FORMAT, "run_id": run_id, "model": name, "pretrained": common["pretrained"],
                  "pretrained_file": "pretrained.safetensors", "pretrained_hash": pre_hash, "seed": None,
-                 "stream": "independent", "tasks": list(finetuned), "task_vectors": entries,
+                 "stream": "independent", "tasks": list(finetuned), "zero_entries": harness_zero_entries(theta_pre),
+                 "task_vectors": entries,
                  "imported_from": {"pretrained": pre.source, "pretrained_format": pre.format,
                                    "heads": dict(heads or {})}}
-        write_json_atomic(tmp / "task_vectors" / "index.json", index)
+        write_index(tmp, index)
+        (tmp / arch_lib.RUN_MODEL_CONFIG).write_text(json.dumps({"model": name, "model_cfg": model_config(name)}, indent=2))
     return output
 
 
@@ -189,6 +230,8 @@ def build_parser():
                         help="TASK=head_<task>.pt per task_vectors classification head, saved into RUN/heads.")
     parser.add_argument("--text_from", type=Optional[str], default=None,
                         help="Take the text tower from this source when --pretrained lacks it (zeroshot.pt).")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="Replace an existing --output folder (default: refuse).")
     return parser
 
 
@@ -202,7 +245,8 @@ def import_main(argv: list[str]) -> None:
     except ArgumentError as error:  # `weaving` reduces jsonargparse's report to its cause
         raise ValueError(str(error).strip()) from None
     output = import_run(cfg.pretrained, parse_named(cfg.finetuned, "--finetuned"), cfg.output, model=cfg.model,
-                        format=cfg.format, heads=parse_named(cfg.heads, "--heads"), text_from=cfg.text_from)
+                        format=cfg.format, heads=parse_named(cfg.heads, "--heads"), text_from=cfg.text_from,
+                        overwrite=cfg.overwrite)
     index = json.loads((output / "task_vectors" / "index.json").read_text())
     print(f"wrote {output}: model {index['model']}, {len(index['tasks'])} task vectors "
           f"({', '.join(index['tasks'])}){', heads in ' + str(output / 'heads') if cfg.heads else ''}", file=sys.stdout)

@@ -1,4 +1,4 @@
-"""The task_vectors lineage's pickled modules, read as records (see `weaving.formats.torch_pickle`).
+"""The task_vectors lineage's pickled modules, read as records (see `weaving.io.torch_pickle`).
 
 Ilharco et al.'s task_vectors code (and the TSV / ISO-C repositories that reuse its checkpoints) saves
 whole modules with `torch.save`: `zeroshot.pt` / `finetuned.pt` hold an `ImageEncoder` whose open_clip CLIP
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from weaving.formats.torch_pickle import ObjectRecord
+from weaving.io.torch_pickle import ObjectRecord
 
 QUICK_GELU = "QuickGELU"
 

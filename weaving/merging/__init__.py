@@ -1,15 +1,11 @@
 """The merge engine: eleven merge methods, Weight Weaving and task-vector I/O. No Lightning needed."""
 
+from weaving.io.safetensors import read_metadata
+from weaving.io.writer import save_state_dict
 from weaving.merging.engine import merge
 from weaving.merging.pooling import POOLINGS
 from weaving.merging.registry import METHODS, get_method, register_method
-from weaving.merging.task_vectors import (
-    load_task_vector,
-    read_metadata,
-    save_state_dict,
-    save_task_vector,
-    task_vector_from_finetuned,
-)
+from weaving.merging.task_vectors import load_task_vector, save_task_vector, task_vector_from_finetuned
 from weaving.merging.recipe import run_recipe
 from weaving.merging.search_space import parse_lambdas, parse_search_space
 from weaving.merging.weave import weave

@@ -21,13 +21,12 @@ from typing import Any, Optional, Union
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from weaving.atomic import check_writable
-from weaving.merging.engine import run_merge
+from weaving.io.loader import as_source, is_weights_folder
+from weaving.io.runs import RunIdentity, check_same_base, pretrained_source, read_run, task_vector_paths
 from weaving.merging.recipe import is_recipe_file, recipe_from_options, run_recipe
-from weaving.merging.registry import METHODS, get_method, get_pooling
-from weaving.merging.task_vectors import TensorSource, save_state_dict, task_vector_from_finetuned
-from weaving.merging.weave import parse_lambdas, run_weave
-from weaving.runs import RunIdentity, check_same_base, read_run
+from weaving.merging.recipe import load_yaml as load_recipe_file
+from weaving.merging.registry import METHODS, get_method, get_pooling, with_recorded_zero_entries
+from weaving.merging.search_space import load_yaml, parse_search_space, use_in_jsonargparse
 
 LIST_OPTIONS = ("finetuned", "task_vectors")
 
@@ -35,6 +34,7 @@ LIST_OPTIONS = ("finetuned", "task_vectors")
 def build_parser() -> ArgumentParser:
     import weaving.merging.methods  # noqa: F401  (fills the registry for the help text)
 
+    use_in_jsonargparse()
     parser = ArgumentParser(prog="weaving merge", exit_on_error=False,
                             description="Merge fine-tuned checkpoints or task vectors, with a fixed lambda (--lam) "
                             "or with Weight Weaving (--lambdas).")
@@ -50,8 +50,9 @@ def build_parser() -> ArgumentParser:
                         help="The method's hyper-parameters, e.g. '{k: 0.2}' for ties (docs/methods.md lists them).")
     parser.add_argument("--lam", type=Optional[float], default=None,
                         help="Scale of the merged delta: theta_pre + lam * g (default 1.0).")
-    parser.add_argument("--lambdas", type=Optional[Union[list[float], float, str]], default=None,
-                        help="Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0' or a YAML list.")
+    parser.add_argument("--lambdas", type=Optional[Union[float, list[Union[float, dict[str, Any]]], dict[str, Any], str]],
+                        default=None, help="Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0', "
+                        "a YAML list, a distribution or a per-layer lambda (docs/evaluation.md, 'Search spaces').")
     parser.add_argument("--pooling", type=str, default="mean",
                         help="Weaving pooling: mean, random, magmax, or any merge method name.")
     parser.add_argument("--include_deltas", type=bool, default=True,
@@ -70,26 +71,17 @@ def build_parser() -> ArgumentParser:
                         help="Output: a .safetensors file, or a folder (Hugging Face layout, config and tokenizer "
                         "copied from a pretrained folder); written atomically.")
     parser.add_argument("--format", type=Optional[str], default=None,
-                        help="Write a full checkpoint: open_clip (one file for open_clip.create_model) or hf "
-                        "(a transformers CLIP folder); default: the merged tensors as they are.")
+                        help="Write a full checkpoint: open_clip (a folder open_clip loads as local-dir:FOLDER, or "
+                        "one .safetensors file) or hf (a transformers CLIP folder); default: the merged tensors as "
+                        "they are.")
     parser.add_argument("--model", type=Optional[str], default=None,
-                        help="open_clip model name for --format (default: the one the inputs record).")
+                        help="open_clip model name, or an open_clip model-config JSON file, for --format (default: "
+                        "the one the inputs record).")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="Replace an output that exists, or an input given as the output (default: refuse).")
     parser.add_argument("--allow_mixed", type=bool, default=False,
                         help="Merge task vectors whose base model or run identities disagree (default: refuse).")
     return parser
-
-
-def output_size(pretrained: TensorSource) -> int:
-    """Bytes of the merged file's tensors (it has the pretrained model's names, shapes and dtypes)."""
-    import torch
-
-    total = 0
-    for key in pretrained.keys():
-        count = 1
-        for size in pretrained.shape(key):
-            count *= size
-        total += count * torch.empty((), dtype=pretrained.dtype(key)).element_size()
-    return total
 
 
 def run(cfg) -> str:
@@ -100,83 +92,60 @@ def run(cfg) -> str:
         raise ValueError("give --lam (one merge) or --lambdas (Weight Weaving), not both")
     hparams = get_method(cfg.method).resolve(dict(cfg.method_args or {}))
     hparams = {name: hparams[name] for name in (cfg.method_args or {})}  # what the user set, for the recipe
-    if cfg.lambdas is not None:
-        parse_lambdas(cfg.lambdas)
+    if cfg.lambdas is not None or cfg.grid is not None or cfg.points is not None:
+        parse_search_space(cfg.lambdas, cfg.grid, cfg.points)  # before any file is read
         get_pooling(cfg.pooling)
-    from weaving.formats.run_inputs import pretrained_path, recorded_model, task_vector_paths
-    from weaving.formats.sharded import WEIGHT_FILES
-
-    def is_weights_folder(path: str) -> bool:  # a Hugging Face folder, not a run
-        return Path(path).is_dir() and any((Path(path) / name).is_file() for name in WEIGHT_FILES)
-
     if not is_weights_folder(cfg.pretrained):
-        cfg.pretrained = pretrained_path(cfg.pretrained)
-    if cfg.task_vectors:
-        cfg.task_vectors = [p for s in cfg.task_vectors for p in ([s] if is_weights_folder(s) else task_vector_paths([s]))]
+        cfg.pretrained = str(pretrained_source(cfg.pretrained))
+    if cfg.task_vectors:  # run folders: the population their index.json records (ties, pcb: zero_entries)
+        recorded = {read_run(s, allow_mixed=cfg.allow_mixed).zero_entries for s in cfg.task_vectors
+                    if Path(s).is_dir() and not is_weights_folder(s)}
+        if len(recorded) == 1:
+            hparams = with_recorded_zero_entries(cfg.method, hparams, recorded.pop())
+        cfg.task_vectors = task_vector_paths(cfg.task_vectors)
     if cfg.task_vectors and not any(is_weights_folder(s) for s in cfg.task_vectors):
         run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)  # one base model, unless allow_mixed
-        pretrained_meta = TensorSource(cfg.pretrained).metadata if Path(cfg.pretrained).suffix == ".safetensors" else {}
+        pretrained_meta = as_source(cfg.pretrained, "pretrained").metadata if Path(cfg.pretrained).suffix == ".safetensors" else {}
         if run.pretrained_hash and pretrained_meta.get("pretrained_hash"):
             check_same_base([("the task vectors", run.identity),
                              (cfg.pretrained, RunIdentity.from_mapping(pretrained_meta))],
                             allow_mixed=cfg.allow_mixed, same_run=False)
-    if cfg.format is None:  # the recipe path: any input format, streamed output, grids, dtype, shards
-        recipe = recipe_from_options(
-            pretrained=cfg.pretrained, finetuned=cfg.finetuned, task_vectors=cfg.task_vectors, method=cfg.method,
-            method_args=hparams, lam=cfg.lam, lambdas=cfg.lambdas, grid=cfg.grid, points=cfg.points,
-            pooling=cfg.pooling, include_deltas=cfg.include_deltas, dtype=cfg.dtype, out_shard_size=cfg.out_shard_size,
-            output=cfg.output, device=cfg.device, seed=cfg.seed)
-        return str(run_recipe(recipe, progress=True))
-    if cfg.grid is not None or cfg.points is not None or cfg.dtype is not None or cfg.out_shard_size is not None:
-        raise ValueError("--format exports one CLIP checkpoint: --grid, --points, --dtype and --out_shard_size "
-                         "work without --format")
-    model = cfg.model or recorded_model(cfg.pretrained, cfg.task_vectors or [])
-    if cfg.format is not None:
-        from weaving.formats.export import check_export
-
-        check_export(cfg.output, cfg.format)
-        if model is None:
-            raise ValueError(f"--format {cfg.format} needs the open_clip model name: pass --model NAME")
-    pretrained = TensorSource(cfg.pretrained)
-    if cfg.format != "hf":  # an hf export is a folder, checked by check_export
-        check_writable(cfg.output, expected_bytes=output_size(pretrained))
-    if cfg.finetuned:
-        task_vectors = [task_vector_from_finetuned(pretrained, TensorSource(path)) for path in cfg.finetuned]
-    else:
-        run = read_run(cfg.task_vectors, allow_mixed=cfg.allow_mixed)
-        task_vectors = [TensorSource(path) for path in run.paths.values()]
-        if run.pretrained_hash and pretrained.metadata.get("pretrained_hash"):
-            check_same_base([("the task vectors", run.identity),
-                             (pretrained.label, RunIdentity.from_mapping(pretrained.metadata))],
-                            allow_mixed=cfg.allow_mixed, same_run=False)
-    if cfg.lambdas is None:
-        lam = 1.0 if cfg.lam is None else cfg.lam
-        merged = run_merge(pretrained, task_vectors, cfg.method, lam, device=cfg.device, seed=cfg.seed,
-                           progress=True, hparams=hparams)
-        recipe = {"method": cfg.method, "lam": lam}
-    else:
-        merged = run_weave(pretrained, task_vectors, cfg.method, cfg.lambdas, cfg.pooling, cfg.include_deltas,
-                           device=cfg.device, seed=cfg.seed, progress=True, hparams=hparams)
-        recipe = {"method": cfg.method, "lambdas": cfg.lambdas, "pooling": cfg.pooling,
-                  "include_deltas": cfg.include_deltas}
-    recipe.update(hparams=hparams, seed=cfg.seed, inputs=list(cfg.finetuned or cfg.task_vectors))
-    if cfg.format is not None:
-        from weaving.formats.export import export_checkpoint, input_hashes
-
-        recipe.update(pretrained=cfg.pretrained, input_sha256=input_hashes([cfg.pretrained, *recipe["inputs"]]))
-        return str(export_checkpoint(cfg.output, merged, cfg.format, model, recipe))
-    save_state_dict(cfg.output, merged, {"weaving_recipe": json.dumps(recipe)})
-    return cfg.output
+    recipe = recipe_from_options(
+        pretrained=cfg.pretrained, finetuned=cfg.finetuned, task_vectors=cfg.task_vectors, method=cfg.method,
+        method_args=hparams, lam=cfg.lam, lambdas=cfg.lambdas, grid=cfg.grid, points=cfg.points,
+        pooling=cfg.pooling, include_deltas=cfg.include_deltas, dtype=cfg.dtype, out_shard_size=cfg.out_shard_size,
+        output=cfg.output, device=cfg.device, seed=cfg.seed, format=cfg.format, model=cfg.model,
+        overwrite=cfg.overwrite)
+    return str(run_recipe(recipe, progress=True))
 
 
-def recipe_file(argv: list[str]) -> str | None:
-    """The file of `--config FILE` when it is a merge recipe (weaving.merging.recipe), else None."""
+RECIPE_OVERRIDES = ("output", "overwrite")  # what may be given with a recipe (e.g. a merged folder's, re-run)
+
+
+def recipe_file(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """(file, overrides) of `--config FILE` when it is a merge recipe (weaving.merging.recipe), else None;
+    the overrides are `--output` and `--overwrite`, the only options a recipe takes beside it."""
     for i, arg in enumerate(argv):
         path = arg.partition("=")[2] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
         if path and is_recipe_file(path):
-            if len(argv) != (1 if arg.startswith("--config=") else 2):
-                raise ValueError(f"{path} is a merge recipe, which holds every option: give --config {path} alone")
-            return path
+            rest = argv[:i] + argv[i + (1 if arg.startswith("--config=") else 2):]
+            overrides: dict[str, Any] = {}
+            while rest:
+                name, sep, value = rest.pop(0).partition("=")
+                if name.removeprefix("--") not in RECIPE_OVERRIDES or not name.startswith("--"):
+                    raise ValueError(f"{path} is a merge recipe, which holds every option: give --config {path} "
+                                     "alone (or with --output and --overwrite)")
+                if not sep:
+                    value = rest.pop(0) if rest and not rest[0].startswith("--") else ("true" if name == "--overwrite" else "")
+                if name == "--overwrite":
+                    if value.lower() not in ("true", "false"):
+                        raise ValueError(f"--overwrite: expected true or false, got {value}")
+                    overrides["overwrite"] = value.lower() == "true"
+                elif not value:
+                    raise ValueError("--output: give the output path")
+                else:
+                    overrides["output"] = value
+            return path, overrides
     return None
 
 
@@ -207,7 +176,7 @@ def _config_with_lists(config: str) -> str:
     if not path.is_file():
         return config
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: not a readable YAML file ({error})".replace("\n", " ")) from None
     if not isinstance(content, dict) or not any(isinstance(content.get(key), str) for key in LIST_OPTIONS):
@@ -223,9 +192,10 @@ def merge_main(argv: list[str]) -> None:
     from jsonargparse import ArgumentError
 
     argv = normalize_options(argv)
-    recipe = recipe_file(argv)
-    if recipe is not None:
-        print(f"wrote {run_recipe(recipe, progress=True)}")
+    found = recipe_file(argv)
+    if found is not None:
+        path, overrides = found
+        print(f"wrote {run_recipe({**load_recipe_file(path), **overrides}, progress=True)}")
         return
     parser = build_parser()
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,12 @@ from typing import Any
 
 import torch
 
+from weaving.io.publish import folder_write_failure, publish_folder, remove_stale_temporaries, temporary_path, unwinding
+from weaving.io.sizes import nbytes, parse_size, plan_shards
+from weaving.io.source import TensorSource
+from weaving.io.writer import (check_streamed_output, copy_side_files, is_file_output, shard_names, weights_dtype,
+                               write_index, write_shard)
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import TensorSource
 
 
 # ------------------------------------------------------------------------------------- the process group
@@ -165,82 +170,72 @@ class DistributedTaskVectorSet(TaskVectorSet):
         return self._all_reduce(counts)
 
 
-def local_inputs(base: TensorSource, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device):
-    """This rank's share of a merge: a size-balanced partition of the output tensors over the ranks."""
+def local_task_set(base: TensorSource, sources: Sequence[TensorSource], keys: Sequence[str], device: torch.device
+                   ) -> tuple[DistributedTaskVectorSet, dict[str, int], int]:
+    """This rank's share of a merge (its task-vector set, the owner of every output tensor, its rank): a
+    size-balanced partition of the output tensors over the ranks."""
     import torch.distributed as dist
-
-    from weaving.formats.sharded import nbytes
-    from weaving.merging.engine import MergeInputs
 
     rank, world = dist.get_rank(), dist.get_world_size()
     names = base.keys()
     owner = dict(zip(names, partition([nbytes(base.shape(k), base.dtype(k)) for k in names], world)))
     local = [key for key in keys if owner[key] == rank]
-    return MergeInputs(base, DistributedTaskVectorSet(sources, local, device, keys), owner=owner, rank=rank)
+    return DistributedTaskVectorSet(sources, local, device, keys), owner, rank
 
 
 def save_distributed(output: str | os.PathLike, inputs, layout, items, *, shard_size=None, metadata=None,
-                     copy_from=None) -> Path:
-    """Each rank writes its own tensors as its own shards; rank 0 writes the index and renames the folder.
+                     copy_from=None, overwrite: bool = False, extra_files=None) -> Path:
+    """Each rank writes its own tensors as its own shards; rank 0 writes the index and publishes the folder.
 
     The output folder must be on a file system every rank sees (it is, on one node). When any rank fails,
-    every rank raises (see `stop_together`) and rank 0 removes the partial folder: nothing is published.
+    every rank raises (see `stop_together`) and rank 0 removes the partial folder: nothing is published. A
+    termination signal ends every rank the same way (`weaving.io.publish`); a temporary folder left by a
+    rank 0 killed outright is removed by the next write of that output.
     """
-    import json
-    import shutil
-
     import torch.distributed as dist
 
-    from weaving.atomic import folder_write_failure
-    from weaving.formats.sharded import INDEX_FILE, SIDE_FILES, _write_file, check_output, nbytes, parse_size, plan_shards
-
     shard_size = parse_size(shard_size)
-    output = check_output(output, shard_size)
-    if output.suffix == ".safetensors":
+    if is_file_output(output):
         raise ValueError(f"output {output}: a distributed merge writes a folder (shards per rank); give a folder name")
+    output = check_streamed_output(output, shard_size, overwrite=overwrite)
     rank, world = inputs.rank, dist.get_world_size()
     plans = [plan_shards([entry for entry in layout if inputs.owner[entry[0]] == r], shard_size) for r in range(world)]
     plans = [[shard for shard in plan if shard] for plan in plans]
     count = sum(len(plan) for plan in plans)
+    names = shard_names(count) if count > 1 else ["model-00001-of-00001.safetensors"]
     first = sum(len(plan) for plan in plans[:rank])
-    tmp = output.parent / f".{output.name}.partial"
+    shared: list[Path | None] = [None]
     try:
         with stop_together():
             if rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
+                output.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(output)
+                shared[0] = temporary_path(output)
+                shared[0].mkdir()
             agree_on_failures()  # the folder exists
-            items = iter(items)
-            for i, shard in enumerate(plans[rank]):
-                try:
-                    _write_file(tmp / f"model-{first + i + 1:05d}-of-{count:05d}.safetensors", shard, items, metadata)
-                except OSError as error:
-                    raise folder_write_failure(error, output, tmp) from None
-            agree_on_failures()  # every rank wrote its shards: rank 0 may publish them
-            if rank == 0:
-                weight_map = {}
-                index = 0
-                for plan in plans:
-                    for shard in plan:
-                        index += 1
-                        weight_map.update({key: f"model-{index:05d}-of-{count:05d}.safetensors" for key, _, _ in shard})
-                total = sum(nbytes(shape, dtype) for _, shape, dtype in layout)
-                try:
-                    (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total, **dict(metadata or {})},
-                                                              "weight_map": {key: weight_map[key] for key, _, _ in layout}}, indent=2))
-                    if copy_from is not None and Path(copy_from).is_dir():
-                        for name in SIDE_FILES:
-                            if (Path(copy_from) / name).is_file():
-                                shutil.copyfile(Path(copy_from) / name, tmp / name)
-                    if output.is_dir():
-                        output.rmdir()
-                    os.replace(tmp, output)
-                except OSError as error:
-                    raise folder_write_failure(error, output, tmp) from None
-            agree_on_failures()
-    except BaseException as error:  # every rank has stopped writing (or is gone): remove the partial folder
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            dist.broadcast_object_list(shared, src=0)
+        tmp = Path(shared[0])
+        # rank 0 publishes (or removes) the folder; every rank unwinds on a termination signal
+        with publish_folder(output, overwrite=overwrite, tmp=tmp) if rank == 0 else unwinding(None, output):
+            with stop_together():
+                items = iter(items)
+                for i, shard in enumerate(plans[rank]):
+                    try:
+                        write_shard(tmp / names[first + i], shard, items, metadata)
+                    except OSError as error:
+                        raise folder_write_failure(error, output, tmp) from None
+                agree_on_failures()  # every rank wrote its shards: rank 0 may publish them
+                if rank == 0:
+                    weight_map = {key: names[index] for index, shard in enumerate(s for plan in plans for s in plan)
+                                  for key, _, _ in shard}
+                    write_index(tmp, layout, weight_map, metadata)
+                    copy_side_files(copy_from, tmp, weights_dtype(layout))
+                    if extra_files is not None:
+                        extra_files(tmp)
+        agree_on_failures()
+    except BaseException as error:
+        if rank == 0 and shared[0] is not None:  # failed before the folder was handed to publish_folder
+            shutil.rmtree(shared[0], ignore_errors=True)
         if isinstance(error, Exception):  # every rank knows: none exits (and torchrun ends the rest) before that
             try:
                 dist.barrier()

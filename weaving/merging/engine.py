@@ -13,11 +13,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from weaving.merging.distributed import local_task_set
 from weaving.merging.registry import MergeMethod, derive_seed, get_method
+from weaving.merging.search_space import check_lambda
 from weaving.merging.staging import make_task_set
 from weaving.merging.summed import summed_merger
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import StateDictLike, TensorSource, as_source, validate_inputs
+from weaving.io.loader import as_source
+from weaving.io.source import StateDictLike, TensorSource
+from weaving.merging.task_vectors import validate_inputs
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -59,9 +63,8 @@ def open_inputs(
     merged = set(validate_inputs(base, sources))
     keys = [key for key in base.keys() if key in merged]  # the output's order: staged reads predict it
     if distributed:
-        from weaving.merging.distributed import local_inputs
-
-        return local_inputs(base, sources, keys, resolve_device(device))
+        task_set, owner, rank = local_task_set(base, sources, keys, resolve_device(device))
+        return MergeInputs(base, task_set, owner=owner, rank=rank)
     return MergeInputs(base, make_task_set(sources, keys, resolve_device(device)))
 
 
@@ -95,7 +98,8 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
                 continue
             if key not in merged_keys:
                 value = base.get(key)
-                yield key, value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
+                value = value.to(dtype) if dtype is not None and value.is_floating_point() else value.clone()
+                yield key, check_finite(key, value, merged=False)
                 continue
             with torch.no_grad():
                 out_dtype = dtype or base.dtype(key)
@@ -105,16 +109,33 @@ def iter_assemble(inputs: MergeInputs, delta_for: Callable[[str], torch.Tensor],
                     merged = (theta + delta_for(key)).to(device="cpu", dtype=out_dtype)
                     del theta
             bar.update(1)  # before the yield: a writer takes the last tensor and never resumes this generator
-            yield key, merged
+            yield key, check_finite(key, merged)
     finally:
         bar.close()
 
 
+def check_finite(key: str, value: torch.Tensor, merged: bool = True) -> torch.Tensor:
+    """`value`, unless it holds Inf or NaN: then a one-line ValueError naming the tensor, its dtype and the
+    likely cause. Inputs are checked finite, so a non-finite output overflowed: the output dtype's range
+    (float16, bfloat16) or the computation's (a lambda or weight too large). Every output passes here
+    before a writer or the Python API sees it, so none is written or returned."""
+    if not value.is_floating_point() or bool(torch.isfinite(value).all()):
+        return value
+    largest = torch.finfo(value.dtype).max
+    if not merged:
+        cause = f"the pretrained values exceed {value.dtype}'s range (largest {largest:.4g}); write a wider dtype"
+    elif value.dtype in (torch.float16, torch.bfloat16):
+        cause = (f"the merged values overflow {str(value.dtype).removeprefix('torch.')} (largest {largest:.4g}): "
+                 "write a wider dtype (--dtype float32) or use a smaller lambda or weights")
+    else:
+        cause = f"overflow: a lambda or weight too large for {str(value.dtype).removeprefix('torch.')} (largest {largest:.4g})"
+    raise ValueError(f"merged tensor {key!r} ({str(value.dtype).removeprefix('torch.')}) is not finite: {cause}; "
+                     "nothing was written")
+
+
 def output_layout(inputs: MergeInputs, dtype: torch.dtype | None = None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
     """(name, shape, dtype) of every output tensor, in output order, known before any merging."""
-    base = inputs.base
-    return [(key, tuple(base.shape(key)), dtype if dtype is not None and base.dtype(key).is_floating_point else base.dtype(key))
-            for key in base.keys()]
+    return inputs.base.layout(dtype)
 
 
 def merge(
@@ -146,9 +167,12 @@ def prepare_merge(pretrained, task_vectors, method: str, lam: float, *, device, 
     """Check everything and run the statistics pass; return the inputs and `lam * g` per tensor."""
     spec = get_method(method)
     hparams = spec.resolve(hparams)
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not torch.isfinite(torch.tensor(float(lam))):
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise ValueError(f"lam must be a finite number, got {lam!r}")
+    lam = check_lambda(lam, torch.float64)
     inputs = open_inputs(pretrained, task_vectors, device, distributed)
+    for dtype in {inputs.task_set.dtype(key) for key in inputs.task_set.keys}:
+        check_lambda(lam, dtype)
     with torch.no_grad():
         stats = prepare_method(spec, inputs.task_set, hparams)
 

@@ -27,8 +27,8 @@ tensors to disk one at a time, and copies config.json and tokenizer files from a
 from __future__ import annotations
 
 import json
-import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
@@ -37,17 +37,25 @@ from typing import Any
 
 import torch
 
-from weaving.atomic import check_writable
-from weaving.formats.sharded import check_output, nbytes, open_checkpoint, parse_size, resolve_location, save_streamed
+from weaving.io.hub import resolve_location
+from weaving.io.loader import open_checkpoint, weights_hashes
+from weaving.io.publish import check_writable
+from weaving.io.runs import recorded_model
+from weaving.io.sizes import layout_bytes, parse_size
+from weaving.io.source import TensorSource
+from weaving.io.writer import check_streamed_output, save_streamed
 from weaving.merging.distributed import init_process_group, save_distributed, stop_together
 from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, resolve_device
+from weaving.merging.exporters import check_export, export
+from weaving.merging.model_card import describe_folder
 from weaving.merging.registry import get_method, get_pooling
-from weaving.merging.search_space import parse_search_space
+from weaving.merging.search_space import check_keys, load_yaml as load_yaml_text, number, parse_search_space
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
-from weaving.merging.task_vectors import TensorSource
 from weaving.merging.weave import prepare_weave
+from weaving.io.runs import InputWarning, check_kind, looks_like_full_weights
 
-TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed")
+TOP_KEYS = ("inputs", "method", "lam", "weaving", "dtype", "output", "out_shard_size", "device", "seed", "format", "model",
+            "overwrite")
 INPUT_KEYS = ("pretrained", "finetuned", "task_vectors")
 ENTRY_KEYS = ("model", "weight")
 WEAVING_KEYS = ("lambdas", "grid", "points", "pooling", "include_deltas")
@@ -77,18 +85,9 @@ class Recipe:
     out_shard_size: int | str | None = None
     device: str | None = None
     seed: int = 0
-
-
-def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str) -> None:
-    unknown = [key for key in mapping if key not in allowed]
-    if unknown:
-        raise ValueError(f"recipe: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(allowed)}")
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"recipe: {where} must be a finite number, got {value!r}")
-    return float(value)
+    format: str | None = None  # a whole-model format (weaving.merging.exporters), e.g. open_clip or hf
+    model: str | None = None  # the model name (or model-config JSON) of `format`; default: the inputs' record
+    overwrite: bool = False  # replace an existing output (or an input given as the output)
 
 
 def _location(value: Any, where: str) -> str:
@@ -101,14 +100,14 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     """A recipe mapping (or YAML file) -> a checked `Recipe`; any mistake is a one-line ValueError."""
     if not isinstance(recipe, Mapping):
         recipe = load_yaml(recipe)
-    _check_keys(recipe, TOP_KEYS, "the recipe")
+    check_keys(recipe, TOP_KEYS, "the recipe", "recipe")
     for key in ("inputs", "method", "output"):
         if key not in recipe:
             raise ValueError(f"recipe: missing {key!r} (a recipe needs inputs, method and output)")
     inputs = recipe["inputs"]
     if not isinstance(inputs, Mapping):
         raise ValueError("recipe: inputs must be a mapping with pretrained and finetuned (or task_vectors)")
-    _check_keys(inputs, INPUT_KEYS, "inputs")
+    check_keys(inputs, INPUT_KEYS, "inputs", "recipe")
     if "pretrained" not in inputs:
         raise ValueError("recipe: inputs needs 'pretrained' (the base model)")
     if ("finetuned" in inputs) == ("task_vectors" in inputs):
@@ -123,10 +122,10 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     for i, entry in enumerate(entries):
         where = f"inputs.{kind}[{i}]"
         if isinstance(entry, Mapping):
-            _check_keys(entry, ENTRY_KEYS, where)
+            check_keys(entry, ENTRY_KEYS, where, "recipe")
             if "model" not in entry:
                 raise ValueError(f"recipe: {where} needs 'model' (a path, folder or hub id)")
-            weight = _number(entry.get("weight", 1.0), f"{where}.weight")
+            weight = number(entry.get("weight", 1.0), f"recipe: {where}.weight")
             models.append(InputModel(_location(entry["model"], f"{where}.model"), weight))
         else:
             models.append(InputModel(_location(entry, where)))
@@ -137,7 +136,7 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
             raise ValueError("recipe: give lam (one merge) or a weaving block (Weight Weaving), not both")
         if not isinstance(weaving, Mapping):
             raise ValueError("recipe: weaving must be a mapping (lambdas, grid, points, pooling, include_deltas)")
-        _check_keys(weaving, WEAVING_KEYS, "weaving")
+        check_keys(weaving, WEAVING_KEYS, "weaving", "recipe")
         weaving = dict(weaving)
     dtype = recipe.get("dtype")
     if dtype is not None and dtype not in DTYPES:
@@ -151,9 +150,15 @@ def parse_recipe(recipe: Mapping[str, Any] | str | os.PathLike) -> Recipe:
     parsed = Recipe(
         pretrained=_location(inputs["pretrained"], "inputs.pretrained"), models=models, method=method,
         output=_location(recipe["output"], "output"), finetuned=kind == "finetuned", method_args=method_args,
-        lam=_number(recipe.get("lam", 1.0), "lam"), weaving=weaving, dtype=dtype,
+        lam=number(recipe.get("lam", 1.0), "recipe: lam"), weaving=weaving, dtype=dtype,
         out_shard_size=recipe.get("out_shard_size"), device=device, seed=seed,
     )
+    for key in ("format", "model"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], str):
+            raise ValueError(f"recipe: {key} must be a name, got {recipe[key]!r}")
+    if not isinstance(recipe.get("overwrite", False), bool):
+        raise ValueError(f"recipe: overwrite must be true or false, got {recipe['overwrite']!r}")
+    parsed.format, parsed.model, parsed.overwrite = recipe.get("format"), recipe.get("model"), recipe.get("overwrite", False)
     check_recipe(parsed)
     return parsed
 
@@ -187,7 +192,20 @@ def check_recipe(recipe: Recipe) -> None:
         get_pooling(weaving.get("pooling", "mean"))
         if not isinstance(weaving.get("include_deltas", True), bool):
             raise ValueError(f"recipe: weaving.include_deltas must be true or false, got {weaving['include_deltas']!r}")
-    check_output(recipe.output, parse_size(recipe.out_shard_size))
+    inputs = [recipe.pretrained, *(model.location for model in recipe.models)]
+    if recipe.format is None:
+        check_streamed_output(recipe.output, parse_size(recipe.out_shard_size), overwrite=recipe.overwrite, inputs=inputs)
+        return
+    if recipe.weaving is not None and (recipe.weaving.get("grid") is not None or recipe.weaving.get("points") is not None) \
+            or recipe.dtype is not None or recipe.out_shard_size is not None:
+        raise ValueError(f"format {recipe.format} exports one model in the pretrained's dtype: grids, points, dtype and "
+                         "out_shard_size work without a format")
+    check_export(recipe.format, recipe.output, export_model(recipe), overwrite=recipe.overwrite, inputs=inputs)
+
+
+def export_model(recipe: Recipe) -> str | None:
+    """The model a format export writes: the recipe's, else the one the inputs record in their metadata."""
+    return recipe.model or recorded_model(recipe.pretrained, [model.location for model in recipe.models])
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -197,7 +215,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such recipe file")
     try:
-        content = yaml.safe_load(path.read_text())
+        content = load_yaml_text(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: not a readable YAML file ({' '.join(str(error).split())})") from None
     if not isinstance(content, Mapping):
@@ -207,14 +225,34 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def open_models(recipe: Recipe) -> tuple[TensorSource, list[TensorSource], Path | None]:
     """The pretrained source, the (weighted, lazy) task vectors, and the pretrained's folder (for its
-    config and tokenizer files; None when the pretrained is a lone file)."""
+    config and tokenizer files; None when the pretrained is a lone file).
+
+    Each input must be the kind its place says (`weaving.io.runs.check_kind`: theta_pre, fine-tuned weights or
+    a task vector, as its metadata records), and each model is given once; a task vector without a recorded
+    kind that looks like full weights is warned about (`weaving.io.runs.looks_like_full_weights`)."""
+    kind = "finetuned" if recipe.finetuned else "task_vector"
     base_path = resolve_location(recipe.pretrained)
-    pretrained = LastReadSource(open_checkpoint(base_path, recipe.pretrained))
+    base = open_checkpoint(base_path, recipe.pretrained)
+    check_kind(base.metadata, f"inputs.pretrained {recipe.pretrained}", "pretrained")
+    pretrained = LastReadSource(base)
+    seen: dict[Path, int] = {base_path.resolve(): -1}
     task_vectors: list[TensorSource] = []
-    for model in recipe.models:
-        source = open_checkpoint(resolve_location(model.location), model.location)
+    for i, model in enumerate(recipe.models):
+        where = f"inputs.{'finetuned' if recipe.finetuned else 'task_vectors'}[{i}] {model.location}"
+        path = resolve_location(model.location)
+        first = seen.setdefault(path.resolve(), i)
+        if first == -1:
+            raise ValueError(f"{where} is the pretrained model itself: its task vector is zero; give the fine-tuned models")
+        if first != i:
+            raise ValueError(f"{where}: the same model as entry {first}; give each model once (a weight scales one)")
+        source = open_checkpoint(path, model.location)
+        check_kind(source.metadata, where, kind)
         if recipe.finetuned:
             source = DifferenceSource(source, pretrained)
+        else:
+            warning = looks_like_full_weights(source, base, where)
+            if warning:
+                warnings.warn(warning, InputWarning, stacklevel=2)
         task_vectors.append(source if model.weight == 1.0 else ScaledSource(source, model.weight))
     side_files = base_path if base_path.is_dir() else base_path.parent if base_path.name.endswith(".index.json") else None
     return pretrained, task_vectors, side_files
@@ -232,8 +270,7 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
     with stop_together() if distributed else nullcontext():  # an error on one rank stops every rank
         pretrained, task_vectors, base_folder = open_models(recipe)
         output = Path(recipe.output)
-        size = sum(nbytes(pretrained.shape(k), DTYPES[recipe.dtype] if recipe.dtype and pretrained.dtype(k).is_floating_point
-                          else pretrained.dtype(k)) for k in pretrained.keys())
+        size = layout_bytes(pretrained.layout(DTYPES[recipe.dtype] if recipe.dtype else None))
         check_writable(output if output.suffix == ".safetensors" else output / "model.safetensors", expected_bytes=size)
         if recipe.weaving is None:
             inputs, delta_for, description = prepare_merge(pretrained, task_vectors, recipe.method, recipe.lam,
@@ -246,19 +283,34 @@ def run_recipe(recipe: Recipe | Mapping[str, Any] | str | os.PathLike, progress:
                 weaving.get("include_deltas", True), device=recipe.device, seed=recipe.seed, hparams=recipe.method_args,
                 grid=weaving.get("grid"), points=weaving.get("points"), distributed=distributed)
     dtype = DTYPES[recipe.dtype] if recipe.dtype else None
-    save = save_distributed if distributed else save_streamed
+    def describe_output(folder: Path) -> None:
+        describe_folder(folder, recipe)
+
     # closing: on an error or Ctrl-C the progress bar ends before the message, not after it at exit
     with closing(iter_assemble(inputs, delta_for, description, progress, dtype)) as items:
+        if recipe.format is not None:  # one whole model, written by the exporter of its family
+            if distributed:
+                raise ValueError(f"format {recipe.format}: a whole-model export runs in one process")
+            recipe.model = check_export(recipe.format, recipe.output, export_model(recipe), overwrite=recipe.overwrite)
+            return export(recipe.format, recipe.output, dict(items), recipe.model, json.loads(describe(recipe)),
+                          overwrite=recipe.overwrite, extra_files=describe_output)
+        save = save_distributed if distributed else save_streamed
         return save(recipe.output, *((inputs,) if distributed else ()), output_layout(inputs, dtype), items,
-                    shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder)
+                    shard_size=recipe.out_shard_size, metadata={"weaving_recipe": describe(recipe)}, copy_from=base_folder,
+                    overwrite=recipe.overwrite, extra_files=describe_output)
 
 
 def describe(recipe: Recipe) -> str:
-    """The recipe as JSON, stored in the output's metadata (what was merged, how)."""
+    """The recipe as JSON, stored in the output's metadata (what was merged, how); a format export adds the
+    model and the sha256 of every input's weights."""
     described: dict[str, Any] = {"method": recipe.method, "hparams": recipe.method_args}
     described.update(recipe.weaving if recipe.weaving is not None else {"lam": recipe.lam})
     described.update(seed=recipe.seed, pretrained=recipe.pretrained, inputs=[m.location for m in recipe.models],
                      weights=[m.weight for m in recipe.models], finetuned=recipe.finetuned, dtype=recipe.dtype)
+    if recipe.format is not None:
+        described.update(format=recipe.format, model=export_model(recipe), input_sha256={
+            file: digest for location in [recipe.pretrained, *described["inputs"]]
+            for file, digest in weights_hashes(location).items()})
     return json.dumps(described, default=str)
 
 
@@ -267,7 +319,8 @@ def recipe_from_options(*, pretrained: str, finetuned: Sequence[str] | None, tas
                         lam: float | None = None, lambdas: Any = None, grid: Mapping[str, Any] | None = None,
                         points: Sequence[Mapping[str, Any]] | None = None, pooling: str = "mean",
                         include_deltas: bool = True, dtype: str | None = None, out_shard_size: int | str | None = None,
-                        device: str | None = None, seed: int = 0) -> Recipe:
+                        device: str | None = None, seed: int = 0, format: str | None = None, model: str | None = None,
+                        overwrite: bool = False) -> Recipe:
     """The recipe that `weaving merge`'s flags describe (weaving when lambdas, grid or points are given)."""
     if bool(finetuned) == bool(task_vectors):
         raise ValueError("give exactly one of --finetuned FILE... or --task_vectors FILE...")
@@ -280,7 +333,9 @@ def recipe_from_options(*, pretrained: str, finetuned: Sequence[str] | None, tas
     recipe = {"inputs": {"pretrained": pretrained, "finetuned" if finetuned else "task_vectors": list(finetuned or task_vectors)},
               "method": {method: dict(method_args or {})}, "output": output, "seed": seed,
               **({"weaving": weaving_block} if weaving_block else {"lam": 1.0 if lam is None else lam}),
-              **{k: v for k, v in (("dtype", dtype), ("out_shard_size", out_shard_size), ("device", device)) if v is not None}}
+              **{k: v for k, v in (("dtype", dtype), ("out_shard_size", out_shard_size), ("device", device),
+                                   ("format", format), ("model", model)) if v is not None},
+              "overwrite": overwrite}
     return parse_recipe(recipe)
 
 

@@ -41,10 +41,15 @@ class MergeMethod:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"method {self.name!r}: {name} must be true or false, got {value!r}")
-            elif isinstance(default, (int, float)):
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"method {self.name!r}: {name} must be a whole number, got {value!r}")
+            elif isinstance(default, float):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"method {self.name!r}: {name} must be a finite number, got {value!r}")
-                value = float(value) if isinstance(default, float) else value
+                value = float(value)
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise ValueError(f"method {self.name!r}: {name} must be a string, got {value!r}")
             resolved[name] = value
         return resolved
 
@@ -79,6 +84,14 @@ def get_method(name: str) -> MergeMethod:
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown merge method {name!r}; known methods: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def with_recorded_zero_entries(method: str, args: dict[str, Any], zero_entries: int) -> dict[str, Any]:
+    """`args` plus the `zero_entries` a run records (index.json) when `method` counts them (ties, pcb) and
+    `args` does not set it: a run's merges use the population of the official harness by default."""
+    if zero_entries and "zero_entries" in get_method(method).defaults and "zero_entries" not in args:
+        return {**args, "zero_entries": zero_entries}
+    return dict(args)
 
 
 def get_pooling(name: str) -> MergeMethod | None:

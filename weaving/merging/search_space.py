@@ -104,10 +104,10 @@ class LayerLambda:
         default = (self.start + self.stop) / 2 if self.default is None else self.default
 
         def by_depth(key: str) -> float:
-            number = layer_number(key)
-            if number is None:
+            layer = layer_number(key)
+            if layer is None:
                 return default
-            return self.start + (self.stop - self.start) * (number / deepest if deepest else 0.0)
+            return self.start + (self.stop - self.start) * (layer / deepest if deepest else 0.0)
 
         return by_depth
 
@@ -132,10 +132,87 @@ class Point:
         return dict(self.hparams)
 
 
-def _number(value: Any, what: str) -> float:
+# ------------------------------------------------------------------------------------- reading numbers
+# Every command reads YAML through this loader: flags and --config files of every command (through
+# jsonargparse, see use_in_jsonargparse), recipes, and search spaces given as text. It is YAML 1.1
+# safe loading with YAML 1.2's numbers: `1:3:1` stays a string (YAML 1.1 reads base-60 integers, 3781,
+# so a range would become one huge lambda), `1e-3` and `1e39` are floats (YAML 1.1 wants `1.0e-3`), and
+# dates stay strings.
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?0o[0-7_]+|[-+]?0b[01_]+)$")
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                         |[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
+                         |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                         |[-+]?\.(?:inf|Inf|INF)
+                         |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    class NumberLoader(yaml.SafeLoader):
+        pass
+
+    replaced = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
+    NumberLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    NumberLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(
+        loader.construct_scalar(node).replace("_", ""), 0))
+    return NumberLoader
+
+
+_LOADER: type | None = None
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python values, with the number rules above (raises yaml.YAMLError on bad YAML)."""
+    global _LOADER
+    import yaml
+
+    if _LOADER is None:
+        _LOADER = _yaml_loader()
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
+
+
+def use_in_jsonargparse() -> None:
+    """Make jsonargparse (`weaving merge`, `weaving import`, LightningCLI) read flags and --config files
+    with `load_yaml`'s number rules. Its parser modes do not cover typed leaves (a `float` flag is read by
+    its module-level default loader), so that one loader is replaced; idempotent."""
+    from jsonargparse import _loaders_dumpers
+
+    global _LOADER
+    if _LOADER is None:
+        _LOADER = _yaml_loader()
+    _loaders_dumpers.yaml_default_loader = _LOADER
+
+
+def number(value: Any, what: str) -> float:
+    """A finite number: an int or float, or text that YAML reads as one ('1e-3', '0.5'); `what` names the
+    value in the one-line error. A range such as '1:3:1' is not a number."""
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = load_yaml(value)
+        except yaml.YAMLError:
+            parsed = value
+        value = parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"search space: {what} must be a finite number, got {value!r}")
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
     return float(value)
+
+
+def check_lambda(lam: Any, dtype: torch.dtype = torch.float32, what: str = "lam") -> float:
+    """A lambda that scales tensors of `dtype`: a finite number whose size that dtype can hold (1e39 is
+    finite, but lam * g overflows float32 to Inf)."""
+    value = number(lam, what)
+    largest = torch.finfo(dtype).max
+    if abs(value) > largest:
+        raise ValueError(f"{what}={value:g} overflows {str(dtype).removeprefix('torch.')} (largest {largest:.4g}): "
+                         "use a smaller lambda")
+    return value
 
 
 def _positive(value: float, space: Any) -> float:
@@ -144,16 +221,32 @@ def _positive(value: float, space: Any) -> float:
     return value
 
 
-def _check_keys(spec: Mapping, allowed: set[str], what: str) -> None:
-    unknown = sorted(set(spec) - allowed)
+def check_keys(mapping: Mapping, allowed: Sequence[str], where: str, prefix: str) -> None:
+    """Refuse a key of `mapping` that is not in `allowed`: '{prefix}: unknown key 'x' in {where}; known keys: ...'."""
+    unknown = [key for key in mapping if key not in allowed]
     if unknown:
-        raise ValueError(f"search space: {what} has no key {unknown[0]!r}; its keys: {', '.join(sorted(allowed))}")
+        raise ValueError(f"{prefix}: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(allowed)}")
+
+
 
 
 def too_many(space: object, count: int) -> ValueError:
     shown = space if len(str(space)) < 60 else f"{str(space)[:57]}..."
     return ValueError(f"search space {shown!r} has {count} points; at most {MAX_SEARCH_POINTS} are allowed "
                       "(use a larger step)")
+
+
+def structured(value: Any) -> Any:
+    """Text that holds a YAML list or mapping (`'{distribution: uniform, ...}'`, `'[0.5, 1.0]'`, as a flag or
+    the demo's --lambdas gives it) -> that list or mapping; anything else unchanged."""
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        import yaml
+
+        try:
+            return load_yaml(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"search space {value!r}: not readable YAML ({' '.join(str(error).split())})") from None
+    return value
 
 
 def parse_range(text: str) -> list[float]:
@@ -184,14 +277,14 @@ def parse_range(text: str) -> list[float]:
 
 def draw(spec: Mapping) -> list[float]:
     """`{distribution: uniform|loguniform, low, high, n, seed}` -> n values, drawn with their own generator."""
-    _check_keys(spec, {"distribution", "low", "high", "n", "seed"}, "a distribution")
+    check_keys(spec, ("distribution", "low", "high", "n", "seed"), "a distribution", "search space")
     kind = spec.get("distribution")
     if kind not in ("uniform", "loguniform"):
         raise ValueError(f"search space: unknown distribution {kind!r}; known: uniform, loguniform")
     missing = [name for name in ("low", "high", "n") if name not in spec]
     if missing:
         raise ValueError(f"search space: distribution {kind!r} needs {missing[0]!r} (keys: low, high, n, seed)")
-    low, high = _number(spec["low"], "low"), _number(spec["high"], "high")
+    low, high = number(spec["low"], "search space: low"), number(spec["high"], "search space: high")
     n, seed = spec["n"], spec.get("seed", 0)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SEARCH_POINTS:
         raise ValueError(f"search space: n must be a whole number in [1, {MAX_SEARCH_POINTS}], got {n!r}")
@@ -209,31 +302,32 @@ def draw(spec: Mapping) -> list[float]:
 def layer_lambda(spec: Mapping) -> LayerLambda:
     kind = spec.get("kind")
     if kind == "linear_depth":
-        _check_keys(spec, {"kind", "start", "stop", "default"}, "linear_depth")
+        check_keys(spec, ("kind", "start", "stop", "default"), "linear_depth", "search space")
         if "start" not in spec or "stop" not in spec:
             raise ValueError("search space: linear_depth needs 'start' and 'stop'")
         default = spec.get("default")
-        values = [_number(spec["start"], "start"), _number(spec["stop"], "stop")]
+        values = [number(spec["start"], "search space: start"), number(spec["stop"], "search space: stop")]
         if default is not None:
-            values.append(_number(default, "default"))
+            values.append(number(default, "search space: default"))
         for value in values:
             _positive(value, dict(spec))
         return LayerLambda("linear_depth", values[0], values[1], default=None if default is None else values[2])
     if kind == "pattern":
-        _check_keys(spec, {"kind", "patterns", "default"}, "pattern")
+        check_keys(spec, ("kind", "patterns", "default"), "pattern", "search space")
         patterns = spec.get("patterns")
         if not isinstance(patterns, Mapping) or not patterns:
             raise ValueError("search space: pattern needs 'patterns', a non-empty mapping of name pattern -> lambda")
-        pairs = tuple((str(p), _positive(_number(v, f"pattern {p!r}"), dict(spec))) for p, v in patterns.items())
+        pairs = tuple((str(p), _positive(number(v, f"search space: pattern {p!r}"), dict(spec))) for p, v in patterns.items())
         default = spec.get("default")
         if default is not None:
-            default = _positive(_number(default, "default"), dict(spec))
+            default = _positive(number(default, "search space: default"), dict(spec))
         return LayerLambda("pattern", patterns=pairs, default=default)
     raise ValueError(f"search space: unknown per-layer lambda kind {kind!r}; known: linear_depth, pattern")
 
 
 def parse_lambda_list(space: Any) -> list[Lambda]:
     """Lambdas in any of the lambda forms (numbers, ranges, a distribution, per-layer lambdas)."""
+    space = structured(space)
     if isinstance(space, str):
         values: list[Lambda] = [_positive(v, space) for v in parse_range(space)]
     elif isinstance(space, Mapping):
@@ -273,6 +367,7 @@ def parse_lambdas(space: str | float | Sequence[float]) -> list[float]:
 
 
 def grid_values(name: str, values: Any) -> list[Any]:
+    values = structured(values)
     if isinstance(values, str):
         return parse_range(values)
     if isinstance(values, Mapping):
@@ -292,10 +387,12 @@ def parse_search_space(space: Any = None, grid: Mapping[str, Any] | None = None,
                        points: Sequence[Mapping[str, Any]] | None = None) -> list[Point]:
     """Every search-space form -> the list of points (see the module docstring).
 
-    `space` may itself be a mapping with `lambdas`, `grid` and/or `points`, or a list of point mappings.
+    `space` may itself be a mapping with `lambdas`, `grid` and/or `points`, or a list of point mappings;
+    any of them may be YAML text.
     """
+    space, grid, points = structured(space), structured(grid), structured(points)
     if isinstance(space, Mapping) and not ("distribution" in space or "kind" in space):
-        _check_keys(space, {"lambdas", "grid", "points"}, "a search space")
+        check_keys(space, ("lambdas", "grid", "points"), "a search space", "search space")
         if grid is not None and "grid" in space or points is not None and "points" in space:
             raise ValueError("search space: grid or points given twice (in the search space and as arguments)")
         grid = space.get("grid", grid)

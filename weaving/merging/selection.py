@@ -56,7 +56,7 @@ def value_of(digits: Sequence[int], absolute: bool, dtype: torch.dtype) -> torch
 
 def radix_select(parts: Callable[[], Iterable[torch.Tensor]], indices: Sequence[int], count: int, dtype: torch.dtype,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
-                 absolute: bool = False) -> list[torch.Tensor]:
+                 absolute: bool = False, zeros: int = 0) -> list[torch.Tensor]:
     """[sorted(v)[i] for i in indices] over all entries v that `parts()` yields on every process together
     (their abs values when `absolute`); Python index rules (negative wraps).
 
@@ -64,16 +64,17 @@ def radix_select(parts: Callable[[], Iterable[torch.Tensor]], indices: Sequence[
     number of entries. See `select_rows` for the rest.
     """
     return select_rows(lambda: ([part] for part in parts()), [indices], count, dtype, all_reduce,
-                       absolute)[0]
+                       absolute, zeros)[0]
 
 
 def select_rows(parts: Callable[[], Iterable[Sequence[torch.Tensor]]], indices: Sequence[Sequence[int]], count: int,
                 dtype: torch.dtype, all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
-                absolute: bool = False) -> list[list[torch.Tensor]]:
+                absolute: bool = False, zeros: int = 0) -> list[list[torch.Tensor]]:
     """Several selections in the same passes: `parts()` yields blocks of R tensors (a list, or an (R, ...)
     tensor), the r-th holding entries of stream r (R = len(indices)); the result's row r is
     [sorted(v_r)[i] for i in indices[r]] over all of stream r's entries (each stream has `count` entries in
-    total, over every process).
+    total, over every process) and `zeros` more entries equal to 0.0 that no part holds: they are counted
+    into the histograms once, after the reduction, so v_r holds count + zeros entries.
 
     Tensors may be float32 or float64 (widened to `dtype`) on any device; `all_reduce` sums a CPU int64
     tensor over processes (identity for one process).
@@ -82,9 +83,10 @@ def select_rows(parts: Callable[[], Iterable[Sequence[torch.Tensor]]], indices: 
         raise ValueError(f"radix selection works on float32 or float64 values, got {dtype}")
     if sys.byteorder != "little":
         raise RuntimeError("radix selection reads the floats' bits and needs a little-endian machine")
-    if count == 0:
+    if count + zeros == 0:
         raise ValueError("cannot select from an empty tensor")
-    positions = [[i % count for i in row] for row in indices]
+    positions = [[i % (count + zeros) for i in row] for row in indices]
+    zero_digits = [0 if absolute else HALF] + [0] * (torch.finfo(dtype).bits // DIGIT_BITS - 1)  # 0.0's digits
     # Per stream: position -> (digits found so far, rank of the wanted entry among those with that prefix).
     state = [{p: ((), p) for p in dict.fromkeys(row)} for row in positions]
     for level in range(torch.finfo(dtype).bits // DIGIT_BITS):
@@ -96,6 +98,11 @@ def select_rows(parts: Callable[[], Iterable[Sequence[torch.Tensor]]], indices: 
                     histograms = histograms.to(values.device)  # counted where the values are; one copy back
                     _count(histograms[r], values.to(dtype), prefixes[r], level, absolute)
         histograms = all_reduce(histograms.cpu())
+        if zeros:
+            zero_prefix = tuple(zero_digits[:level])
+            for r in range(len(state)):
+                if zero_prefix in prefixes[r]:
+                    histograms[r, prefixes[r].index(zero_prefix), zero_digits[level]] += zeros
         for r, stream in enumerate(state):
             for position, (prefix, rank) in list(stream.items()):
                 ends = histograms[r, prefixes[r].index(prefix)].cumsum(0)

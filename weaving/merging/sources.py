@@ -8,8 +8,8 @@ from collections import OrderedDict
 
 import torch
 
+from weaving.io.source import TensorSource, check_finite
 from weaving.merging.task_set import compute_dtype
-from weaving.merging.task_vectors import TensorSource, check_finite
 
 
 class DifferenceSource(TensorSource):
@@ -33,7 +33,7 @@ class DifferenceSource(TensorSource):
         self.label = finetuned.label
         self._shapes = {key: finetuned.shape(key) for key in keys}
         self._dtypes = {key: compute_dtype(finetuned.dtype(key)) for key in keys}
-        self._tensors, self._file, self.metadata = None, None, {}
+        self.metadata = {}
 
     def get(self, key: str) -> torch.Tensor:
         # A NaN or Inf in the fine-tuned tensor makes the difference non-finite, which the task-vector set
@@ -53,7 +53,7 @@ class ScaledSource(TensorSource):
         self._shapes = {key: source.shape(key) for key in source.keys()}
         self._dtypes = {key: compute_dtype(source.dtype(key)) if source.dtype(key).is_floating_point else source.dtype(key)
                         for key in source.keys()}
-        self._tensors, self._file, self.metadata = None, None, dict(source.metadata)
+        self.metadata = dict(source.metadata)
 
     def get(self, key: str) -> torch.Tensor:
         value = self.source.get(key)
@@ -72,10 +72,8 @@ class LastReadSource(TensorSource):
         self.kept = 1
         self.source = source
         self.label, self.metadata = source.label, source.metadata
-        self.path = getattr(source, "path", None)
         self._shapes = {key: source.shape(key) for key in source.keys()}
         self._dtypes = {key: source.dtype(key) for key in source.keys()}
-        self._tensors, self._file = None, None
         self._kept: OrderedDict[str, dict[torch.dtype | None, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -92,6 +90,13 @@ class LastReadSource(TensorSource):
 
     def view(self, key: str) -> torch.Tensor:
         return self.source.view(key)  # nothing to keep: a view costs no read
+
+    @property
+    def reads_into(self) -> bool:  # staged reads go straight to the file, like the source's own reads
+        return self.source.reads_into
+
+    def read_into(self, key: str, buffer: torch.Tensor) -> torch.Tensor:
+        return self.source.read_into(key, buffer)
 
     def get_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         with self._lock:

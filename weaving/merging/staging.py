@@ -2,8 +2,8 @@
 ones are merged (double buffering).
 
 On CUDA, host tensors go through pinned (page-locked) buffers, safetensors files are read straight into
-them, and the host-to-device copies run on a side stream, so the copy engine works while the merge
-kernels run. On the CPU the same code path runs (background reads, the same look-ahead), without pinning
+them (`TensorSource.read_into`), and the host-to-device copies run on a side stream, so the copy engine
+works while the merge kernels run. On the CPU the same code path runs (background reads, the same look-ahead), without pinning
 or streams. The staged values are the bytes the plain path reads, so results are bit-identical.
 
 `WEAVING_STAGING` switches it: `auto` (default: staged on CUDA, plain on the CPU), `1` (always), `0`
@@ -13,20 +13,17 @@ background read overlaps the merge on another core) and slows those with statist
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
+from weaving.io.source import TensorSource, check_finite
 from weaving.merging.sources import LastReadSource
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import _DTYPES, TensorSource, check_finite
 
 ENVIRONMENT = "WEAVING_STAGING"
 
@@ -44,36 +41,6 @@ def make_task_set(sources: Sequence[TensorSource], keys: Sequence[str], device: 
     if staging_enabled(device):
         return StagedTaskVectorSet(sources, keys, device)
     return TaskVectorSet(sources, keys, device)
-
-
-def safetensors_layout(path: str | os.PathLike) -> tuple[int, dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]]:
-    """(data start, {name: (dtype, shape, begin, end)}) from a safetensors header; offsets in bytes."""
-    with open(path, "rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-    layout = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _DTYPES.get(entry["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which cannot be staged")
-        begin, end = entry["data_offsets"]
-        layout[name] = (dtype, tuple(entry["shape"]), begin, end)
-    return 8 + size, layout
-
-
-def read_into(path: str | os.PathLike, start: int, begin: int, end: int, buffer: torch.Tensor) -> None:
-    """Read bytes [begin, end) of a safetensors data section straight into `buffer` (contiguous, CPU)."""
-    target = memoryview(buffer.reshape(-1).view(torch.uint8).numpy()).cast("B")
-    with open(path, "rb", buffering=0) as handle:
-        handle.seek(start + begin)
-        done = 0
-        while done < end - begin:
-            count = handle.readinto(target[done:])
-            if not count:
-                raise OSError(f"file ends {end - begin - done} bytes early")
-            done += count
 
 
 class StagedTaskVectorSet(TaskVectorSet):
@@ -95,7 +62,6 @@ class StagedTaskVectorSet(TaskVectorSet):
         weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         self._pending: OrderedDict[tuple[int, str], Future] = OrderedDict()
         self._position = {key: i for i, key in enumerate(self.keys)}
-        self._layouts: dict[int, tuple[int, dict] | None] = {}
         self._last: tuple[int, str] | None = None
         self._tasks_first = False
         self.misses = 0  # requests that were not staged ahead (read on the spot)
@@ -103,21 +69,9 @@ class StagedTaskVectorSet(TaskVectorSet):
     # -- reading one tensor (runs on the staging thread) ---------------------------------------------
     def _host(self, task: int, key: str) -> torch.Tensor:
         source = self.sources[task]
-        path = getattr(source, "path", None)
-        if path is not None and task not in self._layouts:
-            try:
-                self._layouts[task] = safetensors_layout(path)
-            except (OSError, ValueError, KeyError, TypeError):
-                self._layouts[task] = None  # let the source's own reader report the problem
-        layout = self._layouts.get(task)
-        if layout is not None and key in layout[1]:
-            dtype, shape, begin, end = layout[1][key]
-            buffer = torch.empty(shape, dtype=dtype, pin_memory=self.pin)
-            try:
-                read_into(path, layout[0], begin, end, buffer)
-            except OSError as error:
-                raise ValueError(f"{source.label}: cannot read tensor {key!r} ({error})") from None
-            return buffer
+        if source.reads_into:  # a file: its bytes go straight into the (pinned) buffer
+            buffer = torch.empty(source.shape(key), dtype=source.dtype(key), pin_memory=self.pin)
+            return source.read_into(key, buffer)
         value = source.get(key)
         if not self.pin:
             return value

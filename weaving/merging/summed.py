@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from weaving.io.source import TensorSource
 from weaving.merging.sources import DifferenceSource, ScaledSource
 from weaving.merging.task_set import TaskVectorSet, compute_dtype
-from weaving.merging.task_vectors import TensorSource
 
 # Entries per block: the inputs' block (half precision), theta's, the running sum's and one term's
 # (float32) stay in a core's L2 cache, and torch still splits a block over two threads.

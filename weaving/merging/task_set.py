@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from weaving.io.source import TensorSource, check_finite
 from weaving.merging.selection import select_rows
-from weaving.merging.task_vectors import TensorSource, check_finite
+from weaving.merging import tensor_ops
 from weaving.merging.tensor_ops import select_sorted
 
 # On a GPU, task vectors up to this many entries are sorted at once for global selections; larger ones,
@@ -83,10 +84,11 @@ class TaskVectorSet:
         return self.select_sorted_rows(lambda key: [[values_of(key)]], [indices], absolute)[0]
 
     def select_sorted_rows(self, blocks_of: Callable[[str], Iterable[torch.Tensor]], indices: list[list[int]],
-                           absolute: bool = False) -> list[list[torch.Tensor]]:
+                           absolute: bool = False, zeros: int = 0) -> list[list[torch.Tensor]]:
         """Several selections at once: `blocks_of(key)` yields blocks of R tensors (lists, or (R, ...)
         tensors) of that key's entries, the r-th belonging to stream r; the result's row r is [sorted(v_r)[i] for i in indices[r]] over all of
-        stream r's entries (abs values when `absolute`). Every stream holds one task vector's numel().
+        stream r's entries (abs values when `absolute`). Every stream holds one task vector's numel() entries
+        and `zeros` more equal to 0.0 that no tensor holds (a merge method's `zero_entries`).
 
         Streamed radix selection (two passes over the keys for float32, `weaving.merging.selection`): only
         one key's blocks at a time are held. On a GPU, task vectors that fit (at most IN_MEMORY_SELECTION
@@ -94,19 +96,19 @@ class TaskVectorSet:
         """
         dtype = self.selection_dtype()
         count = self.numel()
-        if self.device.type == "cuda" and count <= IN_MEMORY_SELECTION and not self.partial:
+        if self.device.type not in tensor_ops.RADIX_DEVICES and count <= IN_MEMORY_SELECTION and not self.partial:
             streams: list[list[torch.Tensor]] = [[] for _ in indices]
             for key in self.keys:
                 for block in blocks_of(key):
                     for stream, values in zip(streams, block):
                         stream.append(values.to(dtype))
-            return [select_sorted(stream, list(wanted), absolute) for stream, wanted in zip(streams, indices)]
+            return [select_sorted(stream, list(wanted), absolute, zeros) for stream, wanted in zip(streams, indices)]
 
         def parts():
             for key in self.keys:
                 yield from blocks_of(key)
 
-        chosen = select_rows(parts, indices, count, dtype, self.reduce_counts, absolute=absolute)
+        chosen = select_rows(parts, indices, count, dtype, self.reduce_counts, absolute=absolute, zeros=zeros)
         return [[v.to(self.device) for v in row] for row in chosen]
 
     def rows(self, key: str) -> Iterator[list[torch.Tensor]]:

@@ -41,23 +41,37 @@ def sorted_values(values: torch.Tensor, indices: list[int]) -> list[torch.Tensor
     return select_sorted([values], indices)
 
 
-def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: bool = False) -> list[torch.Tensor]:
+# Device types where selections stream (radix selection, weaving.merging.selection); elsewhere (GPUs) one
+# device-wide sort is faster. Tests empty it to run the sorting path on the CPU.
+RADIX_DEVICES = ("cpu",)
+
+
+def select_sorted(parts: Sequence[torch.Tensor], indices: list[int], absolute: bool = False,
+                  zeros: int = 0) -> list[torch.Tensor]:
     """[sorted(v)[i] for i in indices], v = all entries of `parts` flattened together (abs values when
-    `absolute`), without concatenating them on the CPU. Python index rules (negative wraps).
+    `absolute`) plus `zeros` entries equal to 0.0 that no part holds, without concatenating them on the
+    CPU. Python index rules (negative wraps).
 
     On the CPU: the streamed radix selection of `weaving.merging.selection`. On a GPU, one device-wide sort
     takes milliseconds and serves every index (`kthvalue` works on one slice with one thread block and
     takes seconds for a whole task vector). Both return exactly the value a full sort puts at that index.
     """
     d = sum(p.numel() for p in parts)
-    if d == 0:
+    if d + zeros == 0:
         raise ValueError("cannot select from an empty tensor")
     dtype = parts[0].dtype
-    if parts[0].device.type == "cpu" and dtype in (torch.float32, torch.float64):
-        return radix_select(lambda: iter(parts), indices, d, dtype, absolute=absolute)
+    if parts[0].device.type in RADIX_DEVICES and dtype in (torch.float32, torch.float64):
+        return radix_select(lambda: iter(parts), indices, d, dtype, absolute=absolute, zeros=zeros)
     flat = torch.cat([p.reshape(-1) for p in parts])
     ordered = torch.sort(flat.abs() if absolute else flat).values
-    return [ordered[i % d] for i in indices]
+    below = int((ordered < 0).sum())  # the extra zeros sort after the negative entries
+    zero = torch.zeros((), dtype=ordered.dtype, device=ordered.device)
+
+    def at(i: int) -> torch.Tensor:
+        i %= d + zeros
+        return ordered[i] if i < below else zero if i < below + zeros else ordered[i - zeros]
+
+    return [at(i) for i in indices]
 
 
 def sorted_value(values: torch.Tensor, index: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from weaving.io.source import StateDictLike
 from weaving.merging.engine import MergeInputs, assemble, method_seed, open_inputs, prepare_method
 from weaving.merging.methods.magmax import max_magnitude
 from weaving.merging.pooling import POOLINGS, random_choice
@@ -31,7 +32,6 @@ from weaving.merging.search_space import (  # noqa: F401  (parse_lambdas, MAX_SE
     parse_search_space,
 )
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.task_vectors import StateDictLike
 from weaving.merging.tensor_ops import sequential_sum
 
 
@@ -162,7 +162,7 @@ def prepare_weave(pretrained, task_vectors, method: str, lambdas, pooling: str, 
         if pooling_method is None:
             delta_for = _elementwise_pooling(augmented, pooling)
         else:
-            delta_for = _method_pooling(augmented, pooling_method)
+            delta_for = _method_pooling(augmented, pooling_method, spec.resolve(hparams).get("zero_entries", 0))
     merges = len(space) if spec.random else len(plan.groups)
     return inputs, delta_for, f"weave[{method}, {len(space)} points, {merges} merges, {pooling}]"
 
@@ -227,8 +227,12 @@ def _elementwise_pooling(augmented: AugmentedSet, pooling: str):
     return delta_for
 
 
-def _method_pooling(augmented: AugmentedSet, pooling_method: MergeMethod):
+def _method_pooling(augmented: AugmentedSet, pooling_method: MergeMethod, zero_entries: int = 0):
+    """The pooling method's g over the augmented set, at its default hyper-parameters. Every member of A
+    has the task vectors' population, so a pooling that counts `zero_entries` (ties, pcb) gets the method's."""
     pool_hparams = dict(pooling_method.defaults)
+    if "zero_entries" in pool_hparams:
+        pool_hparams["zero_entries"] = zero_entries
     pool_stats = prepare_method(pooling_method, augmented, pool_hparams)
 
     def delta_for(key: str) -> torch.Tensor:

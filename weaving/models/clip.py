@@ -131,6 +131,12 @@ def _read_schema_config(model: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def input_size(model: str, pretrained: str | None = None) -> tuple[int, int]:
+    """The (height, width) of `model`'s input images, as its vision tower's `image_size` says, without
+    building the model."""
+    return tuple(_preprocess_cfg(model, pretrained)["size"])
+
+
 def _preprocess_cfg(model: str, pretrained: str | None = None) -> dict[str, Any]:
     """open_clip's preprocessing config for a model, as `create_model` would attach it, without building it."""
     name = _canonical_name(model)
@@ -252,6 +258,19 @@ def load_visual_state_dict(clip_model: nn.Module, state: Mapping[str, Tensor]) -
     with torch.no_grad():
         for key, target in targets.items():
             target.copy_(state[key])
+
+
+def harness_zero_entries(state: Mapping[str, Tensor]) -> int:
+    """Entries the official CLIP merging harnesses count beyond our task vectors, all with zero deltas.
+
+    The task_vectors lineage (task_vectors, TIES' and PCB's vision code, TSV, ISO) flattens the state dict
+    of its `ImageEncoder`: the whole open_clip model with only the text `transformer` deleted, so the token
+    and positional embeddings, ln_final, text_projection and logit_scale stay in every task vector (never
+    trained: zero deltas). `state` is the open_clip model's full state dict; the count is its entries
+    outside `visual.*` and `transformer.*` (25,599,489 for ViT-B-32). TIES' and PCB's `zero_entries`.
+    """
+    return sum(tensor.numel() for key, tensor in state.items()
+               if not key.startswith(("visual.", "transformer.")))
 
 
 def encode_images(clip_model: nn.Module, images: Tensor) -> Tensor:

@@ -19,11 +19,10 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from weaving.atomic import atomic_save_safetensors
+from weaving.io.publish import atomic_save_safetensors
+from weaving.io.safetensors import load_state_dict
 from weaving.models.clip import CLIPBundle
 
 HEAD_FORMAT_VERSION = "1"  # bump when the head formula changes, so old cache files are not reused
@@ -125,8 +124,8 @@ def imported_head_path(cache_dir: str | os.PathLike, task: str) -> Path:
 
 def _load_cached(path: Path, num_classes: int) -> Tensor:
     try:
-        weight = load_file(path)["weight"]
-    except (SafetensorError, KeyError, OSError) as error:
+        weight = load_state_dict(path)["weight"]
+    except (ValueError, KeyError, OSError) as error:
         raise ValueError(f"cached head {path} is unreadable ({error}); delete it to recompute") from None
     if weight.ndim != 2 or weight.shape[0] != num_classes:
         raise ValueError(f"cached head {path} has shape {tuple(weight.shape)}, expected {num_classes} rows; "

@@ -1,6 +1,6 @@
 """TaskVectorWriter: saves theta_t - theta_pre of the image encoder at the end of each task of a stream.
 
-It writes a run folder (`weaving.runs`): `<run dir>/pretrained.safetensors` (theta_pre; skipped for a public
+It writes a run folder (`weaving.io.runs`): `<run dir>/pretrained.safetensors` (theta_pre; skipped for a public
 open_clip tag, whose name and hash are recorded instead), `<run dir>/task_vectors/<task>.safetensors` (keys
 "visual.*", with metadata and the run identity) and `<run dir>/task_vectors/index.json` listing them in
 stream order; all written atomically by rank zero. The run dir defaults to `trainer.default_root_dir`:
@@ -8,7 +8,9 @@ unlike `trainer.log_dir` it does not move to a new `version_N` folder when a run
 
 A fresh fit into a run dir that holds another run's files (task vectors, index.json, theta_pre, or
 checkpoints in a ModelCheckpoint folder) is refused with one line unless `overwrite` (then those files are
-deleted first); a resumed fit (`--ckpt_path`) must belong to the run recorded in index.json.
+deleted first); a resumed fit (`--ckpt_path`) must belong to the run recorded in index.json, and the task
+vectors of the tasks it finished before its checkpoint must all be there (it refuses, naming them, before
+any training or any write: a later checkpoint cannot recreate them).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 import weaving
-from weaving.merging.task_vectors import save_state_dict, save_task_vector
-from weaving.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, index_payload, read_index, run_contents,
-                          write_index)
+from weaving.io.writer import save_state_dict
+from weaving.merging.task_vectors import save_task_vector
+from weaving.io.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, RunIdentity, check_same_base, index_payload,
+                             read_index, run_contents, write_index)
 from weaving.training.finetune import FineTuner, classes_digest
 
 MAX_CLASSES_IN_METADATA = 1000  # longer class lists are stored as a hash only
@@ -79,11 +82,22 @@ class TaskVectorWriter(Callback):
                 for path in stale:
                     path.unlink(missing_ok=True)
         else:
-            index = read_index(self.folder(trainer))
-            if index is not None and index.get("run_id") != module.run_id:
+            folder = self.folder(trainer)
+            index = read_index(folder)
+            if index is not None:
+                where = folder / INDEX_NAME
+                check_same_base([(str(where), RunIdentity(run_id=index.get("run_id"))),
+                                 (f"checkpoint {trainer.ckpt_path}", module.identity)], fields=("run_id",),
+                                message=lambda _, label, mine, first, theirs: f"{label} belongs to run {mine} but "
+                                f"{first} to run {theirs}; resume from that run's checkpoint or start again with --overwrite")
+            listed = {e.get("task"): e.get("file") for e in (index or {}).get("task_vectors", []) if isinstance(e, dict)}
+            missing = [task for task in module.finished_tasks()
+                       if not listed.get(task) or not (folder / Path(str(listed[task])).name).is_file()]
+            if missing:  # the checkpoint holds later weights: a finished task's vector cannot be made again
                 raise ValueError(
-                    f"checkpoint {trainer.ckpt_path} belongs to run {module.run_id} but {self.folder(trainer) / INDEX_NAME} "
-                    f"to run {index.get('run_id')}; resume from that run's checkpoint or start again with --overwrite")
+                    f"cannot resume: {len(missing)} finished task(s) have no task vector in {folder} ({', '.join(missing)}); "
+                    f"the checkpoint {trainer.ckpt_path} is past them and cannot recreate them: restore them, or "
+                    "start again with --overwrite")
             if index is not None:
                 trainer.strategy.barrier()
                 return
@@ -156,9 +170,10 @@ class TaskVectorWriter(Callback):
     def _update_index(self, folder: Path, module: FineTuner, entry: dict[str, Any]) -> None:
         """Replace (or add) this task's entry; entries stay in stream order."""
         index = read_index(folder) or {}
-        if index.get("run_id") not in (None, module.run_id):
-            raise ValueError(f"{folder / INDEX_NAME} now belongs to run {index.get('run_id')}, not to this run "
-                             f"({module.run_id}): two fits write into one folder; give each its own")
+        if index.get("run_id") is not None:  # an index without a run id is this run's first
+            check_same_base([(str(folder / INDEX_NAME), RunIdentity(run_id=index["run_id"])), ("this run", module.identity)],
+                            fields=("run_id",), message=lambda _, label, mine, first, theirs: f"{first} now belongs "
+                            f"to run {theirs}, not to {label} ({mine}): two fits write into one folder; give each its own")
         entries = [e for e in index.get("task_vectors", [])
                    if e.get("task") != entry["task"] and e.get("task") in module.task_names]
         entries.append(entry)
@@ -170,7 +185,8 @@ class TaskVectorWriter(Callback):
                      pretrained_file: str | None) -> None:
         write_index(run_dir, index_payload(module.identity, pretrained_file=pretrained_file,
                                            seed=module.hparams.seed, stream=module.hparams.stream,
-                                           tasks=module.task_names, entries=entries))
+                                           tasks=module.task_names, entries=entries,
+                                           zero_entries=module.zero_entries))
 
 
 def _is_public_tag(module: FineTuner) -> bool:

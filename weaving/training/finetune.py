@@ -30,7 +30,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from weaving.models import ClassificationHead, build_head, load_clip
-from weaving.runs import RunIdentity, new_run_id, state_dict_hash
+from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
+from weaving.models.clip import harness_zero_entries
 
 STREAMS = ("independent", "sequential")
 
@@ -133,6 +134,7 @@ class FineTuner(pl.LightningModule):
         bundle = load_clip(model, pretrained, seed=seed)
         self.model_name, self.pretrained = bundle.name, bundle.pretrained
         self.pretrained_hash = state_dict_hash(bundle.model.state_dict())
+        self.zero_entries = harness_zero_entries(bundle.model.state_dict())  # recorded in index.json
         self.run_id = new_run_id()  # rank zero's is broadcast in setup; a resumed run takes its checkpoint's
         self.visual = bundle.model.visual  # the only registered submodule: checkpoints hold the encoder only
         self.theta_pre = {k: v.detach().cpu().clone() for k, v in self._visual_tensors().items()}
@@ -157,7 +159,7 @@ class FineTuner(pl.LightningModule):
 
     @property
     def identity(self) -> RunIdentity:
-        """The run identity written into task vectors, index.json and checkpoints (weaving.runs)."""
+        """The run identity written into task vectors, index.json and checkpoints (weaving.io.runs)."""
         return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
 
     def pretrained_state_dict(self) -> dict[str, Tensor]:
@@ -166,6 +168,13 @@ class FineTuner(pl.LightningModule):
             raise RuntimeError("FineTuner.pretrained_state_dict: the text tower is freed once the heads are built")
         full = {k: v.detach().cpu() for k, v in self._clip.model.state_dict().items()}
         return {**full, **self.theta_pre}
+
+    def finished_tasks(self) -> list[str]:
+        """The tasks a resumed fit does not train again (finished before its checkpoint); [] for a new fit."""
+        resume = getattr(self, "_resume_epoch", None)
+        if resume is None:
+            return []
+        return self.task_names if resume >= self.stream_epochs else self._task_names[:self.task_of_epoch(resume)]
 
     @property
     def stream_epochs(self) -> int:
@@ -319,6 +328,8 @@ class FineTuner(pl.LightningModule):
         self._activate(self.task_of_epoch(self.trainer.current_epoch if resume is None else resume))
         if resume is not None:
             rank_zero_info(self._resume_line(resume))
+            if resume >= self.stream_epochs:  # a finished run: Lightning would redo the last epoch (its
+                self.trainer.should_stop = True  # checkpoint predates the epoch's end) and rewrite its vector
 
     def _resume_line(self, epoch: int) -> str:
         """What a resumed fit keeps: the finished tasks (their task vectors are not written again)."""
@@ -330,11 +341,6 @@ class FineTuner(pl.LightningModule):
         within = epoch - task * self.hparams.epochs_per_task
         where = f" at epoch {within + 1}/{self.hparams.epochs_per_task} of it" if within else ""
         return f"resumed at epoch {epoch}: {kept}; continuing with task {task + 1}/{total} {self._task_names[task]}{where}"
-
-    @property
-    def stream_epochs(self) -> int:
-        """Epochs of the whole stream: epochs_per_task x tasks."""
-        return self.hparams.epochs_per_task * len(self._task_names)
 
     def on_validation_start(self) -> None:
         if not self._heads:  # `weaving validate` with a FineTuner: evaluate the current task's head
@@ -448,10 +454,9 @@ class FineTuner(pl.LightningModule):
             raise ValueError(f"{where} was not written by this version of FineTuner (no run identity); "
                              "resume only from a checkpoint of the same run, or start again with --overwrite")
         recorded = RunIdentity.from_mapping(run)
-        for name, mine in (("model", self.model_name), ("pretrained_hash", self.pretrained_hash)):
-            if getattr(recorded, name) != mine:
-                raise ValueError(f"{where} belongs to run {recorded.run_id} with {name}={getattr(recorded, name)!r}, "
-                                 f"but this run has {name}={mine!r}; resume with the config of that run")
+        check_same_base([(where, recorded), ("this run", self.identity)], fields=("model", "pretrained_hash"),
+                        message=lambda name, _, mine, __, theirs: f"{where} belongs to run {recorded.run_id} with "
+                        f"{name}={theirs!r}, but this run has {name}={mine!r}; resume with the config of that run")
         self.run_id = recorded.run_id
         if "schedule" in state:
             self._schedule.__dict__.update(state["schedule"])

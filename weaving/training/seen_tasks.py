@@ -66,7 +66,7 @@ def seen_tasks_row(encoder: nn.Module, heads: list[nn.Module], base_head: nn.Mod
 
 def record_row(run_dir: str | Path, names: list[str], task: int, row: list[float | None], task_agnostic: bool) -> Path:
     """Store `row` as row `task` of the matrix in `<run_dir>/seen_tasks.json` (other rows kept)."""
-    from weaving.atomic import atomic_write_text
+    from weaving.io.publish import atomic_write_text
 
     path = Path(run_dir) / SEEN_TASKS_FILE
     matrix: list[list[float | None] | None] = [None] * len(names)

@@ -1,8 +1,12 @@
 """PCB-Merging (Du et al., 2024): parameter competition balancing with intra- and inter-task scores.
 
-Follows the reference implementation's quantile conventions (docs/methods.md), but computes every
-statistic per task vector, streamed over tensors, instead of on one dense T x d matrix. The elementwise
-passes run over cache-sized blocks of the T stacked tensors (`weaving.merging.tensor_ops.blocks`).
+Two variants of the authors' code (docs/methods.md): `generic` is `pcb-merging.py`'s `PCB_merge` (clip
+1e-4, inter-score against sum_j x_j); `vision` is `vision_source_code/pcb.py`, the script of their ViT
+results (clip 0.01, inter-score against the sum of the signed min-max normalised vectors). Both follow the
+reference's quantile conventions, but compute every statistic per task vector, streamed over tensors,
+instead of on one dense T x d matrix. The elementwise passes run over cache-sized blocks of the T stacked
+tensors (`weaving.merging.tensor_ops.blocks`). `zero_entries` counts extra zero-delta entries in each task
+vector's population, as if appended to it (see `weaving.merging.methods.ties`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
+from weaving.merging.methods.ties import check_zero_entries
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
 from weaving.merging.tensor_ops import StackedBlocks, blocks, task_column
 
-CLIP_RATIO = 1e-4  # fraction clipped at both ends of |x_t| (fixed in the reference code)
+# Fraction clipped at both ends of |x_t|, fixed in each variant's reference code: `clamp(..., min_ratio=
+# 0.0001, max_ratio=0.0001)` in pcb-merging.py, `min_ratio=0.01, max_ratio=0.01` in vision_source_code/pcb.py.
+CLIP_RATIOS = {"generic": 1e-4, "vision": 0.01}
 
 
 @dataclass
@@ -52,17 +59,18 @@ class Range:
 
 
 def scores_(stacked: torch.Tensor, total: torch.Tensor, clip: Range, out: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
-    """intra * inter for T stacked tasks (T, n), into `out`: exp(T * minmax(clip|x_t|)^2) * tanh(x_t * sum_j x_j)."""
+    """intra * inter for T stacked tasks (T, n), into `out`: exp(T * minmax(clip|x_t|)^2) * tanh(x_t * total)."""
     intra = clip.minmax_(torch.abs(stacked, out=out)).square_().mul_(stacked.shape[0]).exp_()
     return intra.mul_(torch.mul(stacked, total, out=spare).tanh_())
 
 
-def task_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """sum_j x_j, flattened, summed over the stacked tasks block by block (as the merge pass sums them)."""
-    total = torch.empty(tensors[0].numel(), dtype=tensors[0].dtype, device=tensors[0].device)
-    for block, stacked in StackedBlocks(tensors):
-        torch.sum(stacked, dim=0, out=total[block])
-    return total
+def inter_total(stacked: torch.Tensor, clip: Range, variant: str, scratch: torch.Tensor) -> torch.Tensor:
+    """What the inter-score multiplies x_t by, for T stacked tasks (T, n): sum_j x_j (generic), or sum_j
+    sign(x_j) * minmax(clip|x_j|) (vision: `torch.sum(all_checks_normalized, dim=0)`); `scratch` is clobbered."""
+    if variant == "generic":
+        return stacked.sum(dim=0)
+    # copysign is sign(x) * m wherever it matters: m = 0 where x = 0 (|x| clamps to lo, which scales to 0)
+    return clip.minmax_(torch.abs(stacked, out=scratch)).copysign_(stacked).sum(dim=0)
 
 
 # Entries per task in one block of scores handed to the selection: each block's scores feed 65536-bin
@@ -70,50 +78,54 @@ def task_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
 SELECTION_BLOCK = 1 << 20
 
 
-def prepare_pcb(task_set: TaskVectorSet, *, ratio: float) -> PcbStats:
+def check_pcb(ratio: float, zero_entries: int, variant: str) -> None:
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"method 'pcb': ratio is the kept fraction and must be in (0, 1], got {ratio}")
+    check_zero_entries("pcb", zero_entries)
+    if variant not in CLIP_RATIOS:
+        raise ValueError(f"method 'pcb': unknown variant {variant!r}; known variants: {', '.join(CLIP_RATIOS)}")
+
+
+def prepare_pcb(task_set: TaskVectorSet, *, ratio: float, zero_entries: int = 0, variant: str = "generic") -> PcbStats:
+    check_pcb(ratio, zero_entries, variant)
     n = task_set.num_tasks
-    d = task_set.numel()
-    totals: dict[str, torch.Tensor] = {}  # sum_j x_j per key (one model's size), made in the first pass
-
-    def rows(key: str) -> Iterator[list[torch.Tensor]]:
-        tensors = task_set.tensors(key)
-        if key not in totals:
-            totals[key] = task_sum(tensors)
-        yield tensors
-
-    clips = task_set.select_sorted_rows(rows, [[int(d * CLIP_RATIO), int(d * (1 - CLIP_RATIO)) - 1]] * n,
-                                        absolute=True)
+    d = task_set.numel() + zero_entries  # the appended zeros: |x| = 0 and score 0 (tanh(0 * total) = 0)
+    clip_ratio = CLIP_RATIOS[variant]
+    clips = task_set.select_sorted_rows(task_set.rows, [[int(d * clip_ratio), int(d * (1 - clip_ratio)) - 1]] * n,
+                                        absolute=True, zeros=zero_entries)
     lo, hi = [row[0] for row in clips], [row[1] for row in clips]
 
     def score_blocks(key: str) -> Iterator[torch.Tensor]:
         """The T tasks' scores of `key` in (T, n) blocks of SELECTION_BLOCK entries, each computed in
         cache-sized pieces into one reused buffer."""
         tensors = task_set.tensors(key)
-        clip, total = Range.of(lo, hi, tensors[0]), totals[key]
-        buffer = torch.empty(n, min(total.numel(), SELECTION_BLOCK), dtype=total.dtype, device=total.device)
-        for outer in blocks(total.numel(), total.device, SELECTION_BLOCK):
+        clip, numel = Range.of(lo, hi, tensors[0]), tensors[0].numel()
+        buffer = torch.empty(n, min(numel, SELECTION_BLOCK), dtype=tensors[0].dtype, device=tensors[0].device)
+        for outer in blocks(numel, tensors[0].device, SELECTION_BLOCK):
             out = buffer[:, : outer.stop - outer.start]
             pieces = StackedBlocks(tensors, scratch=2, start=outer.start, stop=outer.stop)
             for block, stacked in pieces:
+                total = inter_total(stacked, clip, variant, pieces.scratch(0))
                 out[:, block.start - outer.start: block.stop - outer.start] = scores_(
-                    stacked, total[block], clip, pieces.scratch(0), pieces.scratch(1))
+                    stacked, total, clip, pieces.scratch(0), pieces.scratch(1))
             yield out
 
-    bounds = task_set.select_sorted_rows(score_blocks, [[int(d * (1 - ratio)), int(d * (1 - 0)) - 1]] * n)
+    bounds = task_set.select_sorted_rows(score_blocks, [[int(d * (1 - ratio)), int(d * (1 - 0)) - 1]] * n,
+                                         zeros=zero_entries)
     return PcbStats(lo, hi, [row[0] for row in bounds], [row[1] for row in bounds])
 
 
 @register_method("pcb", prepare=prepare_pcb)
-def pcb(tensors: list[torch.Tensor], *, key: str, stats: PcbStats, ratio: float = 0.1) -> torch.Tensor:
+def pcb(tensors: list[torch.Tensor], *, key: str, stats: PcbStats, ratio: float = 0.1, zero_entries: int = 0,
+        variant: str = "generic") -> torch.Tensor:
     like = tensors[0]
     clip, keep = Range.of(stats.lo, stats.hi, like), Range.of(stats.low, stats.high, like)
     merged = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
     stacked_blocks = StackedBlocks(tensors, scratch=3)
     for block, stacked in stacked_blocks:
         s, clipped, spare = (stacked_blocks.scratch(i) for i in range(3))
-        keep.minmax_(scores_(stacked, stacked.sum(dim=0), clip, s, spare))
+        total = inter_total(stacked, clip, variant, s)
+        keep.minmax_(scores_(stacked, total, clip, s, spare))
         clip.clamp_(torch.abs(stacked, out=clipped)).mul_(torch.sign(stacked, out=spare))
         torch.div(clipped.mul_(s).sum(dim=0), s.sum(dim=0).clamp_(min=1e-12), out=merged[block])
     return merged.view(like.shape)

@@ -1,4 +1,9 @@
-"""TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean."""
+"""TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean.
+
+`zero_entries` counts extra zero-delta entries in each task vector's population, as if appended to it:
+the official CLIP harnesses flatten the whole ImageEncoder, whose text-side tensors never change
+(docs/methods.md, "The threshold population"). Only the trim threshold's index moves.
+"""
 
 from __future__ import annotations
 
@@ -17,23 +22,34 @@ class TiesStats:
     majority_sign: float
 
 
-def trim_thresholds(task_set: TaskVectorSet, k: float) -> list[torch.Tensor | None]:
+def check_zero_entries(method: str, zero_entries: object) -> int:
+    """`zero_entries` must be a whole number >= 0 (it counts entries); returns it."""
+    if isinstance(zero_entries, bool) or not isinstance(zero_entries, int) or zero_entries < 0:
+        raise ValueError(f"method {method!r}: zero_entries counts zero-delta entries added to every task vector's "
+                         f"population and must be a whole number >= 0, got {zero_entries!r}")
+    return zero_entries
+
+
+def trim_thresholds(task_set: TaskVectorSet, k: float, zero_entries: int = 0) -> list[torch.Tensor | None]:
     """Per task vector, the (d - int(d*k))-th smallest abs value over all its d entries (original TIES
-    rule): all T selections in the same passes over the tensors, without flattening a task vector (and
-    across ranks for a distributed set). None: k keeps everything."""
-    d = task_set.numel()
+    rule), d counting `zero_entries` extra zeros: all T selections in the same passes over the tensors,
+    without flattening a task vector (and across ranks for a distributed set). None: k keeps everything."""
+    d = task_set.numel() + zero_entries
     kth = d - int(d * k)
     if kth < 1:
         return [None] * task_set.num_tasks
-    chosen = task_set.select_sorted_rows(task_set.rows, [[kth - 1]] * task_set.num_tasks, absolute=True)
+    chosen = task_set.select_sorted_rows(task_set.rows, [[kth - 1]] * task_set.num_tasks, absolute=True,
+                                         zeros=zero_entries)
     return [row[0] for row in chosen]
 
 
-def prepare_ties(task_set: TaskVectorSet, *, k: float) -> TiesStats:
+def prepare_ties(task_set: TaskVectorSet, *, k: float, zero_entries: int = 0) -> TiesStats:
     if not 0.0 < k <= 1.0:
         raise ValueError(f"method 'ties': k is the kept fraction and must be in (0, 1], got {k}")
-    # One task vector flattened at a time: never a dense T x d matrix.
-    thresholds = trim_thresholds(task_set, k)
+    check_zero_entries("ties", zero_entries)
+    # One task vector flattened at a time: never a dense T x d matrix. (A threshold of 0 keeps everything,
+    # as the appended zeros would in the original: abs(x) >= 0; they add nothing to any sum or sign.)
+    thresholds = trim_thresholds(task_set, k, zero_entries)
     # Where the elected sign is 0, the original code uses the sign of the sum of all elected signs.
     total = 0
     for key in task_set.keys:
@@ -58,7 +74,8 @@ def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor
 
 
 @register_method("ties", prepare=prepare_ties)
-def ties(tensors: list[torch.Tensor], *, key: str, stats: TiesStats, k: float = 0.2) -> torch.Tensor:
+def ties(tensors: list[torch.Tensor], *, key: str, stats: TiesStats, k: float = 0.2,
+         zero_entries: int = 0) -> torch.Tensor:
     columns = threshold_column(stats.thresholds, tensors[0])
     merged = torch.empty(tensors[0].numel(), dtype=tensors[0].dtype, device=tensors[0].device)
     stacked_blocks = StackedBlocks(tensors, scratch=1)

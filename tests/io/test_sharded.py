@@ -5,10 +5,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from weaving.formats.sharded import (INDEX_FILE, ShardedSource, open_checkpoint, parse_size, plan_shards,
-                                     save_streamed)
+from weaving.io.loader import INDEX_FILE, ShardedSource, open_checkpoint
+from weaving.io.sizes import parse_size, plan_shards
+from weaving.io.writer import save_streamed
 
-from .llm import llama_like, write_hf_folder
+from ..formats.llm import llama_like, write_hf_folder
 
 
 def read_all(source):
@@ -58,6 +59,9 @@ def test_shard_plan_respects_the_size_and_keeps_the_order():
     shards = plan_shards(layout, 100)
     assert [[k for k, _, _ in s] for s in shards] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6"]]
     assert plan_shards([("big", (100,), torch.float32)] + layout[:1], 100) == [[("big", (100,), torch.float32)], layout[:1]]
+    # exact fit: tensors that fill a shard to the byte share it (40 + 40 = 80), the next one starts a new shard
+    assert [[k for k, _, _ in s] for s in plan_shards(layout[:5], 80)] == [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    assert [[k for k, _, _ in s] for s in plan_shards(layout[:2], 40)] == [["t0"], ["t1"]]
     assert parse_size("2GiB") == 2**31 and parse_size("1.5MB") == 1_500_000 and parse_size(512) == 512
     with pytest.raises(ValueError, match="expected bytes or a size"):
         parse_size("lots")
@@ -111,7 +115,7 @@ def test_a_failed_stream_leaves_nothing(tmp_path):
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, output, shard_size):
     import errno
 
-    from weaving.formats import sharded
+    from weaving.io import safetensors as sharded
 
     tensors = llama_like()
     layout = [(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
@@ -132,7 +136,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, outpu
 
 
 def test_plain_reads_match_safetensors_and_catch_damaged_files(tmp_path):
-    from weaving.formats.sharded import SafetensorsFile
+    from weaving.io.safetensors import SafetensorsFile
 
     tensors = {**llama_like(dtype=torch.bfloat16), "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5, dtype=torch.float64)}
     save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"a": "b"})
@@ -151,7 +155,7 @@ def test_plain_reads_match_safetensors_and_catch_damaged_files(tmp_path):
 def test_views_map_the_stored_bytes_and_outlive_the_source(tmp_path):
     import gc
 
-    from weaving.formats.sharded import SafetensorsFile
+    from weaving.io.safetensors import SafetensorsFile
 
     tensors = {**llama_like(dtype=torch.bfloat16), "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5, dtype=torch.float64)}
     save_file(tensors, str(tmp_path / "m.safetensors"))

@@ -6,12 +6,17 @@
 
 This unpickler never imports a module and never calls anything the file names. It rebuilds exactly:
 tensors and parameters (`torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, from the raw records),
-containers (dict, OrderedDict, list, tuple, set) and plain values; every other global becomes a `GlobalRef`
-and every object built from one an inert `ObjectRecord` (class name, arguments, state) that a caller can
-walk (e.g. the `_parameters` / `_modules` of a pickled module). A request to call a function of a module
-that runs code (`os.system`, `builtins.eval`, `subprocess.Popen`, ...) is refused with one line naming it,
-before anything else happens. The design follows `torch._weights_only_unpickler` (allow-listed rebuild
-functions, storages read by key), without its need to import the classes.
+containers (dict, OrderedDict, list, tuple, set) and plain values; members of allow-listed enums
+(`ALLOWED_ENUMS`: torchvision's `InterpolationMode`, which open_clip's preprocess transforms hold) in both
+forms Python pickles them (`Class(value)`, and `getattr(Class, name)` from Python 3.11.0-3.11.4) as
+`EnumMember`; every other global becomes a `GlobalRef` and every object built from one an inert
+`ObjectRecord` (class name, arguments, state) that a caller can walk (e.g. the `_parameters` / `_modules`
+of a pickled module). A request to call a function of a module that runs code (`os.system`,
+`builtins.eval`, any other `getattr`, `subprocess.Popen`, ...) is refused with one line naming it, before
+anything else happens. Sizes are checked before memory is taken: a tensor never reads past its storage,
+a storage record is never shorter than its declared size, and `bytearray` is only rebuilt from bytes. The
+design follows `torch._weights_only_unpickler` (allow-listed rebuild functions, storages read by key),
+without its need to import the classes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import collections
 import io
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +98,53 @@ class ObjectRecord:
 
 
 @dataclass(frozen=True)
+class EnumMember:
+    """A member of an allow-listed enum class (see `ALLOWED_ENUMS`), never imported."""
+
+    cls: GlobalRef
+    name: str
+    value: Any
+
+
+# Enum classes whose members a file may name, with their members (name -> value).
+ALLOWED_ENUMS = {
+    GlobalRef("torchvision.transforms.functional", "InterpolationMode"): {
+        "NEAREST": "nearest", "NEAREST_EXACT": "nearest-exact", "BILINEAR": "bilinear", "BICUBIC": "bicubic",
+        "BOX": "box", "HAMMING": "hamming", "LANCZOS": "lanczos"},
+}
+
+
+def _enum_member(cls: GlobalRef, name: str | None = None, value: Any = None) -> EnumMember:
+    members = ALLOWED_ENUMS[cls]
+    if name is None:
+        name = next((n for n, v in members.items() if v == value), None)
+    if name not in members:
+        what = f"member {name!r}" if name is not None else f"value {value!r}"
+        raise ValueError(f"{cls.qualname} has no {what}")
+    return EnumMember(cls, name, members[name])
+
+
+def _getattr(obj: Any, name: Any, *default: Any) -> EnumMember:
+    """`getattr(Class, 'NAME')`, how Python 3.11.0-3.11.4 pickles an enum member: allowed for the members of
+    allow-listed enums only."""
+    if isinstance(obj, GlobalRef) and obj in ALLOWED_ENUMS and isinstance(name, str) and not default:
+        return _enum_member(obj, name=name)
+    target = obj.qualname if isinstance(obj, GlobalRef) else type(obj).__name__
+    raise UnsafePickleError(f"refused a pickle that asks to call builtins.getattr({target}, {name!r}); nothing from "
+                            "the file was run")
+
+
+def _bytearray(data: Any = b"", *encoding: Any) -> bytearray:
+    """`bytearray(bytes)` (or `bytearray(str, encoding)`), how protocols before 5 pickle one; never from a
+    number, which would allocate that many bytes."""
+    if isinstance(data, (bytes, bytearray)) and not encoding:
+        return bytearray(data)
+    if isinstance(data, str) and len(encoding) == 1 and encoding[0] in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        return bytearray(data, encoding[0])
+    raise UnsafePickleError(f"refused a pickle that asks for bytearray({type(data).__name__}); only bytes are allowed")
+
+
+@dataclass(frozen=True)
 class StorageType:
     name: str
     dtype: torch.dtype
@@ -110,13 +163,15 @@ def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
 def _tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
     if not isinstance(storage, torch.Tensor):
         raise ValueError(f"a tensor's storage is a {type(storage).__name__}, not a storage record")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if storage.numel() == 0 or not size:
-        return storage.as_strided(size, stride, int(offset)).clone() if storage.numel() else storage.new_zeros(size)
-    extent = int(offset) + sum((s - 1) * st for s, st in zip(size, stride)) + 1
-    if min(size) > 0 and extent > storage.numel():
+    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+    if len(size) != len(stride) or min((*size, *stride, offset, 0)) < 0:
+        raise ValueError(f"a tensor has size {list(size)}, stride {list(stride)} and offset {offset}; none may be negative")
+    if 0 in size:
+        return storage.new_empty(size)
+    extent = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
+    if extent > storage.numel():  # checked before anything is allocated for the tensor
         raise ValueError(f"a tensor of size {list(size)} reads past its storage ({storage.numel()} elements)")
-    return storage.as_strided(size, stride, int(offset)).clone()
+    return storage.as_strided(size, stride, offset).clone()
 
 
 def _parameter(data: Any, *rest: Any) -> Any:
@@ -145,7 +200,8 @@ ALLOWED_CALLS = {
     ("torch._tensor", "_rebuild_from_type_v2"): _from_type,
     ("builtins", "set"): _set, ("__builtin__", "set"): _set,
     ("builtins", "frozenset"): _frozenset, ("__builtin__", "frozenset"): _frozenset,
-    ("builtins", "bytearray"): bytearray, ("__builtin__", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray, ("__builtin__", "bytearray"): _bytearray,
+    ("builtins", "getattr"): _getattr, ("__builtin__", "getattr"): _getattr,
     ("builtins", "slice"): slice, ("builtins", "complex"): complex,
     ("_codecs", "encode"): _codecs_encode,
     ("torch", "Size"): lambda dims=(): tuple(int(d) for d in dims),
@@ -164,6 +220,10 @@ def _call(func: Any, args: Any) -> Any:
         if _is_code_running(func):
             raise UnsafePickleError(f"refused a pickle that asks to call {func.qualname}{_short(args)} "
                                     "(a code-running payload); nothing from the file was run")
+        if func in ALLOWED_ENUMS:
+            if len(args) != 1:
+                raise ValueError(f"{func.qualname}: an enum member is rebuilt from one value, got {len(args)}")
+            return _enum_member(func, value=args[0])
         if func.module == "copyreg" and func.name == "_reconstructor" and args and isinstance(args[0], GlobalRef):
             return ObjectRecord(args[0])
         if func.module == "copyreg" and func.name == "__newobj__" and args and isinstance(args[0], GlobalRef):
@@ -171,7 +231,7 @@ def _call(func: Any, args: Any) -> Any:
         if func.module.split(".")[0] in ("copyreg", "copy_reg"):
             raise UnsafePickleError(f"refused a pickle that asks to call {func.qualname}; nothing from the file was run")
         return ObjectRecord(func, args)
-    if isinstance(func, (ObjectRecord, StorageType)) or func is None:
+    if isinstance(func, (ObjectRecord, StorageType, EnumMember)) or func is None:
         return ObjectRecord(GlobalRef("<record>", type(func).__name__), args)
     raise UnsafePickleError(f"refused a pickle that asks to call a {type(func).__name__}; nothing from the file was run")
 
@@ -268,10 +328,6 @@ def restricted_loads(data: bytes, storages: Any = None) -> Any:
     return RestrictedUnpickler(io.BytesIO(data), storages).load()
 
 
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _zip_storages(archive: zipfile.ZipFile, prefix: str, byteorder: str):
     cache: dict[str, torch.Tensor] = {}
 
@@ -287,9 +343,13 @@ def _zip_storages(archive: zipfile.ZipFile, prefix: str, byteorder: str):
                 raw = archive.read(f"{prefix}data/{key}")
             except KeyError:
                 raise ValueError(f"storage record data/{key} is missing from the archive") from None
-            size = _element_size(dtype)
+            size = dtype.itemsize
             if len(raw) % size:
                 raise ValueError(f"storage record data/{key} has {len(raw)} bytes, not a multiple of {size}")
+            declared = pid[4]
+            if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0 or declared * size > len(raw):
+                raise ValueError(f"storage {key} declares {declared!r} elements of {dtype} but its record "
+                                 f"data/{key} holds {len(raw) // size}")
             flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
             if byteorder == "big" and size > 1:
                 flat = torch.from_numpy(flat.numpy().byteswap())
@@ -318,6 +378,8 @@ def read_torch_file(path: str | Path) -> Any:
     """The object a `torch.save` zip file holds, rebuilt without running anything (see module doc)."""
     path = Path(path)
     try:
+        if path.stat().st_size == 0:
+            raise zipfile.BadZipFile("the file is empty")
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"{path}: not a readable torch.save archive ({error})") from None
@@ -338,3 +400,37 @@ def read_torch_file(path: str | Path) -> Any:
         except (pickle.UnpicklingError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError,
                 RuntimeError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path}: corrupt pickle in torch.save archive ({type(error).__name__}: {error})") from None
+
+
+def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A `pytorch_model.bin`-style state dict (optionally under a `state_dict` key), read by the restricted
+    unpickler: the one policy for `.bin` / `.pt` weights (nothing from the file runs)."""
+    try:
+        state = read_torch_file(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a loadable torch state dict ({str(error).removeprefix(f'{path}: ')})") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        what = type(state).__name__ if not isinstance(state, Mapping) else "a mapping with other values than tensors"
+        raise ValueError(f"{path}: not a loadable torch state dict (it holds {what})")
+    return {str(key): value for key, value in state.items()}
+
+
+def check_lightning_checkpoint(path: str | Path, what: str = "--ckpt_path") -> None:
+    """Refuse, in one line, a checkpoint Lightning would choke on or that carries a payload: it must be a
+    readable torch.save archive (read by the restricted unpickler, so nothing runs) holding a `state_dict`.
+    Run before Lightning reads it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    try:
+        content = read_torch_file(path)
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"{what} {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{what} {str(error).removeprefix(f'{path}: ')}: not a checkpoint Lightning can resume "
+                         f"from ({path})") from None
+    if not isinstance(content, Mapping) or not isinstance(content.get("state_dict"), Mapping):
+        raise ValueError(f"{what} {path}: not a Lightning checkpoint (no state_dict); give a .ckpt that "
+                         "`weaving fit` wrote (RUN/ckpt/*.ckpt)")

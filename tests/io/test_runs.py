@@ -1,4 +1,4 @@
-"""weaving.runs: the run identity (id, theta_pre hash), reading run folders, and the same-base check."""
+"""weaving.io.runs: the run identity (id, theta_pre hash), reading run folders, and the same-base check."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from weaving.merging.task_vectors import save_task_vector
-from weaving.runs import (RunIdentity, check_same_base, index_payload, pretrained_source, read_run,
+from weaving.io.runs import (RunIdentity, check_same_base, index_payload, pretrained_source, read_run,
                           state_dict_hash, write_index)
 
 

@@ -7,10 +7,16 @@ A run folder RUN holds
 - `RUN/task_vectors/<task>.safetensors`: `visual.*` tensors of theta_t - theta_pre, whose metadata carries
   the run identity (`run_id`, `pretrained_hash`, `model`, `pretrained`);
 - `RUN/task_vectors/index.json`: `{"format": "weaving.run/1", "run_id", "model", "pretrained",
-  "pretrained_file", "pretrained_hash", "seed", "stream", "tasks", "task_vectors": [{"task", "file", ...}]}`.
+  "pretrained_file", "pretrained_hash", "seed", "stream", "tasks", "zero_entries",
+  "task_vectors": [{"task", "file", ...}]}`. `zero_entries` is the count of zero-delta entries the official
+  CLIP harnesses add to every task vector (`weaving.models.clip.harness_zero_entries`); merges of the run
+  pass it to the methods that count them (ties, pcb) unless the user sets it (0 when absent).
 
 The run id names one training (or import); the pretrained hash (`state_dict_hash`) names theta_pre. Task
-vectors merge only when both agree (`check_same_base`), unless the caller allows mixing (`--allow_mixed`).
+vectors merge only when both agree (`check_same_base`, the one identity check: resume, the task-vector
+writer, import, merge and the demo all call it), unless the caller allows mixing (`--allow_mixed`).
+A run's own files never take weaving outside the run folder: index.json's file names and
+`pretrained_file` must name files inside it.
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from weaving.io.loader import as_source, inside, is_weights_folder
+from weaving.io.safetensors import read_metadata
 
 RUN_FORMAT = "weaving.run/1"
 INDEX_NAME = "index.json"
@@ -50,9 +59,7 @@ def state_dict_hash(tensors: Mapping[str, torch.Tensor] | str | os.PathLike) -> 
     Equal state dicts give equal hashes whatever their key order or storage; one changed element, dtype,
     shape or name changes the hash.
     """
-    from weaving.merging.task_vectors import TensorSource
-
-    source = TensorSource(tensors) if isinstance(tensors, (str, os.PathLike)) else None
+    source = as_source(tensors, "state dict") if isinstance(tensors, (str, os.PathLike)) else None
     names = sorted(source.keys() if source is not None else tensors.keys())
     digest = hashlib.sha256()
     for name in names:
@@ -87,25 +94,89 @@ def _none(value: Any) -> Any:
 
 
 def check_same_base(identities: Sequence[tuple[str, RunIdentity]], *, allow_mixed: bool = False,
-                    same_run: bool = True) -> None:
-    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run).
+                    same_run: bool = True, fields: Sequence[str] | None = None,
+                    message: Callable[[str, str, Any, str, Any], str] | None = None) -> None:
+    """Raise a one-line ValueError when labelled identities disagree on the base model (or on the run): the
+    one identity check of weaving (merge inputs, the task-vector writer, resume, the demo).
 
     The base model (theta_pre hash, model name, pretrained source) must agree, and with `same_run` the run
-    id too, unless `allow_mixed`. A field that nobody records is not compared; a field that some record
-    and others do not counts as a disagreement.
+    id too, unless `allow_mixed`; `fields` compares those fields only. A field that nobody records is not
+    compared; a field that some record and others do not counts as a disagreement. `message(field, label,
+    value, first_label, first_value)` words the error for its caller (default: about merging task vectors).
     """
     if allow_mixed or len(identities) < 2:
         return
-    fields = [("pretrained_hash", "base models (theta_pre hashes)"), ("model", "models"),
-              ("pretrained", "pretrained sources")] + ([("run_id", "runs")] if same_run else [])
+    described = {"pretrained_hash": "base models (theta_pre hashes)", "model": "models",
+                 "pretrained": "pretrained sources", "run_id": "runs"}
+    names = list(fields) if fields is not None else ["pretrained_hash", "model", "pretrained"] + (["run_id"] if same_run else [])
     first_label, first = identities[0]
-    for field_name, what in fields:
+    for field_name in names:
         for label, identity in identities[1:]:
-            if getattr(identity, field_name) != getattr(first, field_name):
+            mine, theirs = getattr(identity, field_name), getattr(first, field_name)
+            if mine != theirs:
+                if message is not None:
+                    raise ValueError(message(field_name, label, mine, first_label, theirs))
                 raise ValueError(
-                    f"task vectors from different {what}: {label} has {field_name}="
-                    f"{getattr(identity, field_name)!r}, {first_label} has {getattr(first, field_name)!r}; "
-                    "merge task vectors of one run, or pass --allow_mixed to merge them anyway")
+                    f"task vectors from different {described[field_name]}: {label} has {field_name}={mine!r}, "
+                    f"{first_label} has {theirs!r}; merge task vectors of one run, or pass --allow_mixed to merge "
+                    "them anyway")
+
+
+# ------------------------------------------------------------------------------------- kinds of input
+# What a weights file is, as its own metadata says: `weaving fit` writes `format` (weaving.pretrained/1,
+# weaving.task_vector/1), `weaving import` writes `kind` (pretrained, task_vector). Files without either
+# (public checkpoints, other tools' task vectors) are not judged by this; see `looks_like_full_weights`.
+FORMAT_KINDS = {"weaving.pretrained/1": "pretrained", "weaving.task_vector/1": "task_vector"}
+KIND_WORDS = {"pretrained": "theta_pre (pretrained weights)", "task_vector": "a task vector (theta_t - theta_pre)",
+              "finetuned": "fine-tuned weights"}
+KIND_FLAGS = {"pretrained": "--pretrained", "task_vector": "--task_vectors", "finetuned": "--finetuned"}
+
+
+def recorded_kind(metadata: Mapping[str, Any]) -> str | None:
+    """'pretrained' or 'task_vector' as a file's metadata records it, else None (not recorded)."""
+    kind = metadata.get("kind")
+    return kind if kind in ("pretrained", "task_vector") else FORMAT_KINDS.get(str(metadata.get("format")))
+
+
+def check_kind(metadata: Mapping[str, Any], label: str, expected: str) -> None:
+    """Refuse an input whose metadata says it is another kind than `expected` (pretrained, task_vector,
+    finetuned): theta_pre given as a task vector would add the weights again, a task vector given as
+    fine-tuned weights would subtract theta_pre from a delta, theta_pre given as fine-tuned adds nothing."""
+    kind = recorded_kind(metadata)
+    if kind is None or kind == expected:
+        return
+    if expected == "finetuned" and kind == "pretrained":
+        raise ValueError(f"{label} is {KIND_WORDS[kind]} itself, not fine-tuned weights: its task vector is zero; "
+                         "give the fine-tuned checkpoints")
+    raise ValueError(f"{label}: its metadata says it is {KIND_WORDS[kind]}, not {KIND_WORDS[expected]}; "
+                     f"give it with {KIND_FLAGS[kind]}")
+
+
+FULL_WEIGHTS_RATIO = 0.5
+
+
+class InputWarning(UserWarning):
+    """An input that is probably of the wrong kind, where no metadata says so (`weaving` prints it as one line)."""
+
+
+def looks_like_full_weights(task_vector: Any, pretrained: Any, label: str, keys: int = 4) -> str | None:
+    """A warning when a task vector without a recorded kind looks like full fine-tuned weights (None when
+    it does not). The heuristic: over the first `keys` floating-point matrices both hold, ||tau|| /
+    ||theta_pre|| above FULL_WEIGHTS_RATIO (0.5). Fine-tuning moves weights by a few percent, so a task vector
+    is far smaller than the weights; a full checkpoint is about as large as them (ratio near 1)."""
+    if recorded_kind(getattr(task_vector, "metadata", {}) or {}) is not None:
+        return None
+    shared = [k for k in pretrained.keys() if k in set(task_vector.keys()) and len(pretrained.shape(k)) >= 2
+              and pretrained.dtype(k).is_floating_point][:keys]
+    if not shared:
+        return None
+    delta = sum(float(task_vector.get(k).double().square().sum()) for k in shared) ** 0.5
+    base = sum(float(pretrained.get(k).double().square().sum()) for k in shared) ** 0.5
+    if not base or not delta / base > FULL_WEIGHTS_RATIO:  # NaN (a damaged file): the finite check says so
+        return None
+    return (f"{label} looks like full fine-tuned weights, not a task vector: ||tau|| / ||theta_pre|| = "
+            f"{delta / base:.2f} over {len(shared)} tensors (task vectors are usually below 0.1); if it is a "
+            "fine-tuned checkpoint, give it with --finetuned")
 
 
 @dataclass
@@ -119,6 +190,7 @@ class Run:
     root: Path | None = None
     pretrained_file: Path | None = None
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    zero_entries: int = 0  # index.json's: zero-delta entries the official CLIP harnesses add
 
     @property
     def model(self) -> str | None:
@@ -144,7 +216,7 @@ class Run:
         if missing:
             raise ValueError(f"no task vectors for {missing}; available: {', '.join(self.paths)}")
         return Run({t: self.paths[t] for t in tasks}, self.identity, self.seed, self.stream, self.root,
-                   self.pretrained_file, {t: self.metadata.get(t, {}) for t in tasks})
+                   self.pretrained_file, {t: self.metadata.get(t, {}) for t in tasks}, self.zero_entries)
 
 
 def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -168,8 +240,29 @@ def _index_entries(folder: Path, index: Mapping[str, Any]) -> dict[str, tuple[Pa
     for entry in index["task_vectors"]:
         if not isinstance(entry, Mapping) or not entry.get("task") or not entry.get("file"):
             raise ValueError(f"{folder / INDEX_NAME}: every entry needs a 'task' and a 'file', got {entry!r}")
-        found[str(entry["task"])] = (folder / Path(entry["file"]).name, dict(entry))
+        found[str(entry["task"])] = (inside(folder, str(entry["file"]), str(folder / INDEX_NAME)), dict(entry))
     return found
+
+
+def disagreement(folder: Path, index: Mapping[str, Any], entries: Mapping[str, tuple[Path, dict[str, Any]]]) -> str | None:
+    """How a task_vectors folder's index.json and files disagree, in words (None when they agree): tasks of
+    the run's stream without a task vector (a fit that stopped, an entry lost), or task vector files the
+    index does not list. Such a folder is not the run's result; only an explicit choice of tasks reads it."""
+    listed = {path.name for path, _ in entries.values()}
+    unlisted = sorted(p.name for p in folder.glob("*.safetensors") if p.name not in listed)
+    stream = [str(task) for task in index.get("tasks") or []]
+    unfinished = [task for task in stream if task not in entries]
+    problems = []
+    if unfinished:
+        problems.append(f"{len(unfinished)} of its {len(stream)} tasks have no task vector ({', '.join(unfinished[:5])}"
+                        f"{', ...' if len(unfinished) > 5 else ''}; a fit that stopped early: resume it with --ckpt_path last)")
+    if unlisted:
+        problems.append(f"{len(unlisted)} task vector files are not in its index ({', '.join(unlisted[:5])}"
+                        f"{', ...' if len(unlisted) > 5 else ''})")
+    if not problems:
+        return None
+    return (f"{folder / INDEX_NAME} does not cover the run: {'; '.join(problems)}; to merge only some task vectors, "
+            "name them (their files, or the tasks to use)")
 
 
 def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict[str, Any] | None, Path | None, Path]:
@@ -192,9 +285,13 @@ def _read_item(item: Path) -> tuple[dict[str, tuple[Path, dict[str, Any]]], dict
     return entries, index, root, folder
 
 
-def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False) -> Run:
+def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_mixed: bool = False,
+             tasks: Sequence[str] | None = None) -> Run:
     """Task vectors and their run identity from a run folder (uses RUN/task_vectors/), a task_vectors
-    folder, one file, or a list of any of these.
+    folder, one file, or a list of any of these; `tasks`: only those (in that order, see `Run.select`).
+
+    A folder must hold its whole run (`disagreement`: every task of the stream has its task vector, every
+    file is in index.json) unless `tasks` names the ones wanted, e.g. a prefix of a stopped run.
 
     Order: index.json's when present, else sorted file names (or the list's order). Task names come from
     the index / file metadata ("task"), else the file stem. Unless `allow_mixed`, every file must share the
@@ -202,8 +299,6 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     the other files of its folder: one folder holds one run; runs in separate folders (one fine-tuning per
     task) merge when their base agrees.
     """
-    from weaving.merging.task_vectors import read_metadata
-
     items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
         raise FileNotFoundError("task vectors: an empty list; give a run folder or task vector files")
@@ -214,6 +309,9 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     first_index, first_root = None, None
     for item in items:
         entries, index, root, folder = _read_item(Path(item))
+        problem = disagreement(folder, index, entries) if index is not None and tasks is None else None
+        if problem:
+            raise ValueError(problem)
         if first_index is None and len(items) == 1:
             first_index, first_root = index, root
         group = by_folder.setdefault(folder.resolve(), [])
@@ -223,6 +321,7 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
             if not path.is_file():
                 raise FileNotFoundError(f"task vector file {path} is missing; rerun the fine-tuning that writes it")
             own = read_metadata(path)
+            check_kind(own, str(path), "task_vector")
             meta = {**own, **extra}
             name = str(extra.get("task") or meta.get("task") or stem)
             if name in paths:
@@ -238,23 +337,26 @@ def read_run(source: str | os.PathLike | Sequence[str | os.PathLike], *, allow_m
     seed = _none(first.get("seed"))
     pretrained_file = None
     if first_index is not None and first_index.get("pretrained_file") and first_root is not None:
-        pretrained_file = first_root / first_index["pretrained_file"]
+        pretrained_file = inside(first_root, first_index["pretrained_file"], str(first_root / TASK_VECTORS_DIR / INDEX_NAME))
+    zero_entries = (first_index or {}).get("zero_entries") or 0
+    if isinstance(zero_entries, bool) or not isinstance(zero_entries, int) or zero_entries < 0:
+        raise ValueError(f"{first_root}: index.json's zero_entries must be a whole number >= 0, got {zero_entries!r}")
     return Run(paths, identity, None if seed is None else int(seed), _none(first.get("stream")), first_root,
-               pretrained_file, metadata)
+               pretrained_file, metadata, zero_entries).select(tasks)
 
 
 def index_payload(identity: RunIdentity, *, pretrained_file: str | None, seed: int | None, stream: str | None,
-                  tasks: Sequence[str], entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+                  tasks: Sequence[str], entries: Iterable[Mapping[str, Any]], zero_entries: int = 0) -> dict[str, Any]:
     """The index.json object of a run (see module docstring)."""
     return {"format": RUN_FORMAT, "run_id": identity.run_id, "model": identity.model,
             "pretrained": identity.pretrained, "pretrained_file": pretrained_file,
             "pretrained_hash": identity.pretrained_hash, "seed": seed, "stream": stream, "tasks": list(tasks),
-            "task_vectors": [dict(e) for e in entries]}
+            "zero_entries": zero_entries, "task_vectors": [dict(e) for e in entries]}
 
 
 def write_index(run_dir: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write RUN/task_vectors/index.json atomically."""
-    from weaving.atomic import atomic_write_text
+    from weaving.io.publish import atomic_write_text
 
     return atomic_write_text(Path(run_dir) / TASK_VECTORS_DIR / INDEX_NAME, json.dumps(payload, indent=2))
 
@@ -270,14 +372,39 @@ def run_contents(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def pretrained_source(source: str | os.PathLike) -> Path:
-    """A pretrained state dict file from a file or a run folder (its RUN/pretrained.safetensors)."""
+    """theta_pre's file from a file or a run folder (the file its index.json names, by default
+    RUN/pretrained.safetensors); a run fine-tuned from a public tag without that file is a one-line error."""
     path = Path(source)
     if path.is_dir():
         index = read_index(path / TASK_VECTORS_DIR)
         name = (index or {}).get("pretrained_file") or PRETRAINED_FILE
-        if not (path / name).is_file():
+        file = inside(path, str(name), str(path / TASK_VECTORS_DIR / INDEX_NAME))
+        if not file.is_file():
             tag = (index or {}).get("pretrained")
-            hint = f" (the run was fine-tuned from the public tag {tag!r}: export it first)" if tag else ""
+            hint = (f" (the run was fine-tuned from the public tag {tag!r}: export it first)" if tag else
+                    "; pass theta_pre's safetensors file or a run written by `weaving import` / `weaving fit`")
             raise FileNotFoundError(f"{path}: a run folder without {name}{hint}")
-        return path / name
+        return file
     return path
+
+
+def task_vector_paths(sources: Sequence[str | os.PathLike]) -> list[str]:
+    """Folders (a run or its task_vectors/) expand to their task vector files, in the run's order; model
+    folders (Hugging Face layout) and files pass through."""
+    paths: list[str] = []
+    for source in sources:
+        if Path(source).is_dir() and not is_weights_folder(source):
+            paths += [str(p) for p in read_run(source).paths.values()]
+        else:
+            paths.append(str(source))
+    return paths
+
+
+def recorded_model(pretrained: str, task_vectors: Sequence[str]) -> str | None:
+    """The open_clip model name the inputs record in their metadata (theta_pre first), or None."""
+    for path in [pretrained, *task_vectors]:
+        if str(path).endswith(".safetensors") and Path(path).is_file():
+            model = read_metadata(path).get("model")
+            if model:
+                return model
+    return None

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from weaving.atomic import atomic_write, atomic_write_text, check_writable
-from weaving.merging.task_vectors import save_state_dict
+from weaving.io.publish import atomic_write, atomic_write_text, check_writable
+from weaving.io.writer import save_state_dict
 
 
 def test_writes_and_replaces(tmp_path):
@@ -96,7 +96,7 @@ def test_safetensors_disk_full_error_is_converted(tmp_path, monkeypatch):
 
 WRITER = """
 import sys, torch
-from weaving.merging.task_vectors import save_state_dict
+from weaving.io.writer import save_state_dict
 tensors = {{"w": torch.ones({numel})}}
 print("writing", flush=True)
 save_state_dict(sys.argv[1], tensors)

@@ -1,0 +1,56 @@
+"""The house's import direction, read from the source: weaving.io imports nothing else of weaving, merging
+depends on io and not on formats (or anything above it), and no package imports in a circle (weaving.data
+included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import weaving
+
+ROOT = Path(weaving.__file__).parent
+
+
+def module_imports() -> dict[str, set[str]]:
+    """{module: the weaving modules it imports, at the top or inside functions}."""
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    found: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        found[name] = {t for t in targets if t in modules and t != name}
+    return found
+
+
+def package(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def test_io_imports_nothing_else_and_merging_nothing_above_io():
+    imports = module_imports()
+    for module, targets in imports.items():
+        if package(module) == "io":
+            assert {package(t) for t in targets} <= {"io"}, (module, targets)
+        if package(module) == "merging":
+            assert {package(t) for t in targets} <= {"io", "merging"}, (module, targets)
+
+
+def test_weaving_data_imports_no_module_in_a_circle():
+    imports = module_imports()
+    data = {m: {t for t in ts if package(t) == "data"} for m, ts in imports.items() if package(m) == "data"}
+    for start in data:
+        seen, todo = set(), list(data[start])
+        while todo:
+            module = todo.pop()
+            assert module != start, f"{start} imports itself through {sorted(seen)}"
+            if module not in seen:
+                seen.add(module)
+                todo += data.get(module, ())
