@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -58,7 +59,7 @@ def environment(results: dict[str, dict[str, Any]]) -> str:
     parts = [f"Python {python}", f"torch {versions.get('torch', '?')}"]
     parts += [f"{name} {versions[name]}" for name in ("lightning", "open_clip") if versions.get(name)]
     device = job.get("device") or "cpu"
-    return f"{', '.join(parts)}; {device} ({cpu_name()})"
+    return f"{', '.join(parts)}; device {device}, CPU {cpu_name()} ({os.cpu_count()} cores)"
 
 
 def pct(value: float) -> str:
@@ -127,7 +128,7 @@ def zeroshot_sentences(results: dict[str, dict[str, Any]]) -> str:
     for setup, r in results.items():
         zero = r["zeroshot_mean"]
         means = rows_by(r)
-        text = f"In {SETUP_NAMES.get(setup, setup)} zero-shot (theta_pre) scores {pct(zero)}"
+        text = f"In {SETUP_NAMES.get(setup, setup)}, zero-shot (theta_pre) scores {pct(zero)}"
         if "sequential" in r:
             seq = r["sequential"]["mean"]
             text += f"; the sequential model (Seq-FT) ends at {pct(seq)}, {'below' if seq < zero else 'not below'} it"

@@ -58,7 +58,7 @@ def test_rewrites_the_blocks_from_the_output_and_check_detects_drift(tmp_path, c
     assert readme.startswith("intro\n<!-- demo-numbers:summary -->\n") and readme.endswith("\nrest\n")
     assert "old numbers" not in readme + evaluation
     assert "| Method | Avg |\n|---|---|\n| ties | 12.34 |" in evaluation  # summary.md's table as written
-    assert "Python 3.11.2, torch 9.9.9; cpu (" in readme
+    assert "Python 3.11.2, torch 9.9.9; device cpu, CPU " in readme
     assert demo_numbers.main([str(folder), "--root", str(root), "--check"]) == 0
     (root / "README.md").write_text(readme.replace("-> 36.7%", "-> 40.0%"))
     assert demo_numbers.main([str(folder), "--root", str(root), "--check"]) == 1
@@ -73,7 +73,7 @@ def test_sentences_follow_the_numbers(tmp_path):
     assert "stays below the authors' recommended lambda" in text and "MagMax (33.3% against 35.7%)" in text
     assert "the sequential model (Seq-FT) ends at 12.8%, below it" in text
     # multi-task (zero-shot 40%): only magmax at lambda = 1 is below; nothing with weaving
-    assert ("In multi-task zero-shot (theta_pre) scores 40.0%; at lambda = 1, MagMax (30.0%) is below it; "
+    assert ("In multi-task, zero-shot (theta_pre) scores 40.0%; at lambda = 1, MagMax (30.0%) is below it; "
             "no method at the recommended lambda is below it; no method with weaving is below it.") in text
     assert "every method at lambda = 1 is below it (10.0% to 20.0%)" in text  # continual
     assert ("every method at the recommended lambda is below it (30.0%); every method with weaving is below "
