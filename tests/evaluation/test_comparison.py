@@ -128,7 +128,7 @@ def _validate(module):
 
 
 def test_results_record_what_produced_each_row_and_the_config(domain_run, head_cache, tmp_path):
-    from weaving.formats.export import file_sha256
+    from weaving.io.loader import file_sha256
 
     out = tmp_path / "job"
     results, _ = run_comparison(domain_run, methods=["ties"], method_args={"ties": {"k": 0.3}}, lambdas=[0.5, 1.0],

@@ -249,14 +249,13 @@ class ComparisonModule(pl.LightningModule):
                    include_deltas, lam, rows, analysis, seed, model, pretrained, init_seed, allow_mixed) -> None:
         """Check the config (a one-line error before anything is loaded), read the run and load theta_pre."""
         import weaving
-        from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
-        from weaving.models.clip import load_clip
         from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
+        from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
 
         self.setup_name = check_setup(setup)
-        self.methods = list(weaving.METHODS) if methods is None else list(methods)
         if isinstance(methods, str):
             raise ValueError(f"methods: give a list of method names, not the string {methods!r}")
+        self.methods = list(weaving.METHODS) if methods is None else list(methods)
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"merge methods repeat in {self.methods}; give each method once")
         self.method_args = {m: dict((method_args or {}).get(m) or {}) for m in self.methods}
