@@ -7,7 +7,7 @@ import json
 
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from weaving.cli import main
 from weaving.io.loader import file_sha256, open_checkpoint
@@ -42,8 +42,9 @@ def test_a_language_model_folder_carries_its_recipe_card_and_dtype(tmp_path, cap
 def test_a_recipe_takes_only_output_and_overwrite_beside_it(tmp_path, capsys):
     base = llama_like()
     base_dir = write_hf_folder(tmp_path / "base", base, shards=1)
+    save_file({k: 0.01 * torch.ones_like(v) for k, v in base.items()}, tmp_path / "tv.safetensors")  # theta_pre itself is refused
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"inputs": {"pretrained": str(base_dir), "task_vectors": [str(base_dir)]},
+    recipe.write_text(yaml.safe_dump({"inputs": {"pretrained": str(base_dir), "task_vectors": [str(tmp_path / "tv.safetensors")]},
                                       "method": "task_arithmetic", "output": str(tmp_path / "o.safetensors")}))
     main(["merge", "--config", str(recipe), "--output", str(tmp_path / "p.safetensors")])
     assert (tmp_path / "p.safetensors").is_file() and not (tmp_path / "o.safetensors").exists()
