@@ -193,3 +193,10 @@ def test_a_clip_size_open_clip_does_not_ship_imports_and_exports_without_python(
     delta = load_file(tmp_path / "run" / "task_vectors" / "a.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], theta[k] + delta[k]) for k in delta)
+    # the scoring job (`weaving validate`) in a new process builds the same model from the run alone
+    code = ("import sys; from weaving.evaluation import ComparisonModule; "
+            "m = ComparisonModule(task_vectors=sys.argv[1], methods=['task_arithmetic'], rows=['lam'], tasks=['digits'], "
+            "plots=False); print(m.clip_model.visual.conv1.weight.shape[0], m.hyperparameters)")
+    scored = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr
+    assert scored.stdout.split()[0] == "48"

@@ -296,6 +296,10 @@ class ComparisonModule(pl.LightningModule):
                              "row, with methods: [], needs none)")
         if model is None:
             raise ValueError("model is not set: name the open_clip model (the task vectors record none)")
+        if self.run is not None and self.run.root is not None:  # a size `weaving import` registered on the fly
+            from weaving.formats.architecture import register_run_config
+
+            register_run_config(self.run.root, model)
         self.clip = self._load_clip(model, pretrained, init_seed)
         self.clip_model = self.clip.model.eval()
         if self.run is not None and self.run.pretrained_hash is not None:
