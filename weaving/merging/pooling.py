@@ -10,8 +10,7 @@ from typing import Callable
 
 import torch
 
-from weaving.merging.methods.magmax import max_magnitude
-from weaving.merging.tensor_ops import sequential_sum
+from weaving.merging.tensor_ops import max_magnitude, sequential_sum
 
 
 def mean_pool(members: list[torch.Tensor], *, seed: int) -> torch.Tensor:

@@ -128,3 +128,11 @@ class StackedBlocks:
     def scratch(self, index: int) -> torch.Tensor:
         """The index-th (T, n) temporary of the current block (contents undefined)."""
         return self._view(self._buffers[1 + index])
+
+
+def max_magnitude(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise value with the largest abs value; on equal abs values the later tensor wins."""
+    best = tensors[0]
+    for value in tensors[1:]:
+        best = torch.where(value.abs() >= best.abs(), value, best)
+    return best

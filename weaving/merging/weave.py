@@ -20,7 +20,6 @@ import torch
 
 from weaving.io.source import StateDictLike
 from weaving.merging.engine import MergeInputs, assemble, method_seed, open_inputs, prepare_method
-from weaving.merging.methods.magmax import max_magnitude
 from weaving.merging.pooling import POOLINGS, random_choice
 from weaving.merging.registry import MergeMethod, derive_seed, get_method, get_pooling
 from weaving.merging.search_space import (  # noqa: F401  (parse_lambdas, MAX_SEARCH_POINTS: public names here too)
@@ -32,7 +31,7 @@ from weaving.merging.search_space import (  # noqa: F401  (parse_lambdas, MAX_SE
     parse_search_space,
 )
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import sequential_sum
+from weaving.merging.tensor_ops import max_magnitude, sequential_sum
 
 
 class WeavePlan:

@@ -15,9 +15,11 @@ any training or any write: a later checkpoint cannot recreate them).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import open_clip
@@ -30,9 +32,16 @@ from weaving.io.writer import save_state_dict
 from weaving.merging.task_vectors import save_task_vector
 from weaving.io.runs import (INDEX_NAME, PRETRAINED_FILE, TASK_VECTORS_DIR, RunIdentity, check_same_base, index_payload,
                              read_index, run_contents, write_index)
-from weaving.training.finetune import FineTuner, classes_digest
+
+if TYPE_CHECKING:  # the fine-tuner imports this writer (its default callback), not the other way round
+    from weaving.training.finetune import FineTuner
 
 MAX_CLASSES_IN_METADATA = 1000  # longer class lists are stored as a hash only
+
+
+def classes_digest(classnames: Sequence[str]) -> str:
+    """A short stable hash of a task's class names, for metadata and checks."""
+    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()[:16]
 
 
 class TaskVectorWriter(Callback):
@@ -62,7 +71,7 @@ class TaskVectorWriter(Callback):
 
     @staticmethod
     def _finetuner(pl_module: pl.LightningModule) -> FineTuner:
-        if not isinstance(pl_module, FineTuner):
+        if not callable(getattr(pl_module, "task_vector", None)):  # what the writer calls: FineTuner's API
             raise ValueError(f"TaskVectorWriter needs model.class_path weaving.training.FineTuner, "
                              f"got {type(pl_module).__name__}")
         return pl_module

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -32,6 +31,7 @@ from torch import Tensor
 from weaving.models import ClassificationHead, build_head, load_clip
 from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
 from weaving.models.clip import harness_zero_entries
+from weaving.training.callbacks import TaskVectorWriter
 
 STREAMS = ("independent", "sequential")
 
@@ -61,11 +61,6 @@ class WarmupCosine:
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (s - self.warmup_steps) / decay_steps)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def classes_digest(classnames: Sequence[str]) -> str:
-    """A short stable hash of a task's class names, for metadata and checks."""
-    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()[:16]
 
 
 def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
@@ -316,8 +311,6 @@ class FineTuner(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """A TaskVectorWriter when the trainer has none: fine-tuning always writes its task vectors."""
-        from weaving.training.callbacks import TaskVectorWriter
-
         if any(isinstance(c, TaskVectorWriter) for c in self.trainer.callbacks):
             return []
         return [TaskVectorWriter()]
