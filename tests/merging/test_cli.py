@@ -208,15 +208,21 @@ def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
     ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\nweaving: {lambdas: [1.0], grid: {k: []}}\noutput: OUT\n", "is empty"),
     ("inputs: {pretrained: P, finetuned: [someone/not-cached-anywhere]}\nmethod: ties\noutput: OUT\n", "HF_HUB_OFFLINE"),
 ])
-def test_bad_recipe_files_are_one_line_errors(files, recipe, message):
+def test_bad_recipe_files_are_one_line_errors(files, recipe, message, capsys):
+    """In-process through the command's entry point; the hub case as a real process, since huggingface_hub
+    reads HF_HUB_OFFLINE when it is imported."""
     tmp, _, _, finetuned = files
     path = tmp / "recipe.yaml"
     path.write_text(recipe.replace("P", str(tmp / "pre.safetensors")).replace("F", finetuned[0])
                     .replace("OUT", str(tmp / "out")))
-    result = subprocess.run([sys.executable, "-m", "weaving", "merge", "--config", str(path)], capture_output=True,
-                            text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0 and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    if message == "HF_HUB_OFFLINE":
+        result = subprocess.run([sys.executable, "-m", "weaving", "merge", "--config", str(path)], capture_output=True,
+                                text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+        code, err = result.returncode, result.stderr
+    else:
+        code, err = run_in_process(capsys, "--config", str(path))
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp / "out").exists()
 
 
