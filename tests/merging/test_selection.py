@@ -33,13 +33,9 @@ def test_every_stream_gets_the_values_a_sort_gives(dtype, absolute):
             assert all(v.dtype == dtype for v in values)
 
 
-def test_histograms_summed_over_processes_select_over_the_union():
-    """Two 'processes' (threads in lockstep) each hold part of every stream; summing their histograms at
-    each pass, as an all-reduce does, gives both the values a sort of the union gives."""
-    g = torch.Generator().manual_seed(4)
-    shares = [torch.randn(2, 300, generator=g), torch.randn(2, 200, generator=g) * 3]
-    union = torch.cat(shares, dim=1).abs().sort(dim=1).values
-    indices = [[17, 250], [499, 0]]
+def in_two_processes(work):
+    """Run `work(rank, all_reduce)` for ranks 0 and 1 as threads in lockstep; `all_reduce` sums what both post,
+    as torch.distributed's would. Returns both results."""
     barrier = threading.Barrier(2)
     posted: list = [None, None]
     results: list = [None, None]
@@ -52,13 +48,25 @@ def test_histograms_summed_over_processes_select_over_the_union():
             barrier.wait()
             return total
 
-        results[rank] = select_rows(lambda: iter([shares[rank]]), indices, 500, torch.float32, all_reduce, absolute=True)
+        results[rank] = work(rank, all_reduce)
 
     threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results
+
+
+def test_histograms_summed_over_processes_select_over_the_union():
+    """Two 'processes' (threads in lockstep) each hold part of every stream; summing their histograms at
+    each pass, as an all-reduce does, gives both the values a sort of the union gives."""
+    g = torch.Generator().manual_seed(4)
+    shares = [torch.randn(2, 300, generator=g), torch.randn(2, 200, generator=g) * 3]
+    union = torch.cat(shares, dim=1).abs().sort(dim=1).values
+    indices = [[17, 250], [499, 0]]
+    results = in_two_processes(lambda rank, all_reduce: select_rows(
+        lambda: iter([shares[rank]]), indices, 500, torch.float32, all_reduce, absolute=True))
     expected = [[float(union[r, i]) for i in wanted] for r, wanted in enumerate(indices)]
     assert [[float(v) for v in row] for row in results[0]] == expected
     assert [[float(v) for v in row] for row in results[1]] == expected
@@ -97,24 +105,7 @@ def test_extra_zeros_are_counted_once_over_processes():
     shares = [torch.randn(1, 300, generator=g), torch.randn(1, 200, generator=g)]
     union = torch.cat(shares + [torch.zeros(1, 50)], dim=1).sort(dim=1).values
     indices = [list(range(0, 550, 7)) + [549]]
-    barrier = threading.Barrier(2)
-    posted: list = [None, None]
-    results: list = [None, None]
-
-    def process(rank):
-        def all_reduce(counts):
-            posted[rank] = counts
-            barrier.wait()
-            total = posted[0] + posted[1]
-            barrier.wait()
-            return total
-
-        results[rank] = select_rows(lambda: iter([shares[rank]]), indices, 500, torch.float32, all_reduce, zeros=50)
-
-    threads = [threading.Thread(target=process, args=(rank,)) for rank in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = in_two_processes(lambda rank, all_reduce: select_rows(
+        lambda: iter([shares[rank]]), indices, 500, torch.float32, all_reduce, zeros=50))
     expected = [float(union[0, i]) for i in indices[0]]
     assert [float(v) for v in results[0][0]] == expected == [float(v) for v in results[1][0]]
