@@ -15,7 +15,8 @@ import yaml
 from safetensors.torch import save_file
 
 import weaving
-from weaving.cli import main, run_dir_name, user_error_line
+from weaving.cli import main, user_error_line
+from weaving.lightning_cli import run_dir_name
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = str(CONFIGS / "finetune" / "digits_tiny.yaml")
@@ -92,8 +93,8 @@ def test_nested_key_errors_name_the_key():
 
 @pytest.mark.parametrize("command, entry", [
     ("merge", "weaving.merging.cli.merge_main"), ("import", "weaving.formats.importer.import_main"),
-    ("demo", "weaving.evaluation.demo.demo_main"), ("fit", "weaving.cli.lightning_main"),
-    ("validate", "weaving.cli.lightning_main"),
+    ("demo", "weaving.evaluation.demo.demo_main"), ("fit", "weaving.lightning_cli.lightning_main"),
+    ("validate", "weaving.lightning_cli.lightning_main"),
 ])
 def test_ctrl_c_is_one_line_and_exit_130(command, entry, capsys, monkeypatch):
     def interrupted(*args, **kwargs):

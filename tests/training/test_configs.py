@@ -51,7 +51,7 @@ def test_configs_exist():
 
 def output_dirs(path: Path) -> list[str]:
     """Where a fit config writes: default_root_dir, and the checkpoint and log folders it names."""
-    from weaving.cli import run_dir_name
+    from weaving.lightning_cli import run_dir_name
 
     config = yaml.safe_load(path.read_text())
     trainer, data = config["trainer"], config["data"]["init_args"]
@@ -163,7 +163,7 @@ def test_config_runs_offline_or_says_what_it_needs_first(path):
 
 def test_fit_derives_the_run_folder_and_default_root_dir_moves_everything(tmp_path, monkeypatch):
     """digits_tiny as written (shortened): logs, checkpoints, theta_pre and task vectors in one run folder."""
-    from weaving.cli import run_dir_name
+    from weaving.lightning_cli import run_dir_name
 
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "finetune" / "digits_tiny.yaml"

@@ -240,7 +240,7 @@ class ComparisonModule(pl.LightningModule):
             check_reference(reference)
         self.stages = stages
         self.heads = nn.ModuleDict()
-        self.resolved_config: str | None = None  # the CLI's resolved config (weaving.cli); else built from hparams
+        self.resolved_config: str | None = None  # the CLI's resolved config (weaving.lightning_cli); else built from hparams
         self.results: dict[str, Any] | None = None
         self.analysis_results: dict[str, Any] | None = None
 

@@ -1,0 +1,155 @@
+"""`weaving fit|validate|test|predict`: LightningCLI over any LightningModule / LightningDataModule.
+
+Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`);
+`weaving.cli.main` dispatches here and turns user errors into one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+OWNED_BY_FINETUNER = ("--optimizer", "--lr_scheduler")
+
+
+def run_dir_name(model: str, tasks: list[str], splits: int | None) -> str:
+    """The derived run folder of a fit: `checkpoints/<model>/<tasks>` (tasks joined by '+', then `_<n>splits`)."""
+    model_part = str(model).replace("/", "-").replace(":", "-")
+    task_part = "+".join(tasks) if len("+".join(tasks)) <= 80 else f"{tasks[0]}+{len(tasks) - 1}_more"
+    if splits:
+        task_part += f"_{splits}splits"
+    return str(Path("checkpoints") / model_part / task_part)
+
+
+def _get(namespace: Any, key: str, default: Any = None) -> Any:
+    for part in key.split("."):
+        if namespace is None:
+            return default
+        namespace = namespace.get(part) if hasattr(namespace, "get") else getattr(namespace, part, None)
+    return default if namespace is None else namespace
+
+
+def _class_name(node: Any) -> str:
+    return str(_get(node, "class_path", "")).rsplit(".", 1)[-1]
+
+
+def derive_run_paths(config: Any) -> None:
+    """Fill the run folder, logger folder and checkpoint folder of a FineTuner fit where the config leaves them
+    out: `trainer.default_root_dir` derives from the model and the tasks (`run_dir_name`), the logger's
+    `save_dir` is that folder and ModelCheckpoint's `dirpath` is `<that folder>/ckpt`, so
+    `--trainer.default_root_dir DIR` moves task vectors, logs and checkpoints together."""
+    if _class_name(config.get("model")) != "FineTuner":
+        return
+    trainer = config.trainer
+    if trainer.get("default_root_dir") is None:
+        model = _get(config, "model.init_args.model", "weaving-tiny-vit")
+        tasks = list(_get(config, "data.init_args.tasks", []) or [])
+        trainer.default_root_dir = run_dir_name(model, tasks, _get(config, "data.init_args.splits"))
+    root = trainer.default_root_dir
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = _get(logger, "init_args")
+        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+            init_args.save_dir = root
+    for callback in trainer.get("callbacks") or []:
+        init_args = _get(callback, "init_args")
+        if _class_name(callback) == "ModelCheckpoint" and init_args is not None and init_args.get("dirpath") is None:
+            init_args.dirpath = str(Path(root) / "ckpt")
+
+
+def _check_has_test_loop(class_path: str | None) -> None:
+    """`weaving test` needs a module that defines test_step; say so before anything is built."""
+    import importlib
+
+    import lightning.pytorch as pl
+
+    if not class_path or "." not in class_path:
+        return
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return  # LightningCLI reports an unknown class itself
+    if isinstance(cls, type) and getattr(cls, "test_step", None) is pl.LightningModule.test_step:
+        raise ValueError(f"{name} has no test loop; run `weaving validate` with the same config instead (a "
+                         "MultiTaskDataModule scores the split named by --data.init_args.eval_split, e.g. test)")
+
+
+def lightning_main(args: list[str] | None = None) -> None:
+    """Run LightningCLI in subclass mode so YAML configs pick the module and data classes."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.cli import LightningCLI
+
+    import weaving.models  # noqa: F401  (registers the tiny offline CLIP configs)
+
+    argv = list(sys.argv[1:] if args is None else args)
+    for option in OWNED_BY_FINETUNER:
+        if any(a == option or a.startswith(option + "=") or a.startswith(option + ".") for a in argv):
+            raise ValueError(f"{option} is not supported: FineTuner owns its optimizer (AdamW restarted per task, "
+                             "warmup + cosine); set --model.init_args.lr, weight_decay and warmup_steps instead")
+
+    class WeavingCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="fit: replace another run found in the run folder (default: refuse).")
+            parser.add_argument("--allow_mixed", type=bool, default=False,
+                                help="validate/test: merge task vectors whose base model or run ids disagree.")
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+                from weaving.io.torch_pickle import check_lightning_checkpoint
+
+                check_lightning_checkpoint(ckpt)  # before Lightning unpickles it (for its hyper-parameters)
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand]
+            if self.subcommand == "test":
+                _check_has_test_loop(_get(config, "model.class_path"))
+            derive_run_paths(config)
+            if config.get("allow_mixed") and _class_name(config.get("model")) == "MergeModule":
+                config.model.init_args.allow_mixed = True
+
+        def before_fit(self) -> None:
+            from weaving.training.callbacks import TaskVectorWriter
+
+            if self.config[self.subcommand].get("overwrite"):
+                writers = [c for c in self.trainer.callbacks if isinstance(c, TaskVectorWriter)]
+                if not writers:
+                    self.trainer.callbacks.append(TaskVectorWriter())
+                for writer in self.trainer.callbacks:
+                    if isinstance(writer, TaskVectorWriter):
+                        writer.overwrite = True
+
+    WeavingCLI(
+        pl.LightningModule,
+        None,  # the data section is optional: a ComparisonModule reads its test sets itself
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_callback=_save_config_callback(),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False, "default_env": True, "env_prefix": "PL"},
+    )
+
+
+def _save_config_callback() -> type:
+    """Lightning's SaveConfigCallback, except for a comparison job with an output folder: its resolved config
+    goes to the module, which writes it as config.yaml beside its results (so a later job, which writes its
+    own output folder, never overwrites it)."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    class OutputConfig(SaveConfigCallback):
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            from weaving.evaluation.comparison import ComparisonModule
+
+            if isinstance(pl_module, ComparisonModule) and pl_module.output_dir:
+                pl_module.resolved_config = self.parser.dump(self.config, skip_none=False)
+                return
+            super().setup(trainer, pl_module, stage)
+
+    return OutputConfig
