@@ -28,3 +28,16 @@ def test_merge_and_weave_on_cuda_match_the_cpu(method):
         for key, value in on_cpu.items():
             assert on_gpu[key].device.type == "cpu" and on_gpu[key].dtype == value.dtype
             torch.testing.assert_close(on_gpu[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_pcb_on_cuda_matches_the_cpu_on_tensors_larger_than_a_selection_block():
+    from weaving.merging.methods.pcb import SELECTION_BLOCK
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"visual.in_proj_weight": (3 * 64, SELECTION_BLOCK // 64 + 7), "visual.bias": (11,)}
+    pretrained = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    task_vectors = [{k: 0.1 * torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(3)]
+    on_cpu = weaving.merge(pretrained, task_vectors, "pcb", lam=1.0, device="cpu")
+    on_gpu = weaving.merge(pretrained, task_vectors, "pcb", lam=1.0, device="cuda")
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[key], value, rtol=1e-4, atol=1e-5)

@@ -96,8 +96,10 @@ CPU_BLOCK = 1 << 15
 
 
 def blocks(numel: int, device: torch.device, size: int | None = None) -> list[slice]:
-    """Consecutive slices covering range(numel), `size` (default CPU_BLOCK) long on the CPU; one on a GPU."""
-    size = (size or CPU_BLOCK) if device.type == "cpu" else max(numel, 1)
+    """Consecutive slices covering range(numel), each `size` long (the last may be shorter) on any device;
+    without `size`, CPU_BLOCK long on the CPU and one slice on a GPU."""
+    if size is None:
+        size = CPU_BLOCK if device.type == "cpu" else max(numel, 1)
     return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
 
 
