@@ -311,6 +311,8 @@ def run_case(name: str, args, workdir: Path) -> dict:
     row["module_s"] = row["module"][key]
     row["module_over_one_pass"] = row["module_s"] / row["one_pass_s"]
     row["module_same_counts"] = module_correct == correct
+    if module_correct != correct:  # shown, to tell near-tied logits (a few flips) from a wrong count
+        row["one_pass_correct"], row["module_correct"] = correct, module_correct
     print(json.dumps(row), flush=True)
     return row
 
