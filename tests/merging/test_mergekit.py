@@ -254,3 +254,35 @@ def test_per_model_lists_must_match_the_task_vectors():
         weaving.merge(pre, tvs, "mergekit_ties", weights=[1, 1, 1])
     with pytest.raises(ValueError, match="must be a list of finite numbers, one per task"):
         weaving.merge(pre, tvs, "mergekit_ties", densities=0.5)
+
+
+def test_the_documented_example_is_read():
+    """docs/recipes.md's mergekit.yml example translates (its models need not exist to be read)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    block = text.split("# mergekit.yml\n", 1)[1].split("```", 1)[0]
+    recipe = recipe_from_mergekit(yaml.safe_load(block))
+    assert recipe["method"] == {"mergekit_ties": {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6]}}
+    assert recipe["inputs"]["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
+
+
+CUDA_CASES = {"ties": {"k": 0.3, "per_tensor": True}, "breadcrumbs": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "breadcrumbs_ties": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "mergekit_task_arithmetic": {"weights": [0.5, 1.0, 2.0], "normalize": True},
+              "mergekit_ties": {"weights": [0.5, 1.0, 2.0], "densities": [0.3, 0.5, 0.7], "rescale": True},
+              "mergekit_breadcrumbs": {"densities": [0.3, 0.5, 0.7], "gammas": [0.1, 0.01, 0.2]},
+              "mergekit_breadcrumbs_ties": {"densities": [0.3, 0.5, 0.7], "normalize": True}}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", sorted(CUDA_CASES))
+def test_on_cuda_the_masks_and_merges_match_the_cpu(method):
+    """On a GPU the rank masks come from one sort instead of kthvalue: the same entries, ties included (a
+    tensor of repeated magnitudes), so the merges equal the CPU's to rounding."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (64, 300), "b": (300,), "s": ()}
+    pretrained = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    tvs = [{k: torch.randint(-20, 21, s, generator=g).double() / 10 for k, s in shapes.items()} for _ in range(3)]
+    on_cpu = weaving.merge(pretrained, tvs, method, **CUDA_CASES[method])
+    on_gpu = weaving.merge(pretrained, tvs, method, device="cuda", **CUDA_CASES[method])
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[key], value, rtol=1e-12, atol=1e-12)
