@@ -409,3 +409,29 @@ def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, ca
         assert json.loads(read_metadata(out)["weaving_recipe"])["hparams"] == expected
     plain = weaving.merge(pretrained, tvs, "ties")
     assert not all(torch.equal(load_file(tmp / "ties2.safetensors")[k], plain[k]) for k in pretrained)
+
+
+def test_a_mergekit_yaml_goes_through_the_recipe_schema_and_its_flags(files, capsys):
+    """`weaving merge --config mergekit.yml --output X` (a top-level merge_method): mergekit's file as it is,
+    with weaving's flags on top (--lambdas weaves over it); --print_config shows the recipe it became."""
+    import yaml
+
+    from weaving.merging.mergekit import recipe_from_mergekit
+
+    tmp, pretrained, tvs, finetuned = files
+    config = {"merge_method": "ties", "base_model": str(tmp / "pre.safetensors"),
+              "models": [{"model": f, "parameters": {"weight": 1.0, "density": 0.5}} for f in finetuned[:2]]}
+    (tmp / "mk.yml").write_text(yaml.safe_dump(config))
+    merge_main(["--config", str(tmp / "mk.yml"), "--output", str(tmp / "one.safetensors")])
+    expected = load_file(weaving.run_recipe({**recipe_from_mergekit(config), "output": str(tmp / "api.safetensors")}))
+    assert all(torch.equal(load_file(tmp / "one.safetensors")[k], expected[k]) for k in expected)
+    merge_main(["--config", str(tmp / "mk.yml"), "--output", str(tmp / "woven.safetensors"), "--lambdas", "0.5,1.0"])
+    assert json.loads(read_metadata(tmp / "woven.safetensors")["weaving_recipe"])["lambdas"] == "0.5,1.0"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        merge_main(["--config", str(tmp / "mk.yml"), "--output", "x", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert done.value.code == 0 and printed["method"] == "mergekit_ties" and printed["finetuned"] == finetuned[:2]
+    (tmp / "bad.yml").write_text(yaml.safe_dump({**config, "merge_method": "slerp"}))
+    code, err = run_in_process(capsys, "--config", str(tmp / "bad.yml"), "--output", str(tmp / "never.safetensors"))
+    assert code == 2 and "merge_method 'slerp' is not supported" in err and len(err.strip().splitlines()) == 1
