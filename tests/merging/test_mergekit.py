@@ -207,9 +207,8 @@ def test_the_recipe_it_makes():
                          {"model": "org/b", "parameters": {"weight": 0.5, "density": 0.4, "gamma": 0.02}}],
               "parameters": {"density": 0.7, "lambda": 1.2, "normalize": True}, "tokenizer_source": "base"}
     assert recipe_from_mergekit(config) == {
-        "inputs": {"pretrained": "org/base", "finetuned": ["org/a", "org/b"]},
-        "method": {"mergekit_breadcrumbs_ties": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4],
-                                                 "gammas": [0.01, 0.02]}},
+        "pretrained": "org/base", "finetuned": ["org/a", "org/b"], "method": "mergekit_breadcrumbs_ties",
+        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02]},
         "lam": 1.2}
 
 

@@ -88,8 +88,9 @@ def _model(value: Any, where: str) -> str:
 
 def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
     """A mergekit configuration (the mapping of its YAML file) -> the weaving recipe mapping that runs it with
-    mergekit's rules: inputs (the base model, the other models in order), the `mergekit_<method>` method with
-    its per-model lists, `lam` when the file sets `lambda`, `dtype` (out_dtype, else dtype) when set. The
+    mergekit's rules, in weaving's recipe schema (weaving.merging.recipe.Recipe): pretrained (the base model),
+    finetuned (the other models in order), the `mergekit_<method>` method with its per-model lists as
+    method_args, `lam` when the file sets `lambda`, `dtype` (out_dtype, else dtype) when set. The
     output is not part of a mergekit file: the caller adds it. Anything weaving does not do is one
     ValueError line."""
     if not isinstance(config, Mapping):
@@ -156,8 +157,8 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
             args["rescale"] = top["rescale"]
     if "gamma" in per_model:
         args["gammas"] = per_model["gamma"]
-    recipe: dict[str, Any] = {"inputs": {"pretrained": base, "finetuned": locations},
-                              "method": {f"mergekit_{method}": args}}
+    recipe: dict[str, Any] = {"pretrained": base, "finetuned": locations, "method": f"mergekit_{method}",
+                              "method_args": args}
     if "lambda" in top:
         recipe["lam"] = _number(top["lambda"], "parameters.lambda")
     dtype = config.get("out_dtype") or config.get("dtype")
