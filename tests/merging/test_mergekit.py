@@ -260,8 +260,9 @@ def test_the_documented_example_is_read():
     text = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
     block = text.split("# mergekit.yml\n", 1)[1].split("```", 1)[0]
     recipe = recipe_from_mergekit(yaml.safe_load(block))
-    assert recipe["method"] == {"mergekit_ties": {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6]}}
-    assert recipe["inputs"]["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
+    assert recipe["method"] == "mergekit_ties"
+    assert recipe["method_args"] == {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6]}
+    assert recipe["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
 
 
 CUDA_CASES = {"ties": {"k": 0.3, "per_tensor": True}, "breadcrumbs": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
