@@ -22,6 +22,34 @@ def run_dir_name(model: str, tasks: list[str], splits: int | None) -> str:
     return str(Path("checkpoints") / model_part / task_part)
 
 
+def _same_model(a: str, b: str) -> bool:
+    return str(a).replace("/", "-") == str(b).replace("/", "-")
+
+
+def link_model_name(model: str | None, data_model: str | None) -> str | None:
+    """`data.init_args.model` := `model.init_args.model` (the link of `weaving fit|validate`). A data section
+    that names the model too is accepted when it names the same one and refused otherwise; when the module
+    names none (it reads its model from the task vectors), the data's own choice, or None: then the data
+    module asks the module (`image_model()`) once it is loaded."""
+    if model is None:
+        return data_model
+    if data_model is not None and not _same_model(model, data_model):
+        raise ValueError(f"data.init_args.model={data_model!r} but model.init_args.model={model!r}: name the model "
+                         "once, in the model section (the data takes it from there)")
+    return model
+
+
+def link_pretrained(model: str | None, pretrained: str | None, data_pretrained: str | None) -> str | None:
+    """`data.init_args.pretrained` := `model.init_args.pretrained` when the module names its model (None is
+    a choice there: random init); as `link_model_name` for a data section that names it too."""
+    if model is None:
+        return data_pretrained
+    if data_pretrained is not None and data_pretrained != pretrained:
+        raise ValueError(f"data.init_args.pretrained={data_pretrained!r} but model.init_args.pretrained="
+                         f"{pretrained!r}: name the pretrained source once, in the model section")
+    return pretrained
+
+
 def _get(namespace: Any, key: str, default: Any = None) -> Any:
     for part in key.split("."):
         if namespace is None:
@@ -95,6 +123,12 @@ def lightning_main(args: list[str] | None = None) -> None:
                                 help="fit: replace another run found in the run folder (default: refuse).")
             parser.add_argument("--allow_mixed", type=bool, default=False,
                                 help="validate/test: merge task vectors whose base model or run ids disagree.")
+            # The data's images get the module's model transforms: a config names the model once, in the
+            # model section (see link_model_name).
+            parser.link_arguments(("model.init_args.model", "data.init_args.model"), "data.init_args.model",
+                                  compute_fn=link_model_name, apply_on="parse")
+            parser.link_arguments(("model.init_args.model", "model.init_args.pretrained", "data.init_args.pretrained"),
+                                  "data.init_args.pretrained", compute_fn=link_pretrained, apply_on="parse")
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             super().parse_arguments(parser, args)

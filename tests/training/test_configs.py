@@ -111,7 +111,7 @@ def test_finetune_configs_are_consistent(path):
     tasks = data.get("splits") or len(data["tasks"])
     assert config["trainer"].get("max_epochs", model.get("epochs_per_task", 1) * tasks) == \
         model.get("epochs_per_task", 1) * tasks
-    assert data["model"] == model["model"] and data.get("pretrained") == model.get("pretrained")
+    assert "model" not in data and "pretrained" not in data  # named once, in the model section (linked)
     assert config["trainer"].get("reload_dataloaders_every_n_epochs", 1) == 1
     names = [c["class_path"] for c in config["trainer"]["callbacks"]]
     assert "weaving.training.TaskVectorWriter" in names
@@ -131,6 +131,44 @@ def test_bad_config_is_reported_without_traceback(override, message, capsys, tmp
     err = capsys.readouterr().err
     assert exit_info.value.code not in (0, None)
     assert message in err and "Traceback" not in err
+
+
+def test_the_data_takes_the_model_named_in_the_model_section(monkeypatch, tmp_path):
+    """`model.init_args.model` and `pretrained` are linked to the data's: the images get that model's
+    transforms without the config naming it twice."""
+    from weaving.data.datamodule import TaskStreamDataModule
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def stop(self):
+        seen["data"] = (self.model, self.pretrained)
+        raise Stop
+
+    monkeypatch.setattr(TaskStreamDataModule, "prepare_data", stop)
+    with pytest.raises(Stop):
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.model", "weaving-tiny-vit-b"])
+    assert seen["data"] == ("weaving-tiny-vit-b", None)
+    with pytest.raises(Stop):  # a data section that names the same model is accepted
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--data.init_args.model", "weaving-tiny-vit"])
+    assert seen["data"] == ("weaving-tiny-vit", None)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--data.init_args.model", "weaving-tiny-vit-b"],
+     "data.init_args.model='weaving-tiny-vit-b' but model.init_args.model='weaving-tiny-vit': name the model once"),
+    (["--data.init_args.pretrained", "openai"],
+     "data.init_args.pretrained='openai' but model.init_args.pretrained=None: name the pretrained source once"),
+])
+def test_a_data_section_naming_another_model_is_one_line(override, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_stream_length_mismatch_is_one_line(capsys, tmp_path):

@@ -133,12 +133,16 @@ def test_bad_module_arguments():
         FineTuner(epochs_per_task=0)
 
 
-def test_data_and_model_must_agree(tmp_path):
-    data = TaskStreamDataModule(["digits"], model="weaving-tiny-vit-b", batch_size=8)
+def test_a_data_module_without_a_model_takes_the_modules(tmp_path):
+    """From Python too the images get the fine-tuned model's transforms: a data module that names no model
+    asks the trainer's module (`weaving fit` links the names in the config instead)."""
+    data = TaskStreamDataModule(["digits"], batch_size=8)
     trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0)
-    with pytest.raises(ValueError, match="data.model='weaving-tiny-vit-b' but model.model='weaving-tiny-vit'"):
-        trainer.fit(FineTuner(), data)
+    trainer.fit(FineTuner("weaving-tiny-vit-b"), data)
+    assert data.image_model() == ("weaving-tiny-vit-b", None)
+    with pytest.raises(ValueError, match="TaskStreamDataModule has no model: set data.init_args.model"):
+        TaskStreamDataModule(["digits"], batch_size=8).transforms()
 
 
 def test_needs_a_task_stream(tmp_path):

@@ -160,6 +160,11 @@ class FineTuner(pl.LightningModule):
         """The run identity written into task vectors, index.json and checkpoints (weaving.io.runs)."""
         return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
 
+    def image_model(self) -> tuple[str, str | None]:
+        """(open_clip name, pretrained tag or file) of the encoder: whose transforms a datamodule that names
+        no model gives its images (`weaving fit` links `data.init_args.model` to `model.init_args.model`)."""
+        return self.model_name, self.pretrained
+
     def pretrained_state_dict(self) -> dict[str, Tensor]:
         """theta_pre as a full open_clip state dict (text tower included); available until fit starts."""
         if self._clip is None:
@@ -198,12 +203,6 @@ class FineTuner(pl.LightningModule):
         self._task_names = list(dm.task_names)
         if not self._task_names:
             raise ValueError("data.tasks is empty; list at least one task")
-        data_model = getattr(dm, "model", None)
-        if data_model is not None and data_model.replace("/", "-") != self.model_name:
-            raise ValueError(
-                f"data.model={data_model!r} but model.model={self.hparams.model!r}; set both to the same model "
-                "so images get that model's size and normalization"
-            )
         if stage != "fit":
             return
         trainer = self.trainer
