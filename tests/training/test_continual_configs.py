@@ -1,62 +1,89 @@
-"""The generated continual configs: they are generate.py's output, cover every dataset x parts x backbone x
-stream of the paper, and follow MagMax's recipe; their output folder derives from model, dataset, parts
-and stream. (Every shipped config is also parsed by tests/training/test_configs.py.)"""
+"""The continual configs compose: a backbone base + a dataset + a split count (+ a stream), with
+LightningCLI's several `--config`. Every run of the paper's class-incremental protocol (3 backbones x
+CIFAR100 / ImageNet-R in 5, 10, 20, 50 parts, CUB200 / StanfordCars in 5, 10, 20 x 2 streams) resolves to
+exactly what its generated file held before the composition replaced the 84 files: continual_configs.json
+holds those files' values, captured from them. "Resolved" is `weaving fit --print_config` completed by
+`FineTuner.fill_trainer_defaults` (the run folder, max_epochs, log and checkpoint folders) as `weaving fit`
+completes it; the data's model and pretrained source are the model section's (linked)."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import dict_to_namespace
 
 from weaving.cli import main
+from weaving.lightning_cli import fill_trainer_defaults
 
 FOLDER = Path(__file__).resolve().parents[2] / "configs" / "continual"
+EXPECTED = [json.loads(line) for line in Path(__file__).with_name("continual_configs.json").read_text().splitlines()]
+BACKBONES = ("vit_b32", "vit_b16", "vit_l14")
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("generate_continual_configs", FOLDER / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def parts(generated: str, index: int) -> list[Path]:
+    """The documented combination for a generated file name: <backbone>.yaml <dataset>.yaml <n>splits.yaml,
+    then independent.yaml, or for a sequential run nothing (every other case: sequential.yaml, the same)."""
+    slug, name = generated.removesuffix(".yaml").split("/")
+    dataset, n, independent = re.fullmatch(r"(.+)_(\d+)splits(_independent)?", name).groups()
+    stream = ["independent.yaml"] if independent else (["sequential.yaml"] if index % 2 else [])
+    return [FOLDER / f for f in (f"{slug}.yaml", f"{dataset}.yaml", f"{n}splits.yaml", *stream)]
 
 
-def test_files_are_the_generator_output():
-    generator = load_generator()
-    assert generator.main(["--check"]) == 0
-    on_disk = {p.relative_to(FOLDER) for p in FOLDER.glob("*/*.yaml")}
-    assert on_disk == set(generator.configs())
+def flatten(mapping: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value and key != "method_args":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-EPOCHS = {"cifar100": 10, "imagenet_r": 10, "cub200": 30, "stanford_cars": 30}
-PARTS = {"cifar100": (5, 10, 20, 50), "imagenet_r": (5, 10, 20, 50), "cub200": (5, 10, 20), "stanford_cars": (5, 10, 20)}
-CASES = [(slug, model, dataset, n, stream)
-         for slug, model in (("vit_b32", "ViT-B-32"), ("vit_b16", "ViT-B-16"), ("vit_l14", "ViT-L-14"))
-         for dataset in EPOCHS for n in PARTS[dataset] for stream in ("sequential", "independent")]
-
-
-def test_every_run_of_the_paper_has_a_config():
-    assert len(CASES) == 84 and len(list(FOLDER.glob("*/*.yaml"))) == 84
-
-
-@pytest.mark.parametrize(("slug", "model", "dataset", "n", "stream"), CASES[::7])
-def test_recipe_and_output_folder(slug, model, dataset, n, stream):
-    name = f"{dataset}_{n}splits" + ("" if stream == "sequential" else "_independent")
-    config = yaml.safe_load((FOLDER / slug / f"{name}.yaml").read_text())
-    fit, data = config["model"]["init_args"], config["data"]["init_args"]
-    assert (fit["model"], fit["stream"], fit["epochs_per_task"], fit["lr"], fit["warmup_steps"], fit["weight_decay"]) == (
-        model, stream, EPOCHS[dataset], 1e-5, 500, 0.1)
-    assert (data["tasks"], data["splits"], data["class_order"], data["batch_size"], data["model"]) == (
-        [dataset], n, "magmax", 128, model)
-    assert config["trainer"]["max_epochs"] == EPOCHS[dataset] * n
-    assert config["trainer"]["default_root_dir"] == f"checkpoints/continual/{model}/{dataset}_{n}splits_{stream}"
-
-
-def test_a_generated_config_prints_with_its_folder(capsys):
+def resolved(capsys, command: str, files: list[Path], *flags: str) -> dict:
+    """The config `weaving <command>` runs with for these files and flags: printed, then completed as the
+    command completes it before it builds anything (weaving.lightning_cli.fill_trainer_defaults)."""
+    args = [command] + [item for path in files for item in ("--config", str(path))] + [*flags, "--print_config"]
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(FOLDER / "vit_l14" / "stanford_cars_20splits_independent.yaml"), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["trainer"]["default_root_dir"] == "checkpoints/continual/ViT-L-14/stanford_cars_20splits_independent"
-    assert printed["data"]["init_args"]["class_order"] == "magmax"
+        main(args)
+    out = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), out
+    config = dict_to_namespace(yaml.safe_load(out))
+    fill_trainer_defaults(config)
+    return flatten(config.as_dict())
+
+
+def assert_holds(values: dict, expected: dict) -> None:
+    """Every value the generated file set, in the resolved config (callbacks: their class and the init_args
+    the file set; the data's model and pretrained: the model section's, which the data is linked to)."""
+    for key, value in expected.items():
+        if key in ("data.init_args.model", "data.init_args.pretrained"):
+            key = key.replace("data.", "model.")
+        if key == "trainer.callbacks":
+            got = values[key]
+            assert [c["class_path"] for c in got] == [c["class_path"] for c in value]
+            for mine, theirs in zip(got, value):
+                assert {k: mine["init_args"][k] for k in theirs.get("init_args", {})} == theirs.get("init_args", {})
+            continue
+        assert values.get(key) == value, (key, values.get(key), value)
+
+
+def test_the_generated_runs_are_all_covered():
+    assert len(EXPECTED) == 84
+    assert {e["file"].split("/")[0] for e in EXPECTED} == set(BACKBONES)
+
+
+@pytest.mark.parametrize("index", range(len(EXPECTED)), ids=[e["file"] for e in EXPECTED])
+def test_a_combination_resolves_to_its_generated_file(index, capsys):
+    entry = EXPECTED[index]
+    assert_holds(resolved(capsys, "fit", parts(entry["file"], index)), entry["values"])
+
+
+def test_the_backbone_bases_differ_only_in_the_backbone():
+    texts = {slug: (FOLDER / f"{slug}.yaml").read_text() for slug in BACKBONES}
+    models = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
+    same = {slug: text.replace(models[slug], "<model>").replace(slug, "<slug>") for slug, text in texts.items()}
+    assert len(set(same.values())) == 1

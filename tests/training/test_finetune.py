@@ -12,6 +12,7 @@ import torch
 from weaving.data.datamodule import TaskStreamDataModule
 from weaving.models import load_clip, visual_state_dict
 from weaving.training import FineTuner, WarmupCosine
+from weaving.training.finetune import run_dir_name
 from weaving.merging.task_vectors import load_task_vector
 
 from .conftest import Crash, CrashAtStep, LrRecorder, WeightRecorder, fit_stream
@@ -126,11 +127,21 @@ def test_more_max_epochs_stops_after_the_stream(tmp_path):
     assert trainer.current_epoch == 2 and len(recorder.ends) == 2
 
 
+def test_run_dir_name():
+    assert run_dir_name("ViT-B-32", ["cars"], None) == "checkpoints/ViT-B-32/cars"
+    assert run_dir_name("ViT-B-32", ["cifar100"], 10) == "checkpoints/ViT-B-32/cifar100_10splits"
+    assert run_dir_name("hf-hub:org/m", ["a", "b"], None) == "checkpoints/hf-hub-org-m/a+b"
+    assert run_dir_name("ViT-L-14", ["cub200"], 20, "independent", "checkpoints/continual/{model}/{tasks}_{stream}") == \
+        "checkpoints/continual/ViT-L-14/cub200_20splits_independent"
+
+
 def test_bad_module_arguments():
     with pytest.raises(ValueError, match="model.stream='parallel' is unknown"):
         FineTuner(stream="parallel")
     with pytest.raises(ValueError, match="epochs_per_task=0"):
         FineTuner(epochs_per_task=0)
+    with pytest.raises(ValueError, match=r"model.run_dir='runs/\{task\}' names \{task\}; a run folder pattern may use"):
+        FineTuner(run_dir="runs/{task}")
 
 
 def test_a_data_module_without_a_model_takes_the_modules(tmp_path):

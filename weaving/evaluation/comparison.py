@@ -314,6 +314,13 @@ class ComparisonModule(pl.LightningModule):
         self.theta_pre = visual_state_dict(self.clip_model)  # CPU, not a buffer: never moved nor checkpointed
         self.tasks_arg = None if tasks is None else list(tasks)
 
+    @classmethod
+    def fill_trainer_defaults(cls, config: Any) -> None:
+        """`weaving validate` (weaving.lightning_cli): a job that names an output folder and no
+        `trainer.default_root_dir` runs in its output folder."""
+        if config.trainer.get("default_root_dir") is None and config.get("model.init_args.output_dir"):
+            config.trainer.default_root_dir = config.model.init_args.output_dir
+
     def image_model(self) -> tuple[str, str | None]:
         """(open_clip name, pretrained tag or file) of the CLIP it scores: whose transforms a datamodule that
         names no model gives its images (the task vectors' model when the config names none)."""
