@@ -11,7 +11,7 @@ from weaving.cli import main
 from weaving.evaluation import report
 from weaving.evaluation.demo import DOMAIN_TASKS, DemoConfig
 
-from tests.training.test_continual_configs import assert_holds, resolved
+from tests.training.test_composed_configs import assert_holds, resolved
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "merge").glob("*.yaml")) + sorted((ROOT / "configs" / "demo").glob("*.yaml"))

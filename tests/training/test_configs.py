@@ -1,5 +1,5 @@
 """Every YAML under configs/ that is not a part of a composition (`# Part:`, parsed in its combinations by
-tests/training/test_continual_configs.py and tests/evaluation/test_configs.py) parses with
+tests/training/test_composed_configs.py and tests/evaluation/test_configs.py) parses with
 `weaving <subcommand> --config X --print_config`, and the printed config is complete (it parses again to
 itself). The subcommand comes from, in order: a comment
 `# subcommand: <name>`, a comment showing the command for this file (`weaving validate --config
@@ -42,7 +42,7 @@ def print_config(capsys, *args: str) -> str:
 
 def is_part(path: Path) -> bool:
     """A part of a composition (a backbone base or an overlay: first line `# Part: ...`), which runs only
-    with the others (tests/training/test_continual_configs.py parses every combination)."""
+    with the others (tests/training/test_composed_configs.py parses every combination)."""
     return path.read_text().startswith("# Part:")
 
 
@@ -52,9 +52,9 @@ CONFIG_FILES = [p for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglo
 def test_configs_exist():
     names = {p.relative_to(CONFIGS).as_posix() for p in CONFIG_FILES}
     assert {"finetune/digits_tiny.yaml", "continual/digits_tiny_5splits.yaml"} <= names
-    assert {f"finetune/vit_b32_{t}.yaml" for t in
-            ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")} <= names
     parts = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if is_part(p)}
+    assert {f"finetune/{name}.yaml" for name in ("vit_b32", "vit_b16", "vit_l14", "cars", "dtd", "eurosat", "gtsrb",
+                                                  "mnist", "resisc45", "sun397", "svhn")} <= parts
     assert {f"continual/{name}.yaml" for name in ("vit_b32", "vit_b16", "vit_l14", "cifar100", "imagenet_r", "cub200",
                                                    "stanford_cars", "5splits", "10splits", "20splits", "50splits",
                                                    "sequential", "independent")} <= parts

@@ -1,8 +1,10 @@
-"""The continual configs compose: a backbone base + a dataset + a split count (+ a stream), with
-LightningCLI's several `--config`. Every run of the paper's class-incremental protocol (3 backbones x
-CIFAR100 / ImageNet-R in 5, 10, 20, 50 parts, CUB200 / StanfordCars in 5, 10, 20 x 2 streams) resolves to
-exactly what its generated file held before the composition replaced the 84 files: continual_configs.json
-holds those files' values, captured from them. "Resolved" is `weaving fit --print_config` completed by
+"""The fit configs compose: a backbone base plus small parts, combined with LightningCLI's several
+`--config`. Continual (configs/continual/): a base + a dataset + a split count (+ a stream); every run of
+the paper's class-incremental protocol (3 backbones x CIFAR100 / ImageNet-R in 5, 10, 20, 50 parts, CUB200 /
+StanfordCars in 5, 10, 20 x 2 streams) resolves to exactly what its generated file held before the
+composition replaced the 84 files (continual_configs.json: those files' values, captured from them).
+Multi-task (configs/finetune/): a base + a task; each of the 8 ViT-B-32 runs resolves to what its own file
+held (finetune_configs.json). "Resolved" is `weaving fit --print_config` completed by
 `FineTuner.fill_trainer_defaults` (the run folder, max_epochs, log and checkpoint folders) as `weaving fit`
 completes it; the data's model and pretrained source are the model section's (linked)."""
 
@@ -19,9 +21,12 @@ from jsonargparse import dict_to_namespace
 from weaving.cli import main
 from weaving.lightning_cli import fill_trainer_defaults
 
-FOLDER = Path(__file__).resolve().parents[2] / "configs" / "continual"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FOLDER = CONFIGS / "continual"
 EXPECTED = [json.loads(line) for line in Path(__file__).with_name("continual_configs.json").read_text().splitlines()]
+FINETUNE = [json.loads(line) for line in Path(__file__).with_name("finetune_configs.json").read_text().splitlines()]
 BACKBONES = ("vit_b32", "vit_b16", "vit_l14")
+MODELS = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
 
 
 def parts(generated: str, index: int) -> list[Path]:
@@ -82,8 +87,23 @@ def test_a_combination_resolves_to_its_generated_file(index, capsys):
     assert_holds(resolved(capsys, "fit", parts(entry["file"], index)), entry["values"])
 
 
-def test_the_backbone_bases_differ_only_in_the_backbone():
-    texts = {slug: (FOLDER / f"{slug}.yaml").read_text() for slug in BACKBONES}
-    models = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
-    same = {slug: text.replace(models[slug], "<model>").replace(slug, "<slug>") for slug, text in texts.items()}
+@pytest.mark.parametrize("entry", FINETUNE, ids=[e["file"] for e in FINETUNE])
+def test_a_finetune_combination_resolves_to_its_former_file(entry, capsys):
+    task = entry["file"].removeprefix("vit_b32_").removesuffix(".yaml")
+    files = [CONFIGS / "finetune" / "vit_b32.yaml", CONFIGS / "finetune" / f"{task}.yaml"]
+    values = resolved(capsys, "fit", files)
+    assert_holds(values, entry["values"])
+    assert values["trainer.default_root_dir"] == f"checkpoints/ViT-B-32/{task}"  # derived, as before
+
+
+def test_finetune_covers_the_8_tasks():
+    assert len(FINETUNE) == 8
+    assert {p.stem for p in (CONFIGS / "finetune").glob("*.yaml")} >= {
+        e["file"].removeprefix("vit_b32_").removesuffix(".yaml") for e in FINETUNE}
+
+
+@pytest.mark.parametrize("folder", ["continual", "finetune"])
+def test_the_backbone_bases_differ_only_in_the_backbone(folder):
+    texts = {slug: (CONFIGS / folder / f"{slug}.yaml").read_text() for slug in BACKBONES}
+    same = {slug: text.replace(MODELS[slug], "<model>").replace(slug, "<slug>") for slug, text in texts.items()}
     assert len(set(same.values())) == 1
