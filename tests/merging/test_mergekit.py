@@ -1,0 +1,288 @@
+"""mergekit configuration files run as they are, with mergekit's rules: each method's output equals a float64
+reference written from mergekit's definitions (`merge_methods/generalized_task_arithmetic.py`, `sparsify.py`,
+mergekit 0.1.5), and what weaving does not do is refused in one line."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+import weaving
+from weaving.merging.mergekit import recipe_from_mergekit
+from weaving.merging.methods.generalized import outliers_mask
+from weaving.merging.recipe import run_recipe
+from weaving.merging.registry import derive_seed
+
+# a 2-D tensor of 320 entries (gamma 0.01 drops 3), a matrix, a vector of 16 (gamma 0.01 drops none) and a
+# vector of 3 (density 0.3 keeps int(0.9) = 0 entries, mergekit's magnitude keeps one)
+SHAPES = {"embed.weight": (40, 8), "layers.0.mlp.weight": (12, 10), "layers.0.norm.weight": (16,), "head.bias": (3,)}
+
+
+@pytest.fixture
+def models(tmp_path) -> dict[str, Path]:
+    g = torch.Generator().manual_seed(3)
+    base = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in SHAPES.items()}
+    paths = {"base": tmp_path / "base.safetensors"}
+    save_file(base, paths["base"])
+    for name in ("a", "b", "c"):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file({k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in base.items()},
+                  paths[name])
+    return paths
+
+
+def merge_file(tmp_path: Path, config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Write `config` as a mergekit YAML file, read it back and run it (output next to it)."""
+    file = tmp_path / "mergekit.yml"
+    file.write_text(yaml.safe_dump(config))
+    recipe = {**recipe_from_mergekit(yaml.safe_load(file.read_text())), "output": str(tmp_path / "out.safetensors"), "overwrite": True,
+              "seed": seed}
+    return load_file(run_recipe(recipe))
+
+
+def reference(method: str, base: dict, finetuned: list[dict], weights: list[float], densities: list[float],
+              gammas: list[float], normalize: bool, rescale: bool, lam: float = 1.0,
+              keep: dict[str, list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """mergekit's generalized task arithmetic, tensor by tensor, from its definitions: delta = model - base;
+    sparsify each delta (ties: `magnitude`, the max(1, int(density*n)) largest |x|; breadcrumbs: `magnitude_outliers`,
+    positions n_bot .. n_bot + int(density*n) - 1 of the ascending |x| order, n_bot = max(0, n - int(density*n) -
+    int(gamma*n)); dare_ties: the `keep` mask given), with rescale times |delta|_1 / |sparse|_1; weight; sum
+    (ties family: only the entries whose sign is that of the weighted sum, +1 where the sum is >= 0); with
+    normalize divide by the sum of the (agreeing) weights, 1 where that is 0; times lambda; add to base."""
+    out = {}
+    for key, b in base.items():
+        n = b.numel()
+        deltas = []
+        for t, model in enumerate(finetuned):
+            delta = (model[key] - b).reshape(-1)
+            density = densities[t]
+            if method != "task_arithmetic" and density < 1:
+                mask = torch.zeros(n, dtype=torch.float64)
+                if method == "ties":
+                    order = sorted(range(n), key=lambda i: (-abs(float(delta[i])), i))
+                    mask[order[:max(1, int(density * n))]] = 1
+                elif method.startswith("breadcrumbs"):
+                    target = int(density * n)
+                    bottom = max(0, n - target - int(gammas[t] * n))
+                    order = sorted(range(n), key=lambda i: (abs(float(delta[i])), -i))
+                    mask[order[bottom:bottom + target]] = 1
+                else:
+                    mask = keep[key][t].to(torch.float64)
+                sparse = delta * mask
+                before, after = delta.abs().sum(), sparse.abs().sum()
+                if rescale and before >= 1e-7 and after >= 1e-7:
+                    sparse = sparse * (before / after)
+                delta = sparse
+            deltas.append(delta * weights[t])
+        mixed, divisor = [], []
+        for i in range(n):
+            column = [float(d[i]) for d in deltas]
+            if method in ("ties", "dare_ties", "breadcrumbs_ties"):
+                sign = 1 if sum(column) >= 0 else -1
+                agree = [t for t, v in enumerate(column) if (v > 0 and sign > 0) or (v < 0 and sign < 0)]
+                mixed.append(sum(column[t] for t in agree))
+                total = sum(weights[t] for t in agree)
+                divisor.append(total if total != 0 else 1.0)
+            else:
+                mixed.append(sum(column))
+                total = sum(weights)
+                divisor.append(total if abs(total) >= 1e-8 else 1.0)
+        merged = torch.tensor([m / d if normalize else m for m, d in zip(mixed, divisor)], dtype=torch.float64)
+        out[key] = b + lam * merged.reshape(b.shape)
+    return out
+
+
+def loaded(models: dict[str, Path]) -> tuple[dict, list[dict]]:
+    return load_file(models["base"]), [load_file(models[name]) for name in ("a", "b", "c")]
+
+
+def entries(models: dict[str, Path], parameters: list[dict]) -> list[dict]:
+    return [{"model": str(models[name]), "parameters": p} for name, p in zip(("a", "b", "c"), parameters)]
+
+
+def assert_close(merged: dict, expected: dict) -> None:
+    assert merged.keys() == expected.keys()
+    for key in expected:
+        assert merged[key].dtype == torch.float64
+        torch.testing.assert_close(merged[key], expected[key], rtol=1e-12, atol=1e-12)
+
+
+WEIGHTS = [0.6, 0.3, 1.1]
+DENSITIES = [0.5, 0.3, 0.8]
+
+
+def test_task_arithmetic_weights_each_model_and_normalize_divides_by_their_sum(tmp_path, models):
+    base, finetuned = loaded(models)
+    config = {"merge_method": "task_arithmetic", "base_model": str(models["base"]),
+              "models": [{"model": str(models["base"])}] + entries(models, [{"weight": w} for w in WEIGHTS])}
+    assert_close(merge_file(tmp_path, config), reference("task_arithmetic", base, finetuned, WEIGHTS, [1] * 3, [], False, False))
+    config["parameters"] = {"normalize": True, "lambda": 0.7}
+    assert_close(merge_file(tmp_path, config),
+                 reference("task_arithmetic", base, finetuned, WEIGHTS, [1] * 3, [], True, False, lam=0.7))
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_ties_per_model_densities_per_tensor_with_normalize_by_default(tmp_path, models, rescale):
+    base, finetuned = loaded(models)
+    parameters = [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)]
+    del parameters[2]["density"]  # the top-level density
+    config = {"merge_method": "ties", "base_model": str(models["base"]), "models": entries(models, parameters),
+              "parameters": {"density": 0.8, "rescale": rescale, "int8_mask": True}}
+    expected = reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], True, rescale)
+    merged = merge_file(tmp_path, config)
+    assert_close(merged, expected)
+    assert int((merged["head.bias"] != base["head.bias"]).sum()) >= 1  # n=3 at density 0.3 keeps max(1, 0) = 1
+
+
+def test_ties_normalize_false(tmp_path, models):
+    base, finetuned = loaded(models)
+    config = {"merge_method": "ties", "base_model": str(models["base"]),
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)]),
+              "parameters": {"normalize": False}}
+    assert_close(merge_file(tmp_path, config), reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], False, False))
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_dare_ties_with_the_same_drop_masks(tmp_path, models, rescale):
+    """The drop masks are weaving's seeded DARE draws (each entry kept with probability density, from the
+    stream of (seed, tensor, task)); the reference is given the same masks, drawn here from that stream."""
+    base, finetuned = loaded(models)
+    seed = 5
+    config = {"merge_method": "dare_ties", "base_model": str(models["base"]),
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    if not rescale:
+        config["parameters"] = {"rescale": False}
+    keep = {}
+    for key, value in base.items():
+        keep[key] = []
+        for task, density in enumerate(DENSITIES):
+            generator = torch.Generator().manual_seed(derive_seed(derive_seed(seed, key), "dare", task))
+            keep[key].append(torch.rand(value.numel(), generator=generator, dtype=torch.float64) >= 1.0 - density)
+    expected = reference("dare_ties", base, finetuned, WEIGHTS, DENSITIES, [], False, rescale, keep=keep)
+    assert_close(merge_file(tmp_path, config, seed=seed), expected)
+    kept = float(sum(m.sum() for masks in keep.values() for m in masks[:1])) / sum(v.numel() for v in base.values())
+    assert 0.35 < kept < 0.65  # density 0.5 of the first model
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+def test_breadcrumbs_drop_the_top_gamma_then_keep_density_per_tensor(tmp_path, models, method):
+    base, finetuned = loaded(models)
+    gammas = [0.05, 0.01, 0.1]
+    config = {"merge_method": method, "base_model": str(models["base"]),
+              "models": entries(models, [{"weight": w, "density": d, "gamma": g}
+                                         for w, d, g in zip(WEIGHTS, DENSITIES, gammas)])}
+    del config["models"][1]["parameters"]["gamma"]  # mergekit's default, 0.01
+    assert_close(merge_file(tmp_path, config), reference(method, base, finetuned, WEIGHTS, DENSITIES, gammas, False, False))
+    config["parameters"] = {"normalize": True, "rescale": True}
+    assert_close(merge_file(tmp_path, config), reference(method, base, finetuned, WEIGHTS, DENSITIES, gammas, True, True))
+
+
+def test_outliers_mask_gives_up_top_entries_to_reach_the_density():
+    # n=10, density 0.9 keeps 9 and gamma 0.3 would drop 3: only 1 is dropped (mergekit's n_bot = max(0, ...))
+    flat = torch.arange(1.0, 11.0)
+    assert outliers_mask(flat, 0.9, 0.3).tolist() == [True] * 9 + [False]
+    # gamma 0.01 drops int(0.1) = 0: density 0.5 keeps the 5 largest
+    assert outliers_mask(flat, 0.5, 0.01).tolist() == [False] * 5 + [True] * 5
+
+
+def test_dtype_and_out_dtype_set_the_output_dtype(tmp_path, models):
+    config = {"merge_method": "ties", "base_model": str(models["base"]), "dtype": "bfloat16", "out_dtype": "float32",
+              "models": entries(models, [{"weight": 1.0}] * 3)}
+    assert recipe_from_mergekit(config)["dtype"] == "float32"
+    merged = merge_file(tmp_path, config)
+    base, finetuned = loaded(models)
+    expected = reference("ties", base, finetuned, [1.0] * 3, [1.0] * 3, [], True, False)
+    for key, value in merged.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, expected[key].float())
+    del config["out_dtype"]
+    assert recipe_from_mergekit(config)["dtype"] == "bfloat16"
+
+
+def test_the_recipe_it_makes():
+    config = {"merge_method": "breadcrumbs_ties", "base_model": "org/base",
+              "models": [{"model": "org/base", "parameters": {"weight": 9}}, {"model": "org/a", "parameters": {"weight": 0.5}},
+                         {"model": "org/b", "parameters": {"weight": 0.5, "density": 0.4, "gamma": 0.02}}],
+              "parameters": {"density": 0.7, "lambda": 1.2, "normalize": True}, "tokenizer_source": "base"}
+    assert recipe_from_mergekit(config) == {
+        "pretrained": "org/base", "finetuned": ["org/a", "org/b"], "method": "mergekit_breadcrumbs_ties",
+        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02]},
+        "lam": 1.2}
+
+
+BASE = {"merge_method": "ties", "base_model": "base", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"merge_method": "slerp"}, "merge_method 'slerp' is not supported; weaving runs mergekit's task_arithmetic, ties"),
+    ({"slices": [{"sources": []}]}, "slices (layer ranges) are not supported"),
+    ({"modules": {}}, "modules are not supported"),
+    ({"merge_method": "ties", "base_model": None}, "ties needs base_model"),
+    ({"foo": 1}, "unknown key 'foo'"),
+    ({"models": [{"model": "a", "parameters": {"weight": [0.1, 0.9]}}]}, "models[0] weight: gradients and filtered values"),
+    ({"models": [{"model": "a", "parameters": {"weight": [{"filter": "mlp", "value": 0.5}]}}]}, "gradients and filtered"),
+    ({"models": [{"model": "a", "parameters": {"density": 0.5}}]}, "models[0] (a) has no weight"),
+    ({"models": [{"model": "a", "parameters": {"weight": 1, "gamma": 0.1}}]}, "models[0].parameters.gamma is not a parameter of mergekit's ties"),
+    ({"models": [{"model": "a", "parameters": {"weight": 1, "normalize": True}}]}, "merge-wide parameter"),
+    ({"models": [{"model": "a", "parameters": {"weight": 1, "density": 1.5}}]}, "density is the kept fraction"),
+    ({"models": [{"model": "a+lora", "parameters": {"weight": 1}}]}, "LoRA references"),
+    ({"models": [{"model": "a", "parameters": {"weight": 1}, "layer_range": [0, 4]}]}, "models[0]: unknown key 'layer_range'"),
+    ({"models": [{"model": "base"}]}, "models lists only the base model"),
+    ({"models": []}, "models must be a non-empty list"),
+    ({"parameters": {"normalize": "yes"}}, "parameters.normalize must be true or false"),
+    ({"parameters": {"epsilon": 0.1}}, "parameters.epsilon is not a parameter of mergekit's ties"),
+    ({"dtype": "float64"}, "dtype 'float64' is not supported"),
+    ({"out_dtype": "int64"}, "out_dtype 'int64' is not supported"),
+    ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
+    ({"tokenizer": {"source": "union"}}, "tokenizer is not supported"),
+    ({"chat_template": "chatml"}, "chat_template is not supported"),
+])
+def test_refusals_are_one_line(change, message):
+    with pytest.raises(ValueError) as error:
+        recipe_from_mergekit({**BASE, **change})
+    assert message in str(error.value)
+    assert str(error.value).startswith("mergekit config: ") and "\n" not in str(error.value)
+
+
+def test_per_model_lists_must_match_the_task_vectors():
+    pre = {"w": torch.zeros(4)}
+    tvs = [{"w": torch.ones(4)}, {"w": -torch.ones(4)}]
+    with pytest.raises(ValueError, match="weights holds 3 numbers for 2 task vectors"):
+        weaving.merge(pre, tvs, "mergekit_ties", weights=[1, 1, 1])
+    with pytest.raises(ValueError, match="must be a list of finite numbers, one per task"):
+        weaving.merge(pre, tvs, "mergekit_ties", densities=0.5)
+
+
+def test_the_documented_example_is_read():
+    """docs/recipes.md's mergekit.yml example translates (its models need not exist to be read)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    block = text.split("# mergekit.yml\n", 1)[1].split("```", 1)[0]
+    recipe = recipe_from_mergekit(yaml.safe_load(block))
+    assert recipe["method"] == "mergekit_ties"
+    assert recipe["method_args"] == {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6]}
+    assert recipe["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
+
+
+CUDA_CASES = {"ties": {"k": 0.3, "per_tensor": True}, "breadcrumbs": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "breadcrumbs_ties": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "mergekit_task_arithmetic": {"weights": [0.5, 1.0, 2.0], "normalize": True},
+              "mergekit_ties": {"weights": [0.5, 1.0, 2.0], "densities": [0.3, 0.5, 0.7], "rescale": True},
+              "mergekit_breadcrumbs": {"densities": [0.3, 0.5, 0.7], "gammas": [0.1, 0.01, 0.2]},
+              "mergekit_breadcrumbs_ties": {"densities": [0.3, 0.5, 0.7], "normalize": True}}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", sorted(CUDA_CASES))
+def test_on_cuda_the_masks_and_merges_match_the_cpu(method):
+    """On a GPU the rank masks come from one sort instead of kthvalue: the same entries, ties included (a
+    tensor of repeated magnitudes), so the merges equal the CPU's to rounding."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (64, 300), "b": (300,), "s": ()}
+    pretrained = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    tvs = [{k: torch.randint(-20, 21, s, generator=g).double() / 10 for k, s in shapes.items()} for _ in range(3)]
+    on_cpu = weaving.merge(pretrained, tvs, method, **CUDA_CASES[method])
+    on_gpu = weaving.merge(pretrained, tvs, method, device="cuda", **CUDA_CASES[method])
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[key], value, rtol=1e-12, atol=1e-12)
