@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from weaving.errors import UserError
+
 OWNED_BY_FINETUNER = ("--optimizer", "--lr_scheduler")
 
 
@@ -24,8 +26,8 @@ def link_model_name(model: str | None, data_model: str | None) -> str | None:
     if model is None:
         return data_model
     if data_model is not None and not _same_model(model, data_model):
-        raise ValueError(f"data.init_args.model={data_model!r} but model.init_args.model={model!r}: name the model "
-                         "once, in the model section (the data takes it from there)")
+        raise UserError(f"data.init_args.model={data_model!r} but model.init_args.model={model!r}: name the model "
+                        "once, in the model section (the data takes it from there)")
     return model
 
 
@@ -35,8 +37,8 @@ def link_pretrained(model: str | None, pretrained: str | None, data_pretrained: 
     if model is None:
         return data_pretrained
     if data_pretrained is not None and data_pretrained != pretrained:
-        raise ValueError(f"data.init_args.pretrained={data_pretrained!r} but model.init_args.pretrained="
-                         f"{pretrained!r}: name the pretrained source once, in the model section")
+        raise UserError(f"data.init_args.pretrained={data_pretrained!r} but model.init_args.pretrained="
+                        f"{pretrained!r}: name the pretrained source once, in the model section")
     return pretrained
 
 

@@ -29,6 +29,8 @@ from weaving.data.class_orders import check_class_order
 from weaving.data.splits import parse_split_name, split_name
 from weaving.data.tasks import SPLITS, Task, get_task
 
+DEFAULT_MODEL = "weaving-tiny-vit"  # the transforms of a data module that names no model and serves no module
+
 
 def _check_loader_args(batch_size: int, num_workers: int) -> None:
     if batch_size < 1:
@@ -93,15 +95,15 @@ class _TaskData(pl.LightningDataModule):
         self._datasets: dict[tuple[str, str], Dataset] = {}
 
     def image_model(self) -> tuple[str, str | None]:
-        """(model, pretrained) whose transforms the images get: this module's own, or when it names no model,
-        those of the LightningModule it serves (`image_model()` of a FineTuner or a comparison module)."""
+        """(model, pretrained) whose transforms the images get: this module's own; when it names no model,
+        those of the LightningModule it serves (`image_model()` of a FineTuner or a comparison module), or
+        without one (a data module used on its own) the offline tiny CLIP, `DEFAULT_MODEL`."""
         if self.model is not None:
             return self.model, self.pretrained
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        if not callable(getattr(module, "image_model", None)):
-            raise ValueError(f"{type(self).__name__} has no model: set data.init_args.model, or give the trainer "
-                             "a module that names one (model.init_args.model)")
-        return module.image_model()
+        if callable(getattr(module, "image_model", None)):
+            return module.image_model()
+        return DEFAULT_MODEL, self.pretrained
 
     def transforms(self) -> tuple[Callable, Callable]:
         """(train, eval) transforms of `image_model()`, built once."""
@@ -176,7 +178,7 @@ class TaskDataModule(_TaskData):
             task: a registered task name (e.g. "eurosat", "digits") or a class split ("cifar100_part1of10").
             root: folder that holds the datasets (see docs/datasets.md for each task's layout).
             model: open_clip model name whose image transforms are used; None: the LightningModule's
-                (`weaving fit|validate` link it to model.init_args.model).
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
             pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
                 model.init_args.pretrained like `model`.
             batch_size: images per batch.
@@ -225,7 +227,7 @@ class MultiTaskDataModule(_TaskData):
             tasks: registered task names (or class splits), one dataloader each, in this order.
             root: folder that holds the datasets (see docs/datasets.md).
             model: open_clip model name whose image transforms are used; None: the LightningModule's
-                (`weaving fit|validate` link it to model.init_args.model).
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
             pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
                 model.init_args.pretrained like `model`.
             batch_size: images per batch.
@@ -301,7 +303,7 @@ class TaskStreamDataModule(_TaskData):
             tasks: the tasks in training order, or exactly one task when `splits` is set.
             root: folder that holds the datasets (see docs/datasets.md).
             model: open_clip model name whose image transforms are used; None: the LightningModule's
-                (`weaving fit|validate` link it to model.init_args.model).
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
             pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
                 model.init_args.pretrained like `model`.
             splits: split the single task into this many class-incremental parts (None: no split).

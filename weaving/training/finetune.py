@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from weaving.errors import UserError
 from weaving.models import ClassificationHead, build_head, load_clip
 from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
 from weaving.models.clip import harness_zero_entries
@@ -87,8 +88,8 @@ def check_run_dir(pattern: str) -> None:
     fields = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
     unknown = [name for name in fields if name not in RUN_DIR_FIELDS]
     if unknown:
-        raise ValueError(f"model.run_dir={pattern!r} names {{{unknown[0]}}}; a run folder pattern may use "
-                         "{model}, {tasks} and {stream}")
+        raise UserError(f"model.run_dir={pattern!r} names {{{unknown[0]}}}; a run folder pattern may use "
+                        "{model}, {tasks} and {stream}")
 
 
 def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
