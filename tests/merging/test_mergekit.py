@@ -286,3 +286,24 @@ def test_on_cuda_the_masks_and_merges_match_the_cpu(method):
     on_gpu = weaving.merge(pretrained, tvs, method, device="cuda", **CUDA_CASES[method])
     for key, value in on_cpu.items():
         torch.testing.assert_close(on_gpu[key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_weaving_merge_weaves_over_a_mergekit_file(tmp_path, models):
+    """`weaving merge --config mergekit.yml --output DIR --lambdas 0.1:1.0:0.1 --pooling mean`: mean pooling
+    of the task vectors and the ten lambda-scaled mergekit merges, (sum_t tau_t + sum_i l_i * g) / (T + 10),
+    with g mergekit's ties (float64 reference); without --lambdas the file's own merge."""
+    from weaving.merging.cli import merge_main
+
+    base, finetuned = loaded(models)
+    config = {"merge_method": "ties", "base_model": str(models["base"]),
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    (tmp_path / "mk.yml").write_text(yaml.safe_dump(config))
+    merge_main(["--config", str(tmp_path / "mk.yml"), "--output", str(tmp_path / "woven"), "--lambdas", "0.1:1.0:0.1",
+                "--pooling", "mean"])
+    merge_main(["--config", str(tmp_path / "mk.yml"), "--output", str(tmp_path / "one.safetensors")])
+    merged = reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], True, False)
+    assert_close(load_file(tmp_path / "one.safetensors"), merged)
+    woven = load_file(tmp_path / "woven" / "model.safetensors")
+    lambdas = sum(round(0.1 * i, 10) for i in range(1, 11))
+    expected = {k: b + (sum(ft[k] - b for ft in finetuned) + lambdas * (merged[k] - b)) / (3 + 10) for k, b in base.items()}
+    assert_close(woven, expected)
