@@ -187,18 +187,74 @@ def test_outliers_mask_gives_up_top_entries_to_reach_the_density():
     assert outliers_mask(flat, 0.5, 0.01).tolist() == [False] * 5 + [True] * 5
 
 
-def test_dtype_and_out_dtype_set_the_output_dtype(tmp_path, models):
-    config = {"merge_method": "ties", "base_model": str(models["base"]), "dtype": "bfloat16", "out_dtype": "float32",
-              "models": entries(models, [{"weight": 1.0}] * 3)}
-    assert recipe_from_mergekit(config)["dtype"] == "float32"
-    merged = merge_file(tmp_path, config)
+def test_dtype_is_the_compute_dtype_and_out_dtype_the_output(tmp_path, models):
+    config = {"merge_method": "ties", "base_model": str(models["base"]), "dtype": "float32", "out_dtype": "bfloat16",
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    recipe = recipe_from_mergekit(config)
+    assert recipe["dtype"] == "bfloat16" and recipe["method_args"]["compute_dtype"] == "float32"
+    del config["out_dtype"]
+    merged = merge_file(tmp_path, config)  # float64 models merged in float32, written in float32
     base, finetuned = loaded(models)
-    expected = reference("ties", base, finetuned, [1.0] * 3, [1.0] * 3, [], True, False)
+    expected = reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], True, False)
     for key, value in merged.items():
         assert value.dtype == torch.float32
-        torch.testing.assert_close(value, expected[key].float())
-    del config["out_dtype"]
-    assert recipe_from_mergekit(config)["dtype"] == "bfloat16"
+        torch.testing.assert_close(value, expected[key].float(), rtol=1e-6, atol=1e-6)
+    assert "compute_dtype" not in recipe_from_mergekit({**config, "dtype": None})["method_args"]
+
+
+def mergekit_in_dtype(method: str, base: dict, finetuned: list[dict], weights: list[float], densities: list[float],
+                      normalize: bool, rescale: bool) -> dict[str, torch.Tensor]:
+    """mergekit's tensor operations in the models' own (half) precision, op for op from its definitions
+    (`get_mask`, `GeneralizedTaskArithmeticMerge.merge_group`, `sparsify.magnitude` with a stable sort)."""
+    out = {}
+    for key, b in base.items():
+        deltas = []
+        for t, model in enumerate(finetuned):
+            delta = model[key] - b  # rounded to the models' dtype, as mergekit's subtraction
+            if method == "ties" and densities[t] < 1:
+                k = max(1, int(densities[t] * delta.numel()))
+                mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+                mask[torch.sort(delta.abs().reshape(-1).float(), descending=True, stable=True).indices[:k]] = 1
+                masked = delta * mask.reshape(delta.shape)
+                if rescale:
+                    before, after = delta.abs().sum(), masked.abs().sum()
+                    masked = masked * (before / after) if before >= 1e-7 and after >= 1e-7 else masked
+                delta = masked
+            deltas.append(delta)
+        stacked = torch.stack(deltas)
+        w = torch.tensor(weights, dtype=stacked.dtype).view((-1,) + (1,) * b.dim())
+        stacked = stacked * w
+        sign = stacked.sign()
+        majority = (stacked.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
+        mask = (sign == majority).to(stacked.dtype)
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+        out[key] = (b + (mixed / divisor if normalize else mixed)).to(b.dtype)
+    return out
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_bfloat16_models_are_merged_in_bfloat16_as_mergekit_does(tmp_path, models, rescale):
+    """Models stored in bfloat16 and no dtype: mergekit computes the deltas, masks, weights and sums in
+    bfloat16, and so do mergekit's methods here (compute_dtype "inputs"): the same output bits, where
+    float32 arithmetic would keep other entries at the density threshold."""
+    base, finetuned = loaded(models)
+    half = {}
+    for name, tensors in [("base", base), *zip(("a", "b", "c"), finetuned)]:
+        half[name] = tmp_path / f"{name}-bf16.safetensors"
+        save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, half[name])
+    config = {"merge_method": "ties", "base_model": str(half["base"]), "parameters": {"rescale": rescale},
+              "models": entries(half, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    merged = merge_file(tmp_path, config)
+    expected = mergekit_in_dtype("ties", load_file(half["base"]), [load_file(half[n]) for n in ("a", "b", "c")],
+                                 WEIGHTS, DENSITIES, True, rescale)
+    for key, value in expected.items():
+        assert merged[key].dtype == torch.bfloat16
+        assert torch.equal(merged[key], value), key
+    config["dtype"] = "float32"  # mergekit computes in float32 then (and writes float32)
+    wide = merge_file(tmp_path, config)
+    assert any(not torch.equal(wide[k].to(torch.bfloat16), expected[k]) for k in expected)
 
 
 def test_the_recipe_it_makes():
@@ -261,7 +317,8 @@ def test_the_documented_example_is_read():
     block = text.split("# mergekit.yml\n", 1)[1].split("```", 1)[0]
     recipe = recipe_from_mergekit(yaml.safe_load(block))
     assert recipe["method"] == "mergekit_ties"
-    assert recipe["method_args"] == {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6]}
+    assert recipe["method_args"] == {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6],
+                                     "compute_dtype": "bfloat16"}
     assert recipe["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
 
 

@@ -89,6 +89,8 @@ def magnitude_rank_mask(values: torch.Tensor, start: int, stop: int) -> torch.Te
     value (rank 0 the largest); equal abs values rank in index order, the earlier entry first (as a stable
     sort). Ranks are clipped to [0, n]. On the CPU a k-th value and a running count, not a sort."""
     magnitudes = values.abs()
+    if magnitudes.dtype in (torch.float16, torch.bfloat16):
+        magnitudes = magnitudes.float()  # exact; kthvalue and sort have no half-precision CPU kernels everywhere
     n = magnitudes.shape[-1] if magnitudes.dim() else 1
 
     def top(count: int) -> torch.Tensor:  # the `count` entries of highest rank
