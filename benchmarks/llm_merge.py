@@ -82,12 +82,12 @@ def io_limit(root: Path, out: Path) -> None:
     save_streamed(out, layout, items(), shard_size=RECIPE_SHARD)
 
 
-def weaving_recipe(root: Path, method: dict, out: Path, weaving: dict | None = None) -> dict:
-    recipe = {"inputs": {"pretrained": str(root / "base"), "finetuned": [str(root / f"ft{t}") for t in range(TASKS)]},
-              "method": method, "dtype": "bfloat16", "output": str(out), "out_shard_size": RECIPE_SHARD}
-    if weaving:
-        recipe["weaving"] = weaving
-    return recipe
+def weaving_recipe(root: Path, method: str, out: Path, weaving: dict | None = None, **method_args: float) -> dict:
+    """A weaving recipe (the flat keys of `weaving merge`); `weaving` adds the search space keys."""
+    recipe = {"pretrained": str(root / "base"), "finetuned": [str(root / f"ft{t}") for t in range(TASKS)],
+              "method": method, "method_args": method_args, "dtype": "bfloat16", "output": str(out),
+              "out_shard_size": RECIPE_SHARD}
+    return {**recipe, **(weaving or {})}
 
 
 def mergekit_config(root: Path, method: str) -> dict:
@@ -130,9 +130,9 @@ def compare(root: Path, mergekit: str | None, work: Path) -> list[dict]:
                      [python, "-c", "import torch, weaving.merging.recipe, weaving.io"], work / "floor"),
             run_case("I/O limit (read all inputs once, write once)",
                      [python, __file__, "io-limit", "--root", str(root), "--out", str(work / "io")], work / "io")]
-    for method, weaving_method in (("task_arithmetic", "task_arithmetic"), ("ties", {"ties": {"k": 0.2}})):
+    for method, method_args in (("task_arithmetic", {}), ("ties", {"k": 0.2})):
         recipe = work / f"{method}.yaml"
-        recipe.write_text(yaml.safe_dump(weaving_recipe(root, weaving_method, work / f"w-{method}")))
+        recipe.write_text(yaml.safe_dump(weaving_recipe(root, method, work / f"w-{method}", **method_args)))
         rows.append(run_case(f"weaving {method}", [python, "-m", "weaving", "merge", "--config", str(recipe)],
                              work / f"w-{method}"))
         if mergekit:
@@ -154,7 +154,7 @@ def grid(root: Path, work: Path, ks: list[float], lambdas: list[float]) -> list[
     one = None
     for k in ks:
         path = work / f"one-{k}.yaml"
-        path.write_text(yaml.safe_dump({**weaving_recipe(root, {"ties": {"k": k}}, work / f"one-{k}"), "lam": 1.0}))
+        path.write_text(yaml.safe_dump({**weaving_recipe(root, "ties", work / f"one-{k}", k=k), "lam": 1.0}))
         one = run_case(f"one ties merge, k={k}", [python, "-m", "weaving", "merge", "--config", str(path)], work / f"one-{k}")
         total["seconds"] += one["seconds"] * len(lambdas)
         total["peak_gb"] = max(total["peak_gb"], one["peak_gb"])

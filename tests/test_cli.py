@@ -15,7 +15,8 @@ import yaml
 from safetensors.torch import save_file
 
 import weaving
-from weaving.cli import main, user_error_line
+from weaving.cli import main
+from weaving.errors import error_line
 from weaving.lightning_cli import run_dir_name
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -68,8 +69,8 @@ def test_missing_tensorboard_is_named(capsys, tmp_path, monkeypatch):
 def test_user_error_line_keeps_key_class_and_cause():
     report = ('Parser key "trainer.logger":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
               "    - Problem with given class_path 'a.B':\n        the real cause\n    - Expected a <class 'bool'>")
-    assert user_error_line(ValueError(report)) == "trainer.logger: a.B: the real cause"
-    assert user_error_line(ValueError("plain")) == "plain"
+    assert error_line(ValueError(report)) == "trainer.logger: a.B: the real cause"
+    assert error_line(ValueError("plain")) == "plain"
 
 
 def test_environment_sets_keys_the_config_leaves_out(capsys, monkeypatch):
@@ -88,7 +89,7 @@ def test_nested_key_errors_name_the_key():
     report = ('Parser key "model":\n  Errors:\n    - Problem with given class_path \'w.FineTuner\':\n'
               '        Parser key "stream":\n          Expected a Literal. Got value: parallel\n'
               "    - Expected a <class 'NoneType'>")
-    assert user_error_line(ValueError(report)) == "model: w.FineTuner: stream: Expected a Literal. Got value: parallel"
+    assert error_line(ValueError(report)) == "model: w.FineTuner: stream: Expected a Literal. Got value: parallel"
 
 
 @pytest.mark.parametrize("command, entry", [

@@ -16,8 +16,9 @@ input; one line `weaving COMMAND: error: ...` on stderr, no traceback; `WEAVING_
 from __future__ import annotations
 
 import os
-import re
 import sys
+
+from weaving.errors import UserError, error_line, user_error_types
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERROR = 2
@@ -39,52 +40,6 @@ options:
 Environment: WEAVING_DEBUG=1 shows tracebacks; PL_FIT__TRAINER__MAX_EPOCHS=3 (and so on) overrides config
 keys of `weaving fit` (PL_<COMMAND>__<KEY>, dots as double underscores).
 """
-
-def user_error_line(error: BaseException) -> str:
-    """One line for a user mistake. jsonargparse wraps errors in a multi-line report ("Parser key "model":
-    Does not validate against any of the Union subtypes ... Problem with given class_path 'X': <cause>
-    ... - Expected a ..."): keep the key, the class and the first cause that is not jsonargparse's noise."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    key = next((m.group(1) for line in lines if (m := re.match(r'(?:error: )?Parser key "([^"]+)"', line))), None)
-    prefix = f"{key}: " if key else ""
-    for i, line in enumerate(lines):
-        text = line.removeprefix("- ")
-        if text.startswith("Problem with given class_path") and i + 1 < len(lines):
-            keys, j = [], i + 1
-            while j + 1 < len(lines) and (m := re.fullmatch(r'Parser key "([^"]+)":', lines[j])):
-                keys.append(m.group(1))
-                j += 1
-            cause = lines[j].removeprefix("- ")
-            if keys or not cause.startswith(("Problem with given class_path", "Expected a", "Given value")):
-                name = re.search(r"'([^']+)'", text)
-                where = "".join(f"{k}: " for k in keys)
-                return f"{prefix}{name.group(1) + ': ' if name else ''}{where}{cause}"
-    reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a")]
-    if reasons:
-        return prefix + reasons[0]
-    noise = ("usage:", "tip:", "Does not validate", "Subtypes:", "Errors:", "Given value")
-    kept = [re.sub(r'^Parser key "([^"]+)":\s*', r"\1: ", line.removeprefix("error: "))
-            for line in lines if not line.startswith(noise)]
-    return (kept or lines or [type(error).__name__])[0]
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                         PermissionError]
-    try:
-        from jsonargparse import ArgumentError
-
-        errors.append(ArgumentError)
-    except ImportError:  # pragma: no cover - jsonargparse is a dependency
-        pass
-    try:
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        errors.append(MisconfigurationException)
-    except ImportError:  # pragma: no cover - lightning is a dependency
-        pass
-    return tuple(errors)
-
 
 _WARNING_PREFIX: list[str] = []  # the running command's name; the formatter below is installed once
 
@@ -131,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    except _user_errors() as error:
+    except user_error_types() as error:
         if os.environ.get("WEAVING_DEBUG"):
             raise
-        print(f"{name}: error: {user_error_line(error)}", file=sys.stderr)
+        print(f"{name}: error: {error_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR)
     except BrokenPipeError:  # `weaving --help | head`: the reader left; end quietly, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -156,9 +111,6 @@ def dispatch(argv: list[str] | None = None) -> None:
 
         print(f"weaving {weaving.__version__}")
         return
-    from weaving.merging.search_space import use_in_jsonargparse
-
-    use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
     if command == "merge":
         import weaving.formats  # noqa: F401  (registers the whole-model formats of --format)
         from weaving.merging.cli import merge_main
@@ -174,10 +126,13 @@ def dispatch(argv: list[str] | None = None) -> None:
         demo_main(argv[1:])
     elif command in LIGHTNING_SUBCOMMANDS:
         from weaving.lightning_cli import lightning_main
+        from weaving.merging.search_space import use_in_jsonargparse
+
+        use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
 
         lightning_main(None if from_sys_argv else argv)
     else:
-        raise ValueError(f"unknown command {command!r}; expected one of: {', '.join(COMMANDS)} (or --version)")
+        raise UserError(f"unknown command {command!r}; expected one of: {', '.join(COMMANDS)} (or --version)")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def test_sigterm_to_a_distributed_merge_leaves_nothing(warm, tmp_path):
     base = llama_like(layers=2)
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2)) for i, t in enumerate(finetunes(base, 2))]
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"inputs": {"pretrained": str(base_dir), "finetuned": paths},
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"pretrained": str(base_dir), "finetuned": paths,
                                                           "method": "ties", "output": str(tmp_path / "out")}))
     marker, port, processes = tmp_path / "marker", free_port(), []
     for rank in range(2):

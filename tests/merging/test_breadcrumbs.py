@@ -60,3 +60,29 @@ def test_sum_over_tasks_and_scalars_pass_unchanged():
 def test_bad_fractions(inputs):
     with pytest.raises(ValueError, match="beta and gamma"):
         weaving.merge(*inputs, "breadcrumbs", beta=1.5)
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+def test_per_tensor_ranks_all_entries_of_a_tensor_together(inputs, method):
+    """per_tensor: the reference applied to each tensor flattened (one row of n entries), then reshaped."""
+    pretrained, tvs = inputs
+    merged = weaving.merge(pretrained, tvs, method, beta=0.3, gamma=0.1, per_tensor=True)
+    per_row = weaving.merge(pretrained, tvs, method, beta=0.3, gamma=0.1)
+    assert not torch.equal(merged["visual.proj.weight"], per_row["visual.proj.weight"])
+    for key in pretrained:
+        kept = [breadcrumbs_reference(tv[key].reshape(-1), 0.3, 0.1).reshape(tv[key].shape) if tv[key].dim() else tv[key]
+                for tv in tvs]
+        if method == "breadcrumbs":
+            expected = sum(kept)
+        else:
+            from .conftest import elected_disjoint_mean
+            expected = elected_disjoint_mean([k.reshape(-1).tolist() for k in kept]).reshape(tvs[0][key].shape)
+        assert_float64_close(merged[key] - pretrained[key], expected)
+
+
+def test_ties_at_the_window_edges_go_by_index():
+    # |x| = 3 3 3 1 1 (n=5), gamma 0.2 drops int(1.0) = 1: the first 3; beta 0.4 keeps the next 2: the other 3s
+    value = torch.tensor([3.0, -3.0, 3.0, 1.0, -1.0])
+    assert breadcrumbs_mask(value, beta=0.4, gamma=0.2).tolist() == [False, True, True, False, False]
+    # beta 0.6 keeps 3: the two other 3s and the first 1
+    assert breadcrumbs_mask(value, beta=0.6, gamma=0.2).tolist() == [False, True, True, True, False]

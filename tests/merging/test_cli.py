@@ -83,7 +83,7 @@ def test_errors_are_one_line_without_traceback_and_leave_no_output(files, capsys
          "method 'ties' has no hyper-parameter 'p'; its hyper-parameters: k"),
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lambdas", "0.1:100000000:0.1"],
          "has 1000000000 points; at most 10000 are allowed"),
-        (["--method", "ties"], "exactly one of --finetuned"),
+        (["--method", "ties"], "exactly one of finetuned or task_vectors"),
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--lam", "abc"], "--lam: expected float, got abc"),
         (["--task_vectors", str(tmp / "tv0.safetensors"), "--method", "ties", "--method_args", "k"],
          "--method_args: expected dict, got k"),
@@ -103,12 +103,15 @@ def test_errors_are_one_line_without_traceback_and_leave_no_output(files, capsys
     assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
 
 
-def test_hyphenated_options_as_in_the_usage_line(files):
+def test_options_as_in_the_usage_line(files, capsys):
     tmp, pretrained, tvs, _ = files
-    out = tmp / "hyphen.safetensors"
+    out = tmp / "usage.safetensors"
     tv_paths = [str(tmp / f"tv{i}.safetensors") for i in range(3)]
-    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task-vectors", *tv_paths, "--method", "magmax",
-                "--lambdas=0.5:1.0:0.5", "--include-deltas", "false", "--output", str(out)])
+    code, err = run_in_process(capsys, "--pretrained", str(tmp / "pre.safetensors"), "--task-vectors", *tv_paths,
+                               "--method", "magmax", "--output", str(out))
+    assert code == 2 and "unrecognized arguments: --task-vectors" in err and not out.exists()  # option names use '_'
+    merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--task_vectors", *tv_paths, "--method", "magmax",
+                "--lambdas=0.5:1.0:0.5", "--include_deltas", "false", "--output", str(out)])
     expected = weaving.weave(pretrained, tvs, "magmax", [0.5, 1.0], include_deltas=False)
     got = load_file(out)
     assert all(torch.equal(got[k], expected[k]) for k in pretrained)
@@ -175,10 +178,10 @@ def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     tuned = finetunes(base, 2)
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(tuned)]
-    recipe = {"inputs": {"pretrained": str(base_dir), "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1]]},
-              "method": {"ties": {"k": 0.3}}, "weaving": {"lambdas": "0.5:1.0:0.5", "grid": {"k": [0.3, 0.6]}},
+    recipe = {"pretrained": str(base_dir), "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1]],
+              "method": "ties", "lambdas": "0.5:1.0:0.5", "grid": {"k": [0.3, 0.6]},
               "output": str(tmp_path / "merged"), "out_shard_size": "1KB"}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "method": "ties"}))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     result = run_cli("--config", str(tmp_path / "recipe.yaml"))
     assert result.returncode == 0, result.stderr
     tvs = [{k: 0.5 * (tuned[0][k] - base[k]) for k in base}, {k: tuned[1][k] - base[k] for k in base}]
@@ -201,12 +204,16 @@ def test_recipe_file_end_to_end_writes_a_sharded_folder(tmp_path):
 
 
 @pytest.mark.parametrize("recipe, message", [
-    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\noutput: OUT\ncolour: red\n", "unknown key 'colour'"),
-    ("inputs: {pretrained: P, finetuned: [{model: F, weight: heavy}]}\nmethod: ties\noutput: OUT\n", "weight must be a finite number"),
-    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\nweaving: {lambdas: [1.0], grid: {p: [0.1]}}\noutput: OUT\n",
+    ("pretrained: P\nfinetuned: [F]\nmethod: ties\noutput: OUT\ncolour: red\n", "Option 'colour' is not accepted"),
+    ("pretrained: P\nfinetuned: [{model: F, weight: heavy}]\nmethod: ties\noutput: OUT\n",
+     "finetuned: weaving.merging.recipe.InputModel: weight: expected float, got heavy"),
+    ("pretrained: P\nfinetuned: [F]\nmethod: ties\nlambdas: [1.0]\ngrid: {p: [0.1]}\noutput: OUT\n",
      "has no hyper-parameter 'p'"),
-    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: ties\nweaving: {lambdas: [1.0], grid: {k: []}}\noutput: OUT\n", "is empty"),
-    ("inputs: {pretrained: P, finetuned: [someone/not-cached-anywhere]}\nmethod: ties\noutput: OUT\n", "HF_HUB_OFFLINE"),
+    ("pretrained: P\nfinetuned: [F]\nmethod: ties\nlambdas: [1.0]\ngrid: {k: []}\noutput: OUT\n", "is empty"),
+    ("pretrained: P\nfinetuned: [F]\nmethod: ties\nseed: many\noutput: OUT\n", "--seed: expected int, got many"),
+    ("inputs: {pretrained: P, finetuned: [F]}\nmethod: {ties: {k: 0.2}}\noutput: OUT\n",
+     "a nested recipe (inputs:, method: {NAME: {...}}, weaving:) is no longer read; write its keys flat"),
+    ("pretrained: P\nfinetuned: [someone/not-cached-anywhere]\nmethod: ties\noutput: OUT\n", "HF_HUB_OFFLINE"),
 ])
 def test_bad_recipe_files_are_one_line_errors(files, recipe, message, capsys):
     """In-process through the command's entry point; the hub case as a real process, since huggingface_hub
@@ -352,10 +359,10 @@ def test_full_weights_given_as_task_vectors_are_warned_about(files, capsys):
                    str(tmp / "tv1.safetensors"), "--method", "task_arithmetic", "--output", str(out))
     warnings_printed = [line for line in done.stderr.splitlines() if "warning:" in line]
     assert len(warnings_printed) == 1 and warnings_printed[0].startswith(
-        f"weaving merge: warning: inputs.task_vectors[0] {finetuned[0]} looks like full fine-tuned weights")
+        f"weaving merge: warning: task_vectors[0] {finetuned[0]} looks like full fine-tuned weights")
     assert done.returncode == 0 and out.exists()  # a warning: the file has no metadata to be sure
     with pytest.warns(InputWarning, match=r"\|\|tau\|\| / \|\|theta_pre\|\| = 1\.\d\d over 3 tensors"):
-        weaving.run_recipe({"inputs": {"pretrained": str(tmp / "pre.safetensors"), "task_vectors": [finetuned[1]]},
+        weaving.run_recipe({"pretrained": str(tmp / "pre.safetensors"), "task_vectors": [finetuned[1]],
                             "method": "task_arithmetic", "output": str(tmp / "out2.safetensors")})
 
 
@@ -366,11 +373,10 @@ def test_a_billion_point_search_space_fails_before_any_tensor_is_read(files, mon
     def never(*args, **kwargs):
         raise AssertionError("a tensor file was opened before the search space was checked")
 
-    import weaving.merging.cli as cli
     import weaving.merging.recipe as recipe
 
     monkeypatch.setattr(recipe, "open_checkpoint", never)
-    monkeypatch.setattr(cli, "as_source", never)
+    monkeypatch.setattr(recipe, "as_source", never)
     grid = "{k: " + json.dumps([round(0.1 + i * 1e-5, 6) for i in range(10_000)]) + ", beta: 0.1:1.0:0.1}"
     with pytest.raises(ValueError, match="has 1000000000 points; at most 10000"):  # 10^4 lambdas x 10^4 x 10
         merge_main(["--pretrained", str(tmp / "pre.safetensors"), "--finetuned", *finetuned, "--method", "breadcrumbs_ties",
@@ -403,3 +409,29 @@ def test_a_run_folder_passes_its_recorded_zero_entries_to_ties_and_pcb(files, ca
         assert json.loads(read_metadata(out)["weaving_recipe"])["hparams"] == expected
     plain = weaving.merge(pretrained, tvs, "ties")
     assert not all(torch.equal(load_file(tmp / "ties2.safetensors")[k], plain[k]) for k in pretrained)
+
+
+def test_a_mergekit_yaml_goes_through_the_recipe_schema_and_its_flags(files, capsys):
+    """`weaving merge --config mergekit.yml --output X` (a top-level merge_method): mergekit's file as it is,
+    with weaving's flags on top (--lambdas weaves over it); --print_config shows the recipe it became."""
+    import yaml
+
+    from weaving.merging.mergekit import recipe_from_mergekit
+
+    tmp, pretrained, tvs, finetuned = files
+    config = {"merge_method": "ties", "base_model": str(tmp / "pre.safetensors"),
+              "models": [{"model": f, "parameters": {"weight": 1.0, "density": 0.5}} for f in finetuned[:2]]}
+    (tmp / "mk.yml").write_text(yaml.safe_dump(config))
+    merge_main(["--config", str(tmp / "mk.yml"), "--output", str(tmp / "one.safetensors")])
+    expected = load_file(weaving.run_recipe({**recipe_from_mergekit(config), "output": str(tmp / "api.safetensors")}))
+    assert all(torch.equal(load_file(tmp / "one.safetensors")[k], expected[k]) for k in expected)
+    merge_main(["--config", str(tmp / "mk.yml"), "--output", str(tmp / "woven.safetensors"), "--lambdas", "0.5,1.0"])
+    assert json.loads(read_metadata(tmp / "woven.safetensors")["weaving_recipe"])["lambdas"] == "0.5,1.0"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        merge_main(["--config", str(tmp / "mk.yml"), "--output", "x", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert done.value.code == 0 and printed["method"] == "mergekit_ties" and printed["finetuned"] == finetuned[:2]
+    (tmp / "bad.yml").write_text(yaml.safe_dump({**config, "merge_method": "slerp"}))
+    code, err = run_in_process(capsys, "--config", str(tmp / "bad.yml"), "--output", str(tmp / "never.safetensors"))
+    assert code == 2 and "merge_method 'slerp' is not supported" in err and len(err.strip().splitlines()) == 1

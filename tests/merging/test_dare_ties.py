@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import weaving
-from weaving.merging.methods.dare_ties import elect_disjoint_mean
+from weaving.merging.tensor_ops import sign_consensus
 from weaving.merging.registry import derive_seed
 
 from .conftest import delta, elected_disjoint_mean, make_inputs
@@ -12,7 +12,7 @@ def test_elect_and_disjoint_mean_by_hand():
     x1 = torch.tensor([1.0, -2.0, 0.0, 1.0, 0.0])
     x2 = torch.tensor([3.0, 1.0, 0.0, -1.0, -4.0])
     # sums 4, -1, 0, 0, -4 -> signs +, -, + (sum 0), + (sum 0), -
-    assert elect_disjoint_mean([x1, x2]).tolist() == [2.0, -2.0, 0.0, 1.0, -4.0]
+    assert sign_consensus([x1, x2]).tolist() == [2.0, -2.0, 0.0, 1.0, -4.0]
 
 
 def test_p_zero_is_ties_keeping_everything(inputs):

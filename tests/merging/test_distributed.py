@@ -20,15 +20,15 @@ from weaving.merging.selection import radix_select
 from ..formats.llm import finetunes, llama_like, write_hf_folder
 
 CASES = {name: {"method": name} for name in sorted(weaving.METHODS)}
-CASES["ties_k"] = {"method": {"ties": {"k": 0.35}}}
-CASES["dare_seeded"] = {"method": {"dare": {"p": 0.4}}, "seed": 9}
-CASES["weave_grid"] = {"method": "ties", "weaving": {"lambdas": [0.5, 1.0], "grid": {"k": [0.2, 0.5]}}}
-CASES["weave_random_pool"] = {"method": "pcb", "weaving": {"lambdas": "0.5:1.5:0.5", "pooling": "random"}}
-CASES["weave_ties_pool"] = {"method": "task_arithmetic", "weaving": {"lambdas": [0.3, 1.0], "pooling": "ties"}}
+CASES["ties_k"] = {"method": "ties", "method_args": {"k": 0.35}}
+CASES["dare_seeded"] = {"method": "dare", "method_args": {"p": 0.4}, "seed": 9}
+CASES["weave_grid"] = {"method": "ties", "lambdas": [0.5, 1.0], "grid": {"k": [0.2, 0.5]}}
+CASES["weave_random_pool"] = {"method": "pcb", "lambdas": "0.5:1.5:0.5", "pooling": "random"}
+CASES["weave_ties_pool"] = {"method": "task_arithmetic", "lambdas": [0.3, 1.0], "pooling": "ties"}
 # extra zero entries count once over the ranks (856 entries per task vector here)
-CASES["ties_zero_entries"] = {"method": {"ties": {"k": 0.2, "zero_entries": 300}}}
-CASES["pcb_vision_zero_entries"] = {"method": {"pcb": {"variant": "vision", "zero_entries": 300}},
-                                    "weaving": {"lambdas": [0.5, 1.0], "pooling": "pcb"}}
+CASES["ties_zero_entries"] = {"method": "ties", "method_args": {"k": 0.2, "zero_entries": 300}}
+CASES["pcb_vision_zero_entries"] = {"method": "pcb", "method_args": {"variant": "vision", "zero_entries": 300},
+                                    "lambdas": [0.5, 1.0], "pooling": "pcb"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -70,10 +70,10 @@ finally:
 """
 
 
-def rank_env(port: int, rank: int, **extra: str) -> dict[str, str]:
+def rank_env(port: int, rank: int) -> dict[str, str]:
     """The environment torchrun gives rank `rank` of a 2-process group."""
     return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", **extra}
+            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
 
 
 def free_port() -> int:
@@ -86,7 +86,7 @@ def test_two_gloo_processes_write_the_same_tensors_as_one(warm, tmp_path):
     base = llama_like(layers=4)
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(finetunes(base))]
-    inputs = {"inputs": {"pretrained": str(base_dir), "finetuned": paths}, "out_shard_size": 600}
+    inputs = {"pretrained": str(base_dir), "finetuned": paths, "out_shard_size": 600}
     recipes = {name: {**inputs, **case} for name, case in CASES.items()}
     port = free_port()
     ranks = [warm.WarmProcess([str(tmp_path), json.dumps(recipes)], code=RANK_WORKER, env=rank_env(port, rank))
@@ -152,13 +152,13 @@ def distributed_inputs(tmp_path, nan_in: str | None = None):
     if nan_in is not None:
         tuned[1][nan_in][0] = float("nan")
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(tuned)]
-    return {"inputs": {"pretrained": str(base_dir), "finetuned": paths}, "output": str(tmp_path / "out"),
+    return {"pretrained": str(base_dir), "finetuned": paths, "output": str(tmp_path / "out"),
             "out_shard_size": 600}
 
 
 def test_nan_on_one_rank_during_ties_statistics_stops_both_ranks(warm, tmp_path):
     key = owned_by_rank_1(write_hf_folder(tmp_path / "probe", llama_like(layers=2), shards=2))[0]
-    recipe = {**distributed_inputs(tmp_path, nan_in=key), "method": {"ties": {"k": 0.3}}}
+    recipe = {**distributed_inputs(tmp_path, nan_in=key), "method": "ties", "method_args": {"k": 0.3}}
     (code_0, err_0), (code_1, err_1) = run_two_ranks(warm, tmp_path, recipe)
     assert (code_0, code_1) == (2, 2), (err_0, err_1)
     cause = f"tensor {key!r} contains NaN or Inf values"
@@ -178,7 +178,6 @@ def test_write_failure_on_one_rank_removes_every_shard(warm, tmp_path):
 
 
 SILENT_DEATH = """
-import json
 import os
 import torch.distributed as dist
 from weaving.merging.distributed import RankFailed, agree_on_failures

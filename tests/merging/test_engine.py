@@ -13,12 +13,15 @@ from .conftest import assert_float64_close, delta, make_inputs
 ALL = sorted(weaving.METHODS)
 # hyper-parameters that keep every method non-trivial on the small fixtures (rows of 2..6 entries)
 HPARAMS = {"breadcrumbs": {"beta": 0.6, "gamma": 0.2}, "ties": {"k": 0.5}, "pcb": {"ratio": 0.5}, "dare": {"p": 0.3},
-           "breadcrumbs_ties": {"beta": 0.6, "gamma": 0.2}, "dare_ties": {"p": 0.3}}
+           "breadcrumbs_ties": {"beta": 0.6, "gamma": 0.2}, "dare_ties": {"p": 0.3},
+           **{f"mergekit_{m}": {"densities": [0.5, 0.5, 0.5]} for m in ("ties", "dare_ties", "breadcrumbs", "breadcrumbs_ties")},
+           "mergekit_task_arithmetic": {"weights": [0.5, 1.0, 2.0]}}
 
 
 def test_all_methods_are_registered():
     assert ALL == sorted(["task_arithmetic", "dare", "ties", "breadcrumbs", "magmax", "pcb", "tsv", "iso_c", "iso_cts",
-                          "dare_ties", "breadcrumbs_ties"])
+                          "dare_ties", "breadcrumbs_ties", "mergekit_task_arithmetic", "mergekit_ties", "mergekit_dare_ties",
+                          "mergekit_breadcrumbs", "mergekit_breadcrumbs_ties"])
     assert list(weaving.POOLINGS) == ["mean", "random", "magmax"]
 
 

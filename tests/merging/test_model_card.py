@@ -27,8 +27,8 @@ def test_a_language_model_folder_carries_its_recipe_card_and_dtype(tmp_path, cap
     config = json.loads((out / "config.json").read_text())
     assert config["torch_dtype"] == "bfloat16" and config["text_config"]["torch_dtype"] == "bfloat16"
     recipe = yaml.safe_load((out / "weaving_recipe.yaml").read_text())
-    assert recipe["method"] == {"ties": {"k": 0.5}} and recipe["weaving"]["lambdas"] == "0.5,1.0"
-    assert recipe["dtype"] == "bfloat16" and recipe["inputs"]["pretrained"] == str(base_dir.resolve())
+    assert recipe["method"] == "ties" and recipe["method_args"] == {"k": 0.5} and recipe["lambdas"] == "0.5,1.0"
+    assert recipe["dtype"] == "bfloat16" and recipe["pretrained"] == str(base_dir.resolve())
     card = (out / "README.md").read_text()
     shard = base_dir / "model-00001-of-00002.safetensors"
     assert card.startswith("---\nbase_model:") and file_sha256(shard).removeprefix("sha256:") in card
@@ -39,19 +39,23 @@ def test_a_language_model_folder_carries_its_recipe_card_and_dtype(tmp_path, cap
     assert (again / "weaving_recipe.yaml").read_text().replace(str(again), str(out)) == (out / "weaving_recipe.yaml").read_text()
 
 
-def test_a_recipe_takes_only_output_and_overwrite_beside_it(tmp_path, capsys):
+def test_flags_after_a_recipe_override_its_keys(tmp_path, capsys):
     base = llama_like()
     base_dir = write_hf_folder(tmp_path / "base", base, shards=1)
     save_file({k: 0.01 * torch.ones_like(v) for k, v in base.items()}, tmp_path / "tv.safetensors")  # theta_pre itself is refused
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"inputs": {"pretrained": str(base_dir), "task_vectors": [str(tmp_path / "tv.safetensors")]},
+    recipe.write_text(yaml.safe_dump({"pretrained": str(base_dir), "task_vectors": [str(tmp_path / "tv.safetensors")],
                                       "method": "task_arithmetic", "output": str(tmp_path / "o.safetensors")}))
     main(["merge", "--config", str(recipe), "--output", str(tmp_path / "p.safetensors")])
     assert (tmp_path / "p.safetensors").is_file() and not (tmp_path / "o.safetensors").exists()
     main(["merge", "--config", str(recipe), "--output", str(tmp_path / "p.safetensors"), "--overwrite"])
     assert set(load_file(tmp_path / "p.safetensors")) == set(base)
+    main(["merge", "--config", str(recipe), "--lam", "2", "--output", str(tmp_path / "q.safetensors")])
+    doubled = load_file(tmp_path / "q.safetensors")
+    assert all(torch.allclose(doubled[k], base[k] + 0.02) for k in base)
+    code = None
     try:
-        main(["merge", "--config", str(recipe), "--lam", "2"])
+        main(["merge", "--config", str(recipe), "--lam", "2", "--lambdas", "0.5,1.0"])
     except SystemExit as exit_:
-        assert exit_.code == 2
-    assert "give --config" in capsys.readouterr().err
+        code = exit_.code
+    assert code == 2 and "not both" in capsys.readouterr().err and not (tmp_path / "o.safetensors").exists()

@@ -31,7 +31,7 @@ def read(path):
                                           ("dare_ties", {"p": 0.3})])
 def test_sharded_folders_merge_bit_identically_to_the_same_tensors_in_memory(models, method, args):
     tmp, base_dir, paths, base, tvs = models
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": {method: args}, "lam": 0.8,
+    recipe = {"pretrained": base_dir, "finetuned": paths, "method": method, "method_args": args, "lam": 0.8,
               "output": str(tmp / "out"), "out_shard_size": 400, "seed": 5}
     out = run_recipe(recipe)
     expected = weaving.merge(base, tvs, method, lam=0.8, seed=5, **args)
@@ -40,11 +40,11 @@ def test_sharded_folders_merge_bit_identically_to_the_same_tensors_in_memory(mod
     assert (out / "config.json").exists() and (out / "model.safetensors.index.json").exists()
 
 
-def test_weights_scale_each_task_vector_and_weaving_block_with_a_grid(models):
+def test_weights_scale_each_task_vector_and_weaving_with_a_grid(models):
     tmp, base_dir, paths, base, tvs = models
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1],
-                                                                {"model": paths[2], "weight": 2}]},
-              "method": "ties", "weaving": {"lambdas": [0.5, 1.0], "grid": {"k": [0.2, 0.4]}, "pooling": "mean"},
+    recipe = {"pretrained": base_dir, "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1],
+                                                    {"model": paths[2], "weight": 2}],
+              "method": "ties", "lambdas": [0.5, 1.0], "grid": {"k": [0.2, 0.4]}, "pooling": "mean",
               "output": str(tmp / "woven.safetensors"), "dtype": "bfloat16"}
     out = run_recipe(recipe)
     weighted = [{k: w * v for k, v in tv.items()} for w, tv in zip([0.5, 1.0, 2.0], tvs)]
@@ -60,39 +60,39 @@ def test_recipe_from_a_yaml_file_with_task_vectors(models):
     for i, tv in enumerate(tvs):
         save_file(tv, str(tmp / f"tv{i}.safetensors"))
     path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"inputs": {"pretrained": base_dir, "task_vectors": [str(tmp / f"tv{i}.safetensors") for i in range(3)]},
-                                    "method": {"breadcrumbs_ties": {"beta": 0.5}}, "output": str(tmp / "m")}))
+    path.write_text(yaml.safe_dump({"pretrained": base_dir, "task_vectors": [str(tmp / f"tv{i}.safetensors") for i in range(3)],
+                                    "method": "breadcrumbs_ties", "method_args": {"beta": 0.5}, "output": str(tmp / "m")}))
     got = read(run_recipe(path))
     expected = weaving.merge(base, tvs, "breadcrumbs_ties", beta=0.5)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 BAD = [
-    ({"colour": "red"}, "unknown key 'colour' in the recipe"),
-    ({"inputs": {"pretrained": "B", "finetuned": ["A"], "base": "x"}}, "unknown key 'base' in inputs"),
-    ({"inputs": {"pretrained": "B", "finetuned": [{"model": "A", "weight": "heavy"}]}}, r"finetuned\[0\].weight must be a finite number"),
-    ({"inputs": {"pretrained": "B", "finetuned": [{"model": "A", "weigth": 1}]}}, "unknown key 'weigth'"),
-    ({"method": {"ties": {"beta": 0.1}}}, "has no hyper-parameter 'beta'"),
-    ({"weaving": {"lambdas": [1.0], "grid": {"beta": [0.1, 0.2]}}}, "has no hyper-parameter 'beta'"),
-    ({"weaving": {"lambdas": [1.0], "grid": {"k": []}}}, "grid over 'k' is empty"),
-    ({"weaving": {"lambdas": [1.0], "pooling": "median"}}, "unknown pooling 'median'"),
-    ({"weaving": {"lambda": [1.0]}}, "unknown key 'lambda' in weaving"),
-    ({"lam": 0.5, "weaving": {"lambdas": [1.0]}}, "not both"),
-    ({"dtype": "int8"}, "unknown dtype 'int8'"),
-    ({"method": {"ties": {"k": 0.2}, "dare": {}}}, "method must be a name"),
-    ({"inputs": {"pretrained": "B", "finetuned": ["nowhere/at-all/x"]}}, "no such file or folder"),
+    ({"colour": "red"}, "Option 'colour' is not accepted"),
+    ({"finetuned": [{"model": "A", "weight": "heavy"}]}, "weight: expected float, got heavy"),
+    ({"finetuned": [{"model": "A", "weigth": 1}]}, "weigth"),
+    ({"method_args": {"beta": 0.1}}, "has no hyper-parameter 'beta'"),
+    ({"lambdas": [1.0], "grid": {"beta": [0.1, 0.2]}}, "has no hyper-parameter 'beta'"),
+    ({"lambdas": [1.0], "grid": {"k": []}}, "grid over 'k' is empty"),
+    ({"lambdas": [1.0], "pooling": "median"}, "unknown pooling 'median'"),
+    ({"lambda": [1.0]}, "Option 'lambda' is not accepted"),
+    ({"lam": 0.5, "lambdas": [1.0]}, "not both"),
+    ({"dtype": "int8"}, "dtype"),
+    ({"seed": 0.5}, "--seed: expected int, got 0.5"),
+    ({"method": {"ties": {"k": 0.2}}}, "a nested recipe .* is no longer read; write its keys flat"),
+    ({"inputs": {"pretrained": "B", "finetuned": ["A"]}}, "a nested recipe .* is no longer read; write its keys flat"),
+    ({"weaving": {"lambdas": [1.0]}}, "a nested recipe .* is no longer read; write its keys flat"),
+    ({"finetuned": ["nowhere/at-all/x"]}, "no such file or folder"),
 ]
 
 
 @pytest.mark.parametrize("change, message", BAD)
 def test_bad_recipes_are_one_line_errors_and_write_nothing(models, change, message):
     tmp, base_dir, paths, _, _ = models
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": "ties", "output": str(tmp / "out")}
-    if "inputs" in change:
-        change = {"inputs": {k: (base_dir if v == "B" else v) for k, v in change["inputs"].items()}}
-        change["inputs"] = {k: ([paths[0] if e == "A" else e if isinstance(e, str) else
-                                 {**e, "model": paths[0]} for e in v] if k == "finetuned" else v)
-                            for k, v in change["inputs"].items()}
+    recipe = {"pretrained": base_dir, "finetuned": paths, "method": "ties", "output": str(tmp / "out")}
+    if "finetuned" in change:
+        change = {"finetuned": [paths[0] if e == "A" else e if isinstance(e, str) else {**e, "model": paths[0]}
+                                for e in change["finetuned"]]}
     with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
         run_recipe({**recipe, **change})
     assert "\n" not in str(error.value)
@@ -104,20 +104,20 @@ def test_hub_id_while_offline_and_missing_shard_tensor(models, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": ["weaving-tests/surely-not-cached-model"]},
+    recipe = {"pretrained": base_dir, "finetuned": ["weaving-tests/surely-not-cached-model"],
               "method": "ties", "output": str(tmp / "out")}
     with pytest.raises(ValueError, match="not in the local cache and HF_HUB_OFFLINE is set"):
         run_recipe(recipe)
     (tmp / "ft0" / "model-00002-of-00002.safetensors").unlink()
     save_file({"lm_head.weight": torch.zeros(11, 8)}, str(tmp / "ft0" / "model-00002-of-00002.safetensors"))
     with pytest.raises(ValueError, match="has no tensor .* the checkpoint is incomplete"):
-        run_recipe({**recipe, "inputs": {"pretrained": base_dir, "finetuned": paths}})
+        run_recipe({**recipe, "finetuned": paths})
     assert not (tmp / "out").exists()
 
 
 def test_parse_recipe_defaults():
-    recipe = parse_recipe({"inputs": {"pretrained": "b", "finetuned": "a"}, "method": "task_arithmetic", "output": "o.safetensors"})
-    assert (recipe.models[0].location, recipe.models[0].weight, recipe.lam, recipe.weaving, recipe.seed) == ("a", 1.0, 1.0, None, 0)
+    recipe = parse_recipe({"pretrained": "b", "finetuned": "a", "method": "task_arithmetic", "output": "o.safetensors"})
+    assert (recipe.models[0].model, recipe.models[0].weight, recipe.scale, recipe.weaving, recipe.seed) == ("a", 1.0, 1.0, None, 0)
 
 
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
@@ -138,14 +138,14 @@ def test_the_pretrained_is_read_once_per_key_and_pass(models, monkeypatch, metho
 
     for name in ("get", "view"):  # a plain read or a memory map of the tensor's bytes
         monkeypatch.setattr(sharded.SafetensorsFile, name, counting(getattr(sharded.SafetensorsFile, name)))
-    run_recipe({"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": method, "output": str(tmp / "o")})
+    run_recipe({"pretrained": base_dir, "finetuned": paths, "method": method, "output": str(tmp / "o")})
     passes = 1 if method == "task_arithmetic" else 4
     assert reads == {key: passes for key in base}
 
 
 def test_the_progress_bar_of_a_streamed_merge_ends_full(models, capsys):
     tmp, base_dir, paths, base, _ = models
-    run_recipe({"inputs": {"pretrained": base_dir, "finetuned": paths}, "method": "ties", "output": str(tmp / "o")},
+    run_recipe({"pretrained": base_dir, "finetuned": paths, "method": "ties", "output": str(tmp / "o")},
                progress=True)
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     assert f"{len(base)}/{len(base)}" in bar[-1]
@@ -154,13 +154,12 @@ def test_the_progress_bar_of_a_streamed_merge_ends_full(models, capsys):
 def test_recipe_file_numbers_read_as_yaml_1_2(tmp_path):
     """`lambdas: 1:3:1` is a range (YAML 1.1: the base-60 integer 3781); `lam: 1e-3`, `weight: 1e39` numbers."""
     path = tmp_path / "recipe.yaml"
-    path.write_text("inputs: {pretrained: B, finetuned: [{model: A, weight: 1e39}]}\nmethod: ties\n"
-                    "weaving: {lambdas: 1:3:1}\noutput: out.safetensors\n")
+    path.write_text("pretrained: B\nfinetuned: [{model: A, weight: 1e39}]\nmethod: ties\n"
+                    "lambdas: 1:3:1\noutput: out.safetensors\n")
     recipe = parse_recipe(path)
     assert recipe.weaving["lambdas"] == "1:3:1" and recipe.models[0].weight == 1e39
     assert weaving.parse_lambdas(recipe.weaving["lambdas"]) == [1.0, 2.0, 3.0]
-    path.write_text("inputs: {pretrained: B, finetuned: [A]}\nmethod: ties\nlam: 1e-3\noutput: out.safetensors\n")
-    assert parse_recipe(path).lam == 1e-3
-    with pytest.raises(ValueError, match="recipe: lam must be a finite number, got '1:3:1'"):
-        parse_recipe({"inputs": {"pretrained": "B", "finetuned": ["A"]}, "method": "ties", "lam": "1:3:1",
-                      "output": "out.safetensors"})
+    path.write_text("pretrained: B\nfinetuned: A\nmethod: ties\nlam: 1e-3\noutput: out.safetensors\n")
+    assert parse_recipe(path).lam == 1e-3 and [m.model for m in parse_recipe(path).models] == ["A"]
+    with pytest.raises(ValueError, match="--lam: expected float, got 1:3:1"):
+        parse_recipe({"pretrained": "B", "finetuned": ["A"], "method": "ties", "lam": "1:3:1", "output": "out.safetensors"})

@@ -45,8 +45,8 @@ def bf16_models(tmp_path):
 @pytest.mark.parametrize("lam, dtype", [(1.0, None), (0.7, "float16"), (0.35, "float32")])
 def test_the_blocked_sum_is_bit_identical_to_the_plain_path(bf16_models, monkeypatch, tmp_path, lam, dtype):
     base_dir, paths = bf16_models
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1],
-                                                                {"model": paths[2], "weight": 2.0}]},
+    recipe = {"pretrained": base_dir, "finetuned": [{"model": paths[0], "weight": 0.5}, paths[1],
+                                                    {"model": paths[2], "weight": 2.0}],
               "method": "task_arithmetic", "lam": lam, **({"dtype": dtype} if dtype else {})}
     fast, slow = both_paths(recipe, monkeypatch, tmp_path)
     assert sorted(fast) == sorted(slow)
@@ -61,8 +61,8 @@ def test_stored_task_vectors_take_the_blocked_sum_too(tmp_path, monkeypatch):
         files.append(str(tmp_path / f"tv{i}.safetensors"))
         save_file({k: (v - base[k]).to(torch.bfloat16) for k, v in tuned.items()}, files[-1])
     save_file(base, str(tmp_path / "base.safetensors"))
-    recipe = {"inputs": {"pretrained": str(tmp_path / "base.safetensors"),
-                         "task_vectors": [files[0], {"model": files[1], "weight": -0.25}, files[2]]},
+    recipe = {"pretrained": str(tmp_path / "base.safetensors"),
+              "task_vectors": [files[0], {"model": files[1], "weight": -0.25}, files[2]],
               "method": "task_arithmetic", "lam": 0.9}
     fast, slow = both_paths(recipe, monkeypatch, tmp_path)
     assert all(torch.equal(fast[key], slow[key]) for key in slow)
@@ -75,7 +75,7 @@ def test_a_nan_in_a_finetune_is_named_as_on_the_plain_path(bf16_models, tmp_path
     bad = read(paths[1])
     bad["model.norm.weight"][3] = float("nan")
     save_file(bad, str(tmp_path / "bad.safetensors"))
-    recipe = {"inputs": {"pretrained": base_dir, "finetuned": [paths[0], str(tmp_path / "bad.safetensors")]},
+    recipe = {"pretrained": base_dir, "finetuned": [paths[0], str(tmp_path / "bad.safetensors")],
               "method": "task_arithmetic", "output": str(tmp_path / "out")}
     with pytest.raises(ValueError, match=r"bad\.safetensors: tensor 'model.norm.weight' contains NaN or Inf"):
         run_recipe(recipe)

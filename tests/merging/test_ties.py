@@ -130,3 +130,64 @@ def test_zero_entries_shift_the_threshold_index():
 def test_bad_zero_entries(inputs, zeros, message):
     with pytest.raises(ValueError, match=message):
         weaving.merge(*inputs, "ties", zero_entries=zeros)
+
+
+def ties_per_tensor_reference(task_vectors: list[dict[str, torch.Tensor]], k: float) -> dict[str, torch.Tensor]:
+    """mergekit's trim (per task and tensor of n entries: keep the max(1, int(n*k)) largest |x|, equal |x| in index
+    order, from a stable sort), then the same elect (0 -> sign of the sum of all elected signs) and disjoint
+    mean as the global rule. Plain Python."""
+    sign = lambda x: (x > 0) - (x < 0)  # noqa: E731
+    keys = list(task_vectors[0])
+    trimmed = {}
+    for key in keys:
+        rows = []
+        for tv in task_vectors:
+            values = tv[key].reshape(-1).tolist()
+            order = sorted(range(len(values)), key=lambda i: (-abs(values[i]), i))
+            kept = set(order[:max(1, int(len(values) * k))])
+            rows.append([v if i in kept else 0.0 for i, v in enumerate(values)])
+        trimmed[key] = rows
+    elected = {key: [sign(sum(column)) for column in zip(*rows)] for key, rows in trimmed.items()}
+    majority = sign(sum(sum(signs) for signs in elected.values()))
+    out = {}
+    for key, rows in trimmed.items():
+        merged = []
+        for column, s in zip(zip(*rows), elected[key]):
+            s = s if s != 0 else majority
+            chosen = [v for v in column if v != 0 and sign(v) == s]
+            merged.append(sum(chosen) / len(chosen) if chosen else 0.0)
+        out[key] = torch.tensor(merged, dtype=torch.float64).reshape(task_vectors[0][key].shape)
+    return out
+
+
+@pytest.mark.parametrize("k", [0.2, 0.5, 1.0])
+def test_per_tensor_matches_the_reference_in_float64(inputs, k):
+    pretrained, tvs = inputs
+    merged = weaving.merge(pretrained, tvs, "ties", k=k, per_tensor=True)
+    expected = ties_per_tensor_reference(tvs, k)
+    for key in pretrained:
+        assert_float64_close(merged[key] - pretrained[key], expected[key])
+    if k < 1.0:  # the two rules keep different entries on these inputs
+        global_rule = weaving.merge(pretrained, tvs, "ties", k=k)
+        assert any(not torch.equal(global_rule[key], merged[key]) for key in pretrained)
+
+
+def test_per_tensor_keeps_exactly_int_n_k_entries_of_each_tensor_and_ties_go_by_index():
+    """The threshold's ties: |x| = 2 2 2 1 (n=4), k=0.5 keeps int(2.0) = 2 entries: the first two 2s. The
+    global rule keeps every |x| >= its threshold, here all three 2s. A tensor with int(n*k) = 0 keeps one."""
+    pre = {"w": torch.zeros(4, dtype=torch.float64), "b": torch.zeros(3, dtype=torch.float64)}
+    tvs = [{"w": torch.tensor([2.0, -2.0, 2.0, 1.0], dtype=torch.float64),
+            "b": torch.tensor([1.0, -5.0, 5.0], dtype=torch.float64)}]
+    assert weaving.merge(pre, tvs, "ties", k=0.5, per_tensor=True)["w"].tolist() == [2.0, -2.0, 0.0, 0.0]
+    assert weaving.merge(pre, tvs, "ties", k=0.2, per_tensor=True)["b"].tolist() == [0.0, -5.0, 0.0]
+    only_w = [{"w": tvs[0]["w"]}]
+    assert weaving.merge({"w": pre["w"]}, only_w, "ties", k=0.5)["w"].tolist() == [2.0, -2.0, 2.0, 0.0]
+
+
+def test_per_tensor_refuses_zero_entries_and_a_run_s_count_is_not_added(inputs):
+    from weaving.merging.registry import with_recorded_zero_entries
+
+    with pytest.raises(ValueError, match="with per_tensor each tensor is its own population"):
+        weaving.merge(*inputs, "ties", per_tensor=True, zero_entries=5)
+    assert with_recorded_zero_entries("ties", {"per_tensor": True}, 7) == {"per_tensor": True}
+    assert with_recorded_zero_entries("ties", {}, 7) == {"zero_entries": 7}

@@ -50,6 +50,7 @@ def fit_stream(
     ckpt_path: str | None = None,
     module_kwargs: dict | None = None,
     lr: float = 1e-3,
+    warmup_steps: int = 1,
     overwrite: bool = False,
     **trainer_kwargs,
 ) -> tuple[pl.Trainer, FineTuner]:
@@ -57,7 +58,7 @@ def fit_stream(
     pl.seed_everything(0, verbose=False)
     data = TaskStreamDataModule(list(tasks), splits=splits, batch_size=batch_size, shuffle=shuffle,
                                 augment=augment, seed=0)
-    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=lr, warmup_steps=1, **(module_kwargs or {}))
+    module = FineTuner(stream=stream, epochs_per_task=epochs_per_task, lr=lr, warmup_steps=warmup_steps, **(module_kwargs or {}))
     trainer_kwargs = {"limit_val_batches": 0, "num_sanity_val_steps": 0, **trainer_kwargs}
     trainer = pl.Trainer(
         default_root_dir=root, accelerator="cpu", devices=1, limit_train_batches=batches, logger=False,
@@ -88,3 +89,18 @@ class WeightRecorder(Callback):
         last_epoch = (trainer.current_epoch + 1) % pl_module.hparams.epochs_per_task == 0
         if batch_idx + 1 == trainer.num_training_batches and last_epoch:
             self.ends.append(pl_module.visual_state())
+
+
+class LrRecorder(Callback):
+    """(global step, lr) of every optimizer step, the lr read from the optimizer as it steps; and the
+    scheduler's state dict at the end of the fit."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, float]] = []
+        self.scheduler_state: dict | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps.append((trainer.global_step, optimizer.param_groups[0]["lr"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.scheduler_state = trainer.lr_scheduler_configs[0].scheduler.state_dict()

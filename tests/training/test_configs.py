@@ -169,14 +169,16 @@ def test_fit_derives_the_run_folder_and_default_root_dir_moves_everything(tmp_pa
     config = CONFIGS / "finetune" / "digits_tiny.yaml"
     short = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
              "--trainer.enable_progress_bar", "false", "--data.init_args.tasks", "[digits, digits_rot90]",
-             "--trainer.max_epochs", "2"]
+             "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1"]
     main(["fit", "--config", str(config), *short])
     run = tmp_path / run_dir_name("weaving-tiny-vit", ["digits", "digits_rot90"], None)
     assert run == tmp_path / "checkpoints" / "weaving-tiny-vit" / "digits+digits_rot90"
     assert (run / "pretrained.safetensors").is_file() and (run / "ckpt" / "last.ckpt").exists()
     assert sorted(p.name for p in (run / "task_vectors").glob("*.safetensors")) == [
         "digits.safetensors", "digits_rot90.safetensors"]
-    assert list(run.glob("lightning_logs/version_0/metrics.csv"))
+    metrics = (run / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    lr_column = metrics[0].split(",").index("train/lr")  # the config's LearningRateMonitor
+    assert [float(line.split(",")[lr_column]) for line in metrics[1:] if line.split(",")[lr_column]] == [5e-4, 5e-4]
     with pytest.raises(SystemExit) as exit_info:  # a second fresh fit into the same folder
         main(["fit", "--config", str(config), *short])
     assert exit_info.value.code == 2

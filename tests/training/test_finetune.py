@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import lightning.pytorch as pl
@@ -13,7 +14,7 @@ from weaving.models import load_clip, visual_state_dict
 from weaving.training import FineTuner, WarmupCosine
 from weaving.merging.task_vectors import load_task_vector
 
-from .conftest import Crash, CrashAtStep, WeightRecorder, fit_stream
+from .conftest import Crash, CrashAtStep, LrRecorder, WeightRecorder, fit_stream
 
 
 def test_warmup_cosine_restarts_per_task_and_pickles():
@@ -53,22 +54,53 @@ def test_class_incremental_splits_swap_heads(tmp_path):
     assert module.task_names == ["digits_part1of3", "digits_part2of3", "digits_part3of3"]
     assert [head.num_classes for head in module._heads] == [3, 3, 4]
     assert trainer.current_epoch == 3  # the stream stopped itself after epochs_per_task x tasks epochs
-    # the last step's logged values: the stream position and the lr, logged as tensors on the module's device
+    # the last step's logged value: the stream position, logged as a tensor on the module's device
     assert float(trainer.callback_metrics["train/task"]) == 2.0
-    assert 0.0 < float(trainer.callback_metrics["train/lr"]) <= module.hparams.lr * (1 + 1e-6)  # float32
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    """Killed in task 2's second epoch, resumed from last.ckpt: same vectors; task 1's file is not rewritten."""
-    tasks, kwargs = ("digits", "digits_rot90"), {"epochs_per_task": 2, "batches": 2}
-    fit_stream(tmp_path / "whole", tasks=tasks, **kwargs)
+def expected_lrs(lr: float, warmup: int, task_steps: list[int]) -> list[float]:
+    """The task-vectors recipe's lr, written out: per task, (s + 1) / warmup during warmup, then
+    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))), s counted from the task's first step."""
+    lrs = []
+    for total in task_steps:
+        for s in range(total):
+            if s < warmup:
+                factor = (s + 1) / warmup
+            else:
+                factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup))))
+            lrs.append(lr * factor)
+    return lrs
+
+
+def test_lr_is_the_recipe_at_every_step(tmp_path):
+    """A LambdaLR stepped by Lightning gives, step by step, exactly the per-task warmup + cosine: three class
+    splits of 3, 3 and 4 batches (tasks of unequal length), two epochs each, warmup 2."""
+    recorder = LrRecorder()
+    trainer, module = fit_stream(tmp_path, tasks=("digits",), splits=3, batch_size=128, batches=1.0,
+                                 epochs_per_task=2, warmup_steps=2, augment=False, callbacks=[recorder])
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert isinstance(scheduler.scheduler, torch.optim.lr_scheduler.LambdaLR) and scheduler.interval == "step"
+    assert [step for step, _ in recorder.steps] == list(range(20))
+    assert [lr for _, lr in recorder.steps] == expected_lrs(1e-3, 2, [6, 6, 8])  # exactly, not approximately
+    assert recorder.scheduler_state["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": 8, "start_step": 12,
+                                                          "task": 2}
+
+
+@pytest.mark.parametrize("crash_step", [7, 5], ids=["mid_task", "task_boundary"])
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, crash_step):
+    """Killed in task 2's second epoch (its checkpoint is mid-task 2) or in its first epoch (the checkpoint is
+    task 1's end), resumed from last.ckpt: same vectors, the same lr at every step, the same scheduler state;
+    task 1's file is not rewritten."""
+    tasks, kwargs = ("digits", "digits_rot90"), {"epochs_per_task": 2, "batches": 2, "warmup_steps": 2}
+    whole_lrs, broken_lrs, resumed_lrs = LrRecorder(), LrRecorder(), LrRecorder()
+    fit_stream(tmp_path / "whole", tasks=tasks, callbacks=[whole_lrs], **kwargs)
     broken = tmp_path / "broken"
     with pytest.raises(Crash):
-        fit_stream(broken, tasks=tasks, callbacks=[CrashAtStep(7)], **kwargs)  # step 7 = mid epoch 3
+        fit_stream(broken, tasks=tasks, callbacks=[CrashAtStep(crash_step), broken_lrs], **kwargs)
     first = broken / "task_vectors" / "digits.safetensors"
     written = first.stat().st_mtime_ns
     assert not (broken / "task_vectors" / "digits_rot90.safetensors").exists()
-    fit_stream(broken, tasks=tasks, ckpt_path="last", **kwargs)
+    fit_stream(broken, tasks=tasks, ckpt_path="last", callbacks=[resumed_lrs], **kwargs)
     assert first.stat().st_mtime_ns == written
     for task in tasks:
         whole = load_task_vector(tmp_path / "whole" / "task_vectors" / f"{task}.safetensors")
@@ -76,6 +108,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         assert whole.keys() == resumed.keys()
         for key in whole:
             assert torch.equal(whole[key], resumed[key]), (task, key)
+    resumed_from = 2 * (crash_step // 2)  # epoch-end checkpoints: the last one before the crash
+    assert resumed_lrs.steps[0][0] == resumed_from
+    assert broken_lrs.steps[:resumed_from] + resumed_lrs.steps == whole_lrs.steps
+    assert [lr for _, lr in whole_lrs.steps] == expected_lrs(1e-3, 2, [4, 4])
+    assert resumed_lrs.scheduler_state == whole_lrs.scheduler_state
 
 
 def test_too_few_max_epochs_is_a_clear_error(tmp_path):
@@ -116,5 +153,5 @@ def test_needs_a_task_stream(tmp_path):
 @pytest.mark.parametrize("setting, fused", [(None, None), (True, True), (False, None)])
 def test_fused_adamw_switch(setting, fused):
     # None picks the fused kernel only on CUDA; on this CPU module it stays the default implementation
-    optimizer = FineTuner(fused_adamw=setting).configure_optimizers()  # the optimizer alone: the module sets the lr
+    optimizer = FineTuner(fused_adamw=setting).configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is fused

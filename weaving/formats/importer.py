@@ -22,11 +22,13 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
 
+from weaving.errors import UserError
 from weaving.formats import architecture as arch_lib
 from weaving.formats.checkpoint import FORMATS, Checkpoint, read_checkpoint, resolve_model
 from weaving.io.publish import check_output, publish_folder
@@ -43,9 +45,9 @@ def parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
     for value in values or []:
         name, sep, source = value.partition("=")
         if not sep or not source or not NAME.match(name):
-            raise ValueError(f"{option} {value!r}: expected NAME=SOURCE with NAME made of letters, digits, '_', '-', '.'")
+            raise UserError(f"{option} {value!r}: expected NAME=SOURCE with NAME made of letters, digits, '_', '-', '.'")
         if name in named:
-            raise ValueError(f"{option}: {name!r} is given twice")
+            raise UserError(f"{option}: {name!r} is given twice")
         named[name] = source
     return named
 
@@ -211,39 +213,40 @@ def import_run(pretrained: str, finetuned: Mapping[str, str], output: str | os.P
     return output
 
 
-def build_parser():
-    from jsonargparse import ActionConfigFile, ArgumentParser
+@dataclass
+class ImportOptions:
+    """Import public CLIP checkpoints (Hugging Face, open_clip, task_vectors .pt) into a weaving run folder:
+    theta_pre + task vectors. Every key is also a flag of `weaving import`.
 
-    parser = ArgumentParser(prog="weaving import", exit_on_error=False, description="Import public CLIP checkpoints (Hugging Face, "
-                            "open_clip, task_vectors .pt) into a weaving run folder: theta_pre + task vectors.")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options.")
-    parser.add_argument("--pretrained", type=str, required=True,
-                        help="theta_pre: a file, a folder, a hub id (org/name) or, with --model, an open_clip tag.")
-    parser.add_argument("--finetuned", type=str, nargs="+", required=True,
-                        help="NAME=SOURCE per fine-tuned model; NAME becomes the task vector's name.")
-    parser.add_argument("--output", type=str, required=True, help="The run folder to create (new or empty).")
-    parser.add_argument("--model", type=Optional[str], default=None,
-                        help="open_clip model name (default: found from the weights; e.g. ViT-B-32-quickgelu).")
-    parser.add_argument("--format", type=Optional[str], default=None,
-                        help=f"Force the format of every source: {', '.join(FORMATS)} (default: detected).")
-    parser.add_argument("--heads", type=str, nargs="+", default=None,
-                        help="TASK=head_<task>.pt per task_vectors classification head, saved into RUN/heads.")
-    parser.add_argument("--text_from", type=Optional[str], default=None,
-                        help="Take the text tower from this source when --pretrained lacks it (zeroshot.pt).")
-    parser.add_argument("--overwrite", type=bool, default=False,
-                        help="Replace an existing --output folder (default: refuse).")
-    return parser
+    Args:
+        pretrained: theta_pre: a file, a folder, a hub id (org/name) or, with model, an open_clip tag.
+        finetuned: NAME=SOURCE per fine-tuned model; NAME becomes the task vector's name.
+        output: The run folder to create (new or empty).
+        model: open_clip model name or model-config JSON file (default: found from the weights; e.g.
+            ViT-B-32-quickgelu).
+        format: Force the format of every source (default: detected).
+        heads: TASK=head_<task>.pt per task_vectors classification head, saved into RUN/heads.
+        text_from: Take the text tower from this source when pretrained lacks it (zeroshot.pt).
+        overwrite: Replace an existing output folder (default: refuse).
+    """
+
+    pretrained: str
+    finetuned: Union[str, list[str]]
+    output: str
+    model: Optional[str] = None
+    format: Optional[Literal[FORMATS]] = None  # type: ignore[valid-type]
+    heads: Optional[Union[str, list[str]]] = None
+    text_from: Optional[str] = None
+    overwrite: bool = False
 
 
-def import_main(argv: list[str]) -> None:
-    from jsonargparse import ArgumentError
+def import_main(argv: Sequence[str]) -> None:
+    """Entry point of `weaving import`: parse the options (ImportOptions), import, say what was written."""
+    from weaving.schema import command_parser, parse_command
 
-    from weaving.merging.cli import normalize_options
-
-    try:
-        cfg = build_parser().parse_args(normalize_options(argv))
-    except ArgumentError as error:  # `weaving` reduces jsonargparse's report to its cause
-        raise ValueError(str(error).strip()) from None
+    parser = command_parser("weaving import", ImportOptions.__doc__.split("\n\n")[0].replace("\n", " "), ImportOptions,
+                            one_or_more=("finetuned", "heads"), flags=("overwrite",))
+    cfg = parse_command(parser, argv)
     output = import_run(cfg.pretrained, parse_named(cfg.finetuned, "--finetuned"), cfg.output, model=cfg.model,
                         format=cfg.format, heads=parse_named(cfg.heads, "--heads"), text_from=cfg.text_from,
                         overwrite=cfg.overwrite)

@@ -24,25 +24,27 @@ def _absolute(location: str) -> str:
 
 
 def recipe_mapping(recipe: Any) -> dict[str, Any]:
-    """A checked `Recipe` (weaving.merging.recipe) as the YAML mapping that parses back to it; local inputs
-    and the output as absolute paths."""
+    """A checked `Recipe` (weaving.merging.recipe) as the flat YAML mapping that parses back to it (the keys
+    of `weaving merge`); local inputs and the output as absolute paths."""
     def entry(model: Any) -> Any:
-        location = _absolute(model.location)
+        location = _absolute(model.model)
         return location if model.weight == 1.0 else {"model": location, "weight": model.weight}
 
-    kind = "finetuned" if recipe.finetuned else "task_vectors"
-    mapping: dict[str, Any] = {
-        "inputs": {"pretrained": _absolute(recipe.pretrained), kind: [entry(m) for m in recipe.models]},
-        "method": {recipe.method: dict(recipe.method_args)} if recipe.method_args else recipe.method,
-    }
+    kind = "finetuned" if recipe.from_finetuned else "task_vectors"
+    mapping: dict[str, Any] = {"pretrained": _absolute(recipe.pretrained), kind: [entry(m) for m in recipe.models],
+                               "method": recipe.method}
+    if recipe.method_args:
+        mapping["method_args"] = dict(recipe.method_args)
     if recipe.weaving is not None:
-        mapping["weaving"] = dict(recipe.weaving)
+        mapping.update(recipe.weaving)
     else:
-        mapping["lam"] = recipe.lam
+        mapping["lam"] = recipe.scale
     for key in ("dtype", "out_shard_size", "format", "model"):
         if getattr(recipe, key, None) is not None:
             mapping[key] = getattr(recipe, key)
     mapping["seed"] = recipe.seed
+    if recipe.allow_mixed:
+        mapping["allow_mixed"] = True
     mapping["output"] = str(Path(recipe.output).expanduser().resolve())
     return mapping
 
@@ -54,11 +56,11 @@ def recipe_yaml(recipe: Any) -> str:
 def model_card(recipe: Any, hashes: Mapping[str, Mapping[str, str]]) -> str:
     """README.md of a merged folder: what was merged, how, and the hashes of what went in."""
     mapping = recipe_mapping(recipe)
-    inputs = [("pretrained (theta_pre)", mapping["inputs"]["pretrained"])]
-    kind = "finetuned" if recipe.finetuned else "task_vectors"
-    inputs += [(f"{'fine-tuned' if recipe.finetuned else 'task vector'} {i + 1}", m if isinstance(m, str) else m["model"])
-               for i, m in enumerate(mapping["inputs"][kind])]
-    base = mapping["inputs"]["pretrained"]
+    inputs = [("pretrained (theta_pre)", mapping["pretrained"])]
+    kind = "finetuned" if recipe.from_finetuned else "task_vectors"
+    inputs += [(f"{'fine-tuned' if recipe.from_finetuned else 'task vector'} {i + 1}", m if isinstance(m, str) else m["model"])
+               for i, m in enumerate(mapping[kind])]
+    base = mapping["pretrained"]
     lines = ["---", "base_model:", f"- {base}", "library_name: transformers" if recipe.format != "open_clip"
              else "library_name: open_clip", "tags:", "- weaving", "- merge", "---", "",
              f"# {Path(recipe.output).name}", "",
@@ -66,7 +68,7 @@ def model_card(recipe: Any, hashes: Mapping[str, Mapping[str, str]]) -> str:
              "## Merge method", ""]
     how = (f"Weight Weaving over {recipe.method} (search space {recipe.weaving.get('lambdas')!r}, pooling "
            f"{recipe.weaving.get('pooling', 'mean')})" if recipe.weaving is not None
-           else f"{recipe.method} with lambda {recipe.lam}")
+           else f"{recipe.method} with lambda {recipe.scale}")
     lines += [f"{how}, seed {recipe.seed}.", "", "## Inputs", "", "| role | location | file | sha256 |",
               "|---|---|---|---|"]
     for role, location in inputs:
@@ -101,8 +103,8 @@ def _hashes(location: str) -> dict[str, str]:
 def describe_folder(folder: Path, recipe: Any) -> None:
     """Write the recipe and the model card of `recipe` into the (temporary) output folder."""
     mapping = recipe_mapping(recipe)
-    kind = "finetuned" if recipe.finetuned else "task_vectors"
-    locations = [mapping["inputs"]["pretrained"]] + [m if isinstance(m, str) else m["model"] for m in mapping["inputs"][kind]]
+    kind = "finetuned" if recipe.from_finetuned else "task_vectors"
+    locations = [mapping["pretrained"]] + [m if isinstance(m, str) else m["model"] for m in mapping[kind]]
     hashes = {location: _hashes(location) for location in locations}
     (folder / RECIPE_FILE).write_text(recipe_yaml(recipe))
     (folder / CARD_FILE).write_text(model_card(recipe, hashes))

@@ -2,7 +2,8 @@
 
 A merge method is a plain function `(tensors, *, key, stats, **hparams) -> Tensor` over the T task
 tensors of one parameter, registered with `@register_method(name)`. Its keyword-only arguments with
-defaults are its hyper-parameters (the public names used by `weaving.merge` and the configs). Methods
+defaults are its hyper-parameters (the public names used by `weaving.merge` and the configs); a tuple
+default marks a per-task list (one number per task vector, as mergekit's per-model weights). Methods
 that need statistics over whole task vectors (thresholds, quantiles) also register a `prepare` function
 that the engine runs once, streaming over the task vectors, before the per-tensor pass.
 """
@@ -50,6 +51,12 @@ class MergeMethod:
                 value = float(value)
             elif isinstance(default, str) and not isinstance(value, str):
                 raise ValueError(f"method {self.name!r}: {name} must be a string, got {value!r}")
+            elif isinstance(default, tuple):  # one number per task (mergekit's per-model parameters)
+                if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+                        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                    raise ValueError(f"method {self.name!r}: {name} must be a list of finite numbers, one per task, "
+                                     f"got {value!r}")
+                value = tuple(float(v) for v in value)
             resolved[name] = value
         return resolved
 
@@ -88,8 +95,10 @@ def get_method(name: str) -> MergeMethod:
 
 def with_recorded_zero_entries(method: str, args: dict[str, Any], zero_entries: int) -> dict[str, Any]:
     """`args` plus the `zero_entries` a run records (index.json) when `method` counts them (ties, pcb) and
-    `args` does not set it: a run's merges use the population of the official harness by default."""
-    if zero_entries and "zero_entries" in get_method(method).defaults and "zero_entries" not in args:
+    `args` does not set it: a run's merges use the population of the official harness by default. A
+    per-tensor threshold (`per_tensor: true`) has no whole-vector population: nothing is added."""
+    if zero_entries and "zero_entries" in get_method(method).defaults and "zero_entries" not in args \
+            and args.get("per_tensor") is not True:
         return {**args, "zero_entries": zero_entries}
     return dict(args)
 

@@ -84,6 +84,60 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     return sorted_value(values, k - 1)
 
 
+def magnitude_rank_mask(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Along the last dimension (length n), True for the entries ranked start .. stop - 1 by descending abs
+    value (rank 0 the largest); equal abs values rank in index order, the earlier entry first (as a stable
+    sort). Ranks are clipped to [0, n]. On the CPU a k-th value and a running count, not a sort."""
+    magnitudes = values.abs()
+    if magnitudes.dtype in (torch.float16, torch.bfloat16):
+        magnitudes = magnitudes.float()  # exact; kthvalue and sort have no half-precision CPU kernels everywhere
+    n = magnitudes.shape[-1] if magnitudes.dim() else 1
+
+    def top(count: int) -> torch.Tensor:  # the `count` entries of highest rank
+        if count <= 0:
+            return torch.zeros_like(magnitudes, dtype=torch.bool)
+        if count >= n:
+            return torch.ones_like(magnitudes, dtype=torch.bool)
+        if magnitudes.device.type in RADIX_DEVICES:  # the count-th largest
+            kth = torch.kthvalue(magnitudes, n - count + 1, dim=-1, keepdim=True).values
+        else:  # a GPU's kthvalue works on one row with one thread block: one sort is faster
+            kth = torch.sort(magnitudes, dim=-1).values[..., n - count: n - count + 1]
+        above = magnitudes > kth
+        at = magnitudes == kth
+        room = count - above.sum(dim=-1, keepdim=True)  # how many of the equal ones still rank in
+        return above | (at & (at.cumsum(dim=-1) <= room))
+
+    return top(stop) & ~top(start)
+
+
+def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Along the last dimension (n entries), the max(1, int(fraction*n)) entries of largest abs value (none at
+    fraction 0): mergekit's `magnitude` rule, ties ranked as `magnitude_rank_mask` ranks them."""
+    n = values.shape[-1] if values.dim() else 1
+    return magnitude_rank_mask(values, 0, max(1, int(fraction * n)) if fraction > 0 else 0)
+
+
+def sign_consensus(deltas: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
+                   normalize: bool = True) -> torch.Tensor:
+    """TIES' elect and mean over already sparsified task tensors x_t, with per-task weights w_t (default 1),
+    as mergekit's sign consensus computes it: y_t = w_t * x_t; the elected sign is +1 where sum_t y_t >= 0,
+    else -1; agreeing entries are the y_t whose sign is the elected one (zeros never agree). The result is
+    the sum of the agreeing y_t, divided, with `normalize`, by the sum of the w_t of the agreeing entries
+    (by 1 where there are none). With unit weights: TIES' disjoint mean."""
+    stacked = torch.stack(list(deltas))
+    column = None if weights is None else torch.tensor(
+        [float(w) for w in weights], dtype=stacked.dtype, device=stacked.device).view((-1,) + (1,) * (stacked.dim() - 1))
+    if column is not None:
+        stacked = stacked * column
+    elected = torch.where(stacked.sum(dim=0) >= 0, 1.0, -1.0).to(stacked.dtype)
+    agree = torch.sign(stacked) == elected
+    mixed = torch.where(agree, stacked, 0.0).sum(dim=0)
+    if not normalize:
+        return mixed
+    divisor = agree.sum(dim=0).to(stacked.dtype) if column is None else torch.where(agree, column, 0.0).sum(dim=0)
+    return mixed / torch.where(divisor == 0, 1.0, divisor)
+
+
 def task_column(values: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     """Per-task scalars as a (T, 1) column on `like`'s device and dtype (broadcasts over (T, n) blocks)."""
     return torch.stack([v.to("cpu", like.dtype) for v in values]).to(like.device).unsqueeze(1)

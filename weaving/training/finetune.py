@@ -4,8 +4,9 @@ One `trainer.fit` walks the whole stream served by a `TaskStreamDataModule`: epo
 `[i * epochs_per_task, (i + 1) * epochs_per_task)` belong to task i. At each task start the module swaps in
 the task's head, restarts AdamW (state cleared) and the warmup + cosine schedule, and with
 `stream="independent"` reloads theta_pre into the encoder (`"sequential"` goes on from the previous task).
-The lr is set before every optimizer step from the step counter and the step at which the task began (no
-Lightning scheduler: a schedule that restarts per task is not one Lightning's scheduler API can restart).
+The lr follows a `LambdaLR` over a `WarmupCosine` factor (returned by `configure_optimizers`, stepped by
+Lightning after every optimizer step, logged as `train/lr` by a `LearningRateMonitor`); the factor is
+restarted at each task start, as the optimizer is, and its state travels in the scheduler's state dict.
 After the last task the module stops the trainer (`trainer.should_stop`), so `trainer.max_epochs` may be
 left out. Everything a resumed run needs is derivable from the epoch counter or stored in the checkpoint
 (with the run identity, checked on load), so `weaving fit --ckpt_path last` continues a killed stream
@@ -40,8 +41,10 @@ class WarmupCosine:
     """Picklable lr factor: linear warmup, then cosine decay to 0, counted from the step the task began.
 
     Same formula as `cosine_lr` in the task-vectors code: (s + 1) / warmup during warmup, then
-    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))). Its `__dict__` goes into checkpoints, so a
-    resumed run knows which task it is in and where that task's schedule began.
+    0.5 * (1 + cos(pi * (s - warmup) / (total - warmup))), with s counted from `start_step`. It is the
+    `lr_lambda` of a `LambdaLR`, whose state dict holds this object's `__dict__`: a resumed run knows which
+    task it is in and where that task's schedule began. The factor of a task's first step does not depend
+    on `total_steps`.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int = 1, start_step: int = 0, task: int = -1) -> None:
@@ -266,13 +269,12 @@ class FineTuner(pl.LightningModule):
             optimizer.state.clear()  # AdamW re-creates its moments lazily at the next step
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         self._schedule.start_task(task, trainer.global_step, self.hparams.epochs_per_task * steps_per_epoch)
-
-    def _set_lr(self) -> None:
-        """lr of the coming optimizer step: lr x the task's warmup + cosine factor at this step."""
-        lr = self.hparams.lr * self._schedule(self.trainer.global_step)
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+        if trainer.global_step > 0:  # step 0's lr was set when the scheduler was made (s = 0 under any total)
+            for config in trainer.lr_scheduler_configs:
+                # The scheduler set the coming step's lr from the finished task's schedule: step it again at
+                # the same step, so the lr comes from the restarted one.
+                config.scheduler.last_epoch -= 1
+                config.scheduler.step()
 
     # ----------------------------------------------------------------------------------------------------
     # Weights
@@ -300,14 +302,18 @@ class FineTuner(pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.visual(images))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the encoder; its lr follows the per-task schedule (set in on_train_batch_start)."""
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the encoder and a per-step `LambdaLR` of the per-task warmup + cosine (`WarmupCosine`),
+        logged as `train/lr` by a `LearningRateMonitor`."""
         params = [p for p in self.visual.parameters() if p.requires_grad]
         fused = self.hparams.get("fused_adamw")
         if fused is None:
             fused = bool(params) and params[0].is_cuda
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                 fused=fused or None)
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                      fused=fused or None)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "train/lr"}}
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """A TaskVectorWriter when the trainer has none: fine-tuning always writes its task vectors."""
@@ -362,9 +368,6 @@ class FineTuner(pl.LightningModule):
         # epoch boundary draws exactly what an unbroken run drew.
         seed_all(epoch_seed(self.hparams.seed, epoch, self.global_rank))
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._set_lr()
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._epoch_done = batch_idx + 1 >= self.trainer.num_training_batches
 
@@ -408,12 +411,10 @@ class FineTuner(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, accuracy, n = self._shared_step(batch)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/acc", accuracy, prog_bar=True, batch_size=n)
-        # Logged as device tensors made by a fill kernel: a logged Python number becomes one through a
-        # host-to-device copy, which synchronises the GPU every step.
-        self.log("train/lr", torch.full((), lr, device=loss.device), batch_size=n)
+        # Logged as a device tensor made by a fill kernel: a logged Python number becomes one through a
+        # host-to-device copy, which synchronises the GPU every step. (train/lr: LearningRateMonitor.)
         self.log("train/task", torch.full((), float(self._task), device=loss.device), batch_size=n)
         return loss
 
@@ -436,8 +437,7 @@ class FineTuner(pl.LightningModule):
             "stream": self.hparams.stream,
             "epochs_per_task": self.hparams.epochs_per_task,
             "next_epoch": self.trainer.current_epoch + int(self._epoch_done),
-            "schedule": dict(self._schedule.__dict__),
-        }
+        }  # the schedule's state is in the LambdaLR's state dict (checkpoint["lr_schedulers"])
         checkpoint["weaving_run"] = self.identity.metadata()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -451,8 +451,6 @@ class FineTuner(pl.LightningModule):
                         message=lambda name, _, mine, __, theirs: f"{where} belongs to run {recorded.run_id} with "
                         f"{name}={theirs!r}, but this run has {name}={mine!r}; resume with the config of that run")
         self.run_id = recorded.run_id
-        if "schedule" in state:
-            self._schedule.__dict__.update(state["schedule"])
         if self._task_names and state["task_names"] != self._task_names:
             raise ValueError(
                 f"the checkpoint's task stream {state['task_names']} differs from the configured one "

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from weaving.merging.registry import register_method
+from weaving.merging.tensor_ops import magnitude_rank_mask
 
 
-def check_breadcrumbs(task_set, *, beta: float, gamma: float) -> None:
+def check_breadcrumbs(task_set, *, beta: float, gamma: float, per_tensor: bool) -> None:
     if not (0.0 <= beta <= 1.0 and 0.0 <= gamma <= 1.0):
         raise ValueError(f"method 'breadcrumbs': beta and gamma must be in [0, 1], got beta={beta}, gamma={gamma}")
 
@@ -25,20 +26,24 @@ def breadcrumbs_mask(value: torch.Tensor, beta: float, gamma: float) -> torch.Te
     """Keep, along the last dimension, the entries ranked int(n*gamma) .. int(n*gamma)+int(n*beta)-1 by
     descending abs value (the top int(n*gamma) are outliers). Equal abs values rank in index order."""
     n = value.shape[-1]
-    top, keep = int(n * gamma), int(n * beta)
-    order = torch.sort(value.abs(), dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    positions = torch.arange(n, device=value.device).expand_as(order)
-    ranks.scatter_(-1, order, positions)
-    return (ranks >= top) & (ranks < top + keep)
+    top = int(n * gamma)
+    return magnitude_rank_mask(value, top, top + int(n * beta))
+
+
+def breadcrumbs_sparsify(value: torch.Tensor, beta: float, gamma: float, per_tensor: bool) -> torch.Tensor:
+    """One task's tensor masked per row (the authors' rule) or, with `per_tensor`, over all its entries
+    ranked together (mergekit's); 0-dim tensors pass unchanged."""
+    if value.dim() == 0:
+        return value
+    if per_tensor:
+        return value * breadcrumbs_mask(value.reshape(-1), beta, gamma).view(value.shape)
+    return value * breadcrumbs_mask(value, beta, gamma)
 
 
 @register_method("breadcrumbs", prepare=check_breadcrumbs)
-def breadcrumbs(tensors: list[torch.Tensor], *, key: str, stats: None, beta: float = 0.15, gamma: float = 0.006) -> torch.Tensor:
+def breadcrumbs(tensors: list[torch.Tensor], *, key: str, stats: None, beta: float = 0.15, gamma: float = 0.006,
+                per_tensor: bool = False) -> torch.Tensor:
     merged = torch.zeros_like(tensors[0])
     for value in tensors:
-        if value.dim() == 0:
-            merged += value
-        else:
-            merged += value * breadcrumbs_mask(value, beta, gamma)
+        merged += breadcrumbs_sparsify(value, beta, gamma, per_tensor)
     return merged

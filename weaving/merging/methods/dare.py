@@ -12,11 +12,17 @@ def check_dare(task_set, *, p: float, rescale: bool) -> None:
         raise ValueError(f"method 'dare': p is the drop probability and must be in [0, 1), got {p}")
 
 
-def drop_and_rescale(value: torch.Tensor, task: int, seed: int, p: float, rescale: bool) -> torch.Tensor:
-    """One task's tensor with each element dropped with probability p (its own seeded stream per task)."""
+def keep_mask(value: torch.Tensor, task: int, seed: int, p: float) -> torch.Tensor:
+    """True where one task's tensor keeps an element: each dropped with probability p, independently, from
+    the task's own seeded stream (the draws depend on the seed, the task and the shape only)."""
     generator = torch.Generator(device=value.device).manual_seed(derive_seed(seed, "dare", task))
-    keep = torch.rand(value.shape, generator=generator, device=value.device, dtype=value.dtype) >= p
-    kept = value * keep
+    return torch.rand(value.shape, generator=generator, device=value.device, dtype=value.dtype) >= p
+
+
+def drop_and_rescale(value: torch.Tensor, task: int, seed: int, p: float, rescale: bool) -> torch.Tensor:
+    """One task's tensor with each element dropped with probability p (`keep_mask`), the kept ones divided
+    by 1 - p when `rescale`."""
+    kept = value * keep_mask(value, task, seed, p)
     return kept / (1.0 - p) if rescale else kept
 
 

@@ -2,7 +2,7 @@
 DARE's random drop and rescale of each task vector, then TIES' sign election and disjoint mean.
 
 The composition mergekit offers as `dare_ties`; see docs/methods.md for the exact rule and how it differs
-from mergekit's defaults.
+from mergekit's defaults (a mergekit file runs mergekit's own rules: `mergekit_dare_ties`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,10 @@ import torch
 
 from weaving.merging.methods.dare import check_dare, drop_and_rescale
 from weaving.merging.registry import register_method
-
-
-def elect_disjoint_mean(sparse: list[torch.Tensor]) -> torch.Tensor:
-    """TIES' elect + disjoint mean over already sparsified task tensors.
-
-    s = sign(sum_t x_t) elementwise, +1 where that sum is exactly 0 (mergekit's rule for its composed
-    methods, so no statistics pass is needed); mean over tasks of the non-zero entries whose sign is s.
-    """
-    stacked = torch.stack(sparse)
-    sign = torch.where(stacked.sum(dim=0) >= 0, 1.0, -1.0).to(stacked.dtype)
-    selected = torch.where((torch.sign(stacked) == sign) & (stacked != 0), stacked, torch.zeros_like(stacked))
-    count = (selected != 0).sum(dim=0).clamp(min=1)
-    return selected.sum(dim=0) / count
+from weaving.merging.tensor_ops import sign_consensus
 
 
 @register_method("dare_ties", prepare=check_dare, random=True)
 def dare_ties(tensors: list[torch.Tensor], *, key: str, stats: None, seed: int, p: float = 0.1,
               rescale: bool = True) -> torch.Tensor:
-    return elect_disjoint_mean([drop_and_rescale(value, task, seed, p, rescale) for task, value in enumerate(tensors)])
+    return sign_consensus([drop_and_rescale(value, task, seed, p, rescale) for task, value in enumerate(tensors)])

@@ -1,5 +1,8 @@
 """TIES-Merging (Yadav et al., 2023): trim, elect sign, disjoint mean.
 
+The trim threshold is taken over each whole task vector (the authors' rule), or with `per_tensor` from
+each tensor alone (mergekit's rule: exactly max(1, int(n*k)) entries of each tensor are kept).
+
 `zero_entries` counts extra zero-delta entries in each task vector's population, as if appended to it:
 the official CLIP harnesses flatten the whole ImageEncoder, whose text-side tensors never change
 (docs/methods.md, "The threshold population"). Only the trim threshold's index moves.
@@ -13,7 +16,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import StackedBlocks, task_column
+from weaving.merging.tensor_ops import StackedBlocks, task_column, top_fraction_mask
 
 
 @dataclass
@@ -43,17 +46,20 @@ def trim_thresholds(task_set: TaskVectorSet, k: float, zero_entries: int = 0) ->
     return [row[0] for row in chosen]
 
 
-def prepare_ties(task_set: TaskVectorSet, *, k: float, zero_entries: int = 0) -> TiesStats:
+def prepare_ties(task_set: TaskVectorSet, *, k: float, zero_entries: int = 0, per_tensor: bool = False) -> TiesStats:
     if not 0.0 < k <= 1.0:
         raise ValueError(f"method 'ties': k is the kept fraction and must be in (0, 1], got {k}")
     check_zero_entries("ties", zero_entries)
+    if per_tensor and zero_entries:
+        raise ValueError("method 'ties': zero_entries counts entries of a whole task vector's threshold population; "
+                         "with per_tensor each tensor is its own population: give one of them")
     # One task vector flattened at a time: never a dense T x d matrix. (A threshold of 0 keeps everything,
     # as the appended zeros would in the original: abs(x) >= 0; they add nothing to any sum or sign.)
-    thresholds = trim_thresholds(task_set, k, zero_entries)
+    thresholds = [None] * task_set.num_tasks if per_tensor else trim_thresholds(task_set, k, zero_entries)
     # Where the elected sign is 0, the original code uses the sign of the sum of all elected signs.
     total = 0
     for key in task_set.keys:
-        tensors = task_set.tensors(key)
+        tensors = per_tensor_trim(task_set.tensors(key), k) if per_tensor else task_set.tensors(key)
         columns = threshold_column(thresholds, tensors[0])
         stacked_blocks = StackedBlocks(tensors, scratch=1)
         for _, stacked in stacked_blocks:
@@ -67,6 +73,12 @@ def threshold_column(thresholds: list[torch.Tensor | None], like: torch.Tensor) 
     return task_column([torch.zeros(()) if t is None else t for t in thresholds], like)
 
 
+def per_tensor_trim(tensors: list[torch.Tensor], k: float) -> list[torch.Tensor]:
+    """Each task's tensor (n entries) keeping its max(1, int(n*k)) entries of largest abs value, zero
+    elsewhere; among equal abs values at the threshold the earlier entries are kept (`top_fraction_mask`)."""
+    return [value * top_fraction_mask(value.reshape(-1), k).view(value.shape) for value in tensors]
+
+
 def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """Zero, in place, the entries of the stacked (T, n) block below their task's threshold."""
     keep = torch.ge(torch.abs(stacked, out=scratch), thresholds, out=scratch)  # 0/1 in the values' dtype
@@ -75,7 +87,9 @@ def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor
 
 @register_method("ties", prepare=prepare_ties)
 def ties(tensors: list[torch.Tensor], *, key: str, stats: TiesStats, k: float = 0.2,
-         zero_entries: int = 0) -> torch.Tensor:
+         zero_entries: int = 0, per_tensor: bool = False) -> torch.Tensor:
+    if per_tensor:
+        tensors = per_tensor_trim(tensors, k)  # the thresholds are then all None: nothing more is trimmed
     columns = threshold_column(stats.thresholds, tensors[0])
     merged = torch.empty(tensors[0].numel(), dtype=tensors[0].dtype, device=tensors[0].device)
     stacked_blocks = StackedBlocks(tensors, scratch=1)
