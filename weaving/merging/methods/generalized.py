@@ -16,7 +16,7 @@ import torch
 
 from weaving.merging.methods.dare import keep_mask
 from weaving.merging.registry import register_method
-from weaving.merging.tensor_ops import magnitude_rank_mask, sign_consensus, top_fraction_mask
+from weaving.merging.tensor_ops import sign_consensus
 
 DEFAULT_GAMMA = 0.01  # mergekit's default removed top fraction of `magnitude_outliers`
 RESCALE_EPS = 1e-7  # below this L1 norm (before or after masking) mergekit does not rescale
@@ -51,13 +51,32 @@ def prepare_generalized(task_set, **hparams) -> dict[str, torch.dtype]:
     return {key: task_set.stored_dtype(key) if name == "inputs" else COMPUTE_DTYPES[name] for key in task_set.keys}
 
 
+def magnitudes(flat: torch.Tensor) -> torch.Tensor:
+    """The abs values mergekit sorts: widened to float32 on the CPU, as they are on a GPU."""
+    values = flat.abs()
+    return values.float() if values.device.type == "cpu" else values
+
+
+def magnitude_mask(flat: torch.Tensor, density: float) -> torch.Tensor:
+    """mergekit's `magnitude`: the max(1, int(density*n)) entries of largest abs value (none at density 0),
+    chosen by the same `torch.argsort` call as mergekit, so equal abs values at the threshold go the way
+    mergekit's go (that sort is not stable: with the same torch, on the same device)."""
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    if density > 0:
+        keep[torch.argsort(magnitudes(flat), descending=True)[:max(1, int(density * flat.numel()))]] = True
+    return keep
+
+
 def outliers_mask(flat: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """mergekit's `magnitude_outliers`: drop the int(gamma*n) entries of largest abs value (fewer where
-    density needs them: at most n - int(density*n)), keep the next int(density*n)."""
+    """mergekit's `magnitude_outliers`: in ascending abs order (mergekit's `torch.sort`), skip the
+    n - int(density*n) - int(gamma*n) smallest (at least 0) and keep the next int(density*n): the
+    int(gamma*n) largest are dropped, fewer where the density needs them."""
     n = flat.numel()
-    keep = int(density * n)
-    top = min(int(gamma * n), n - keep)
-    return magnitude_rank_mask(flat, top, top + keep)
+    keep_count = int(density * n)
+    bottom = max(0, n - keep_count - int(gamma * n))
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.sort(magnitudes(flat), descending=False).indices[bottom:bottom + keep_count]] = True
+    return keep
 
 
 def sparsified(value: torch.Tensor, mask: torch.Tensor | None, rescale: bool) -> torch.Tensor:
@@ -109,7 +128,7 @@ def mergekit_task_arithmetic(tensors: list[torch.Tensor], *, key: str, stats: di
 @register_method("mergekit_ties", prepare=prepare_generalized)
 def mergekit_ties(tensors: list[torch.Tensor], *, key: str, stats: dict, weights: tuple = (), densities: tuple = (),
                   normalize: bool = True, rescale: bool = False, compute_dtype: str = "inputs") -> torch.Tensor:
-    return generalized(tensors, lambda task, flat, density: top_fraction_mask(flat, density), work=stats[key],
+    return generalized(tensors, lambda task, flat, density: magnitude_mask(flat, density), work=stats[key],
                        weights=weights,
                        densities=densities, consensus=True, normalize=normalize, rescale=rescale)
 
