@@ -37,6 +37,10 @@ for fd, pipe in ((1, request["stdout"]), (2, request["stderr"])):
 os.environ.clear()
 os.environ.update(request["env"])
 os.chdir(request["cwd"])
+if request["env"].get("OMP_NUM_THREADS", "").isdigit():  # read by torch at start-up in a fresh interpreter
+    import torch
+
+    torch.set_num_threads(int(request["env"]["OMP_NUM_THREADS"]))
 if request["setup"] is not None:
     request["setup"]()
 try:
