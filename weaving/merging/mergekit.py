@@ -91,10 +91,9 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
     """A mergekit configuration (the mapping of its YAML file) -> the weaving recipe mapping that runs it with
     mergekit's rules, in weaving's recipe schema (weaving.merging.recipe.Recipe): pretrained (the base model),
     finetuned (the other models in order), the `mergekit_<method>` method with its per-model lists as
-    method_args (with mergekit's `dtype` as `compute_dtype` and its `lambda` as `scale`), the output
-    `dtype` (out_dtype, else dtype) when set. The
-    output is not part of a mergekit file: the caller adds it. Anything weaving does not do is one
-    ValueError line."""
+    method_args (with mergekit's `dtype` as `compute_dtype` and its `lambda` as `scale`), and the output
+    `dtype` (out_dtype, else dtype) when set. The output path is not part of a mergekit file: the caller
+    adds it. Anything weaving does not do is one ValueError line."""
     if not isinstance(config, Mapping):
         _fail(f"a mergekit configuration is a YAML mapping, got {type(config).__name__}")
     for key in config:
