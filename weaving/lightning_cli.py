@@ -1,7 +1,10 @@
 """`weaving fit|validate|test|predict`: LightningCLI over any LightningModule / LightningDataModule.
 
-Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`);
-`weaving.cli.main` dispatches here and turns user errors into one line.
+Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`)
+and compose with several `--config`; `weaving.cli.main` dispatches here and turns user errors into one line.
+The data's `model` and `pretrained` are linked to the module's (`link_model_name`, `link_pretrained`), and
+before anything is built the module class the config names fills the trainer defaults it owns
+(`fill_trainer_defaults`: the run folder of a fit, its max_epochs, log and checkpoint folders).
 """
 
 from __future__ import annotations
