@@ -89,7 +89,16 @@ def lightning_main(args: list[str] | None = None) -> None:
             raise ValueError(f"{option} is not supported: FineTuner owns its optimizer (AdamW restarted per task, "
                              "warmup + cosine); set --model.init_args.lr, weight_decay and warmup_steps instead")
 
+    requested = argv[0] if argv else None
+
     class WeavingCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            """Only the subcommand being run gets a parser (LightningCLI builds one per subcommand, each
+            introspecting the Trainer and the classes: about a quarter of the cost of a parse each)."""
+            known = LightningCLI.subcommands()
+            return {requested: known[requested]} if requested in known else known
+
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="fit: replace another run found in the run folder (default: refuse).")
