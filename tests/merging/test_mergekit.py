@@ -203,9 +203,10 @@ def test_dtype_is_the_compute_dtype_and_out_dtype_the_output(tmp_path, models):
 
 
 def mergekit_in_dtype(method: str, base: dict, finetuned: list[dict], weights: list[float], densities: list[float],
-                      normalize: bool, rescale: bool) -> dict[str, torch.Tensor]:
+                      normalize: bool, rescale: bool, lam: float = 1.0) -> dict[str, torch.Tensor]:
     """mergekit's tensor operations in the models' own (half) precision, op for op from its definitions
-    (`get_mask`, `GeneralizedTaskArithmeticMerge.merge_group`, `sparsify.magnitude` with a stable sort)."""
+    (`get_mask`, `GeneralizedTaskArithmeticMerge.merge_group`, `sparsify.magnitude`: its argsort, which is
+    not stable and decides among the many equal bfloat16 magnitudes)."""
     out = {}
     for key, b in base.items():
         deltas = []
@@ -214,7 +215,7 @@ def mergekit_in_dtype(method: str, base: dict, finetuned: list[dict], weights: l
             if method == "ties" and densities[t] < 1:
                 k = max(1, int(densities[t] * delta.numel()))
                 mask = torch.zeros(delta.numel(), dtype=delta.dtype)
-                mask[torch.sort(delta.abs().reshape(-1).float(), descending=True, stable=True).indices[:k]] = 1
+                mask[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = 1  # mergekit's own call
                 masked = delta * mask.reshape(delta.shape)
                 if rescale:
                     before, after = delta.abs().sum(), masked.abs().sum()
@@ -224,31 +225,38 @@ def mergekit_in_dtype(method: str, base: dict, finetuned: list[dict], weights: l
         stacked = torch.stack(deltas)
         w = torch.tensor(weights, dtype=stacked.dtype).view((-1,) + (1,) * b.dim())
         stacked = stacked * w
-        sign = stacked.sign()
-        majority = (stacked.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
-        mask = (sign == majority).to(stacked.dtype)
-        mixed = (stacked * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-        out[key] = (b + (mixed / divisor if normalize else mixed)).to(b.dtype)
+        if method == "task_arithmetic":
+            mixed, divisor = stacked.sum(dim=0), w.sum(dim=0)
+        else:
+            sign = stacked.sign()
+            majority = (stacked.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
+            mask = (sign == majority).to(stacked.dtype)
+            mixed = (stacked * mask).sum(dim=0)
+            divisor = (w * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+        mixed = mixed / divisor if normalize else mixed
+        out[key] = (b + (mixed * lam if lam != 1 else mixed)).to(b.dtype)
     return out
 
 
-@pytest.mark.parametrize("rescale", [False, True])
-def test_bfloat16_models_are_merged_in_bfloat16_as_mergekit_does(tmp_path, models, rescale):
-    """Models stored in bfloat16 and no dtype: mergekit computes the deltas, masks, weights and sums in
-    bfloat16, and so do mergekit's methods here (compute_dtype "inputs"): the same output bits, where
-    float32 arithmetic would keep other entries at the density threshold."""
+@pytest.mark.parametrize("method, rescale, lam", [("ties", False, 1.0), ("ties", True, 0.8),
+                                                  ("task_arithmetic", False, 0.9)])
+def test_bfloat16_models_are_merged_in_bfloat16_as_mergekit_does(tmp_path, models, method, rescale, lam):
+    """Models stored in bfloat16 and no dtype: mergekit computes the deltas, masks, weights, sums and its
+    lambda in bfloat16, and so do mergekit's methods here (compute_dtype "inputs"), selecting with
+    mergekit's own sort call: the same output bits, where float32 arithmetic would keep other entries at the
+    density threshold (and round the lambda-scaled sum once instead of twice)."""
     base, finetuned = loaded(models)
     half = {}
     for name, tensors in [("base", base), *zip(("a", "b", "c"), finetuned)]:
         half[name] = tmp_path / f"{name}-bf16.safetensors"
         save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, half[name])
-    config = {"merge_method": "ties", "base_model": str(half["base"]), "parameters": {"rescale": rescale},
+    config = {"merge_method": method, "base_model": str(half["base"]),
+              "parameters": {"lambda": lam, **({"rescale": rescale} if method == "ties" else {})},
               "models": entries(half, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
     merged = merge_file(tmp_path, config)
-    expected = mergekit_in_dtype("ties", load_file(half["base"]), [load_file(half[n]) for n in ("a", "b", "c")],
-                                 WEIGHTS, DENSITIES, True, rescale)
+    expected = mergekit_in_dtype(method, load_file(half["base"]), [load_file(half[n]) for n in ("a", "b", "c")],
+                                 WEIGHTS, DENSITIES, method == "ties", rescale, lam)
     for key, value in expected.items():
         assert merged[key].dtype == torch.bfloat16
         assert torch.equal(merged[key], value), key
@@ -264,8 +272,8 @@ def test_the_recipe_it_makes():
               "parameters": {"density": 0.7, "lambda": 1.2, "normalize": True}, "tokenizer_source": "base"}
     assert recipe_from_mergekit(config) == {
         "pretrained": "org/base", "finetuned": ["org/a", "org/b"], "method": "mergekit_breadcrumbs_ties",
-        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02]},
-        "lam": 1.2}
+        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02],
+                        "scale": 1.2}}
 
 
 BASE = {"merge_method": "ties", "base_model": "base", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
@@ -333,12 +341,16 @@ CUDA_CASES = {"ties": {"k": 0.3, "per_tensor": True}, "breadcrumbs": {"beta": 0.
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("method", sorted(CUDA_CASES))
 def test_on_cuda_the_masks_and_merges_match_the_cpu(method):
-    """On a GPU the rank masks come from one sort instead of kthvalue: the same entries, ties included (a
-    tensor of repeated magnitudes), so the merges equal the CPU's to rounding."""
+    """On a GPU weaving's rank masks come from one sort instead of kthvalue: the same entries, ties included
+    (repeated magnitudes), so the merges equal the CPU's to rounding. mergekit's methods sort as mergekit
+    does, whose order among equal values is the device's: they are compared on distinct magnitudes."""
     g = torch.Generator().manual_seed(0)
     shapes = {"w": (64, 300), "b": (300,), "s": ()}
     pretrained = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
-    tvs = [{k: torch.randint(-20, 21, s, generator=g).double() / 10 for k, s in shapes.items()} for _ in range(3)]
+    if method.startswith("mergekit_"):
+        tvs = [{k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()} for _ in range(3)]
+    else:
+        tvs = [{k: torch.randint(-20, 21, s, generator=g).double() / 10 for k, s in shapes.items()} for _ in range(3)]
     on_cpu = weaving.merge(pretrained, tvs, method, **CUDA_CASES[method])
     on_gpu = weaving.merge(pretrained, tvs, method, device="cuda", **CUDA_CASES[method])
     for key, value in on_cpu.items():

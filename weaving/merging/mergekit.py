@@ -14,8 +14,8 @@
 A mergekit file means mergekit's rules: its methods run as `mergekit_<method>`
 (`weaving.merging.methods.generalized`: per-model weights and densities, per-tensor sparsification, sign
 consensus over the weighted deltas, mergekit's `normalize` default, L1 rescale, arithmetic in mergekit's
-`dtype` or the models' own), and `lambda` is the scale of
-the merged delta (the recipe's `lam`). Everything else mergekit's schema can say (slices, modules, other merge
+`dtype` or the models' own, `lambda` scaling the merged delta). The recipe's `lam` (or weaving's `lambdas`)
+scales mergekit's merged delta on top. Everything else mergekit's schema can say (slices, modules, other merge
 methods, parameter gradients and filters, LoRA references, tokenizer surgery, chat templates, unknown keys)
 is refused with one line before anything is read.
 """
@@ -91,10 +91,9 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
     """A mergekit configuration (the mapping of its YAML file) -> the weaving recipe mapping that runs it with
     mergekit's rules, in weaving's recipe schema (weaving.merging.recipe.Recipe): pretrained (the base model),
     finetuned (the other models in order), the `mergekit_<method>` method with its per-model lists as
-    method_args (with mergekit's `dtype` as `compute_dtype`), `lam` when the file sets `lambda`, the output
-    `dtype` (out_dtype, else dtype) when set. The
-    output is not part of a mergekit file: the caller adds it. Anything weaving does not do is one
-    ValueError line."""
+    method_args (with mergekit's `dtype` as `compute_dtype` and its `lambda` as `scale`), and the output
+    `dtype` (out_dtype, else dtype) when set. The output path is not part of a mergekit file: the caller
+    adds it. Anything weaving does not do is one ValueError line."""
     if not isinstance(config, Mapping):
         _fail(f"a mergekit configuration is a YAML mapping, got {type(config).__name__}")
     for key in config:
@@ -161,8 +160,8 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
         args["gammas"] = per_model["gamma"]
     recipe: dict[str, Any] = {"pretrained": base, "finetuned": locations, "method": f"mergekit_{method}",
                               "method_args": args}
-    if "lambda" in top:
-        recipe["lam"] = _number(top["lambda"], "parameters.lambda")
+    if "lambda" in top:  # mergekit scales its merged delta in its own dtype: the method does the same
+        args["scale"] = _number(top["lambda"], "parameters.lambda")
     for key in ("dtype", "out_dtype"):
         name = config.get(key)
         if name is not None and (not isinstance(name, str) or name.removeprefix("torch.") not in DTYPES):

@@ -110,13 +110,6 @@ def magnitude_rank_mask(values: torch.Tensor, start: int, stop: int) -> torch.Te
     return top(stop) & ~top(start)
 
 
-def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Along the last dimension (n entries), the max(1, int(fraction*n)) entries of largest abs value (none at
-    fraction 0): mergekit's `magnitude` rule, ties ranked as `magnitude_rank_mask` ranks them."""
-    n = values.shape[-1] if values.dim() else 1
-    return magnitude_rank_mask(values, 0, max(1, int(fraction * n)) if fraction > 0 else 0)
-
-
 def sign_consensus(deltas: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
                    normalize: bool = True) -> torch.Tensor:
     """TIES' elect and mean over already sparsified task tensors x_t, with per-task weights w_t (default 1),
