@@ -1,7 +1,10 @@
 """`weaving fit|validate|test|predict`: LightningCLI over any LightningModule / LightningDataModule.
 
-Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`);
-`weaving.cli.main` dispatches here and turns user errors into one line.
+Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`)
+and compose with several `--config`; `weaving.cli.main` dispatches here and turns user errors into one line.
+The data's `model` and `pretrained` are linked to the module's (`link_model_name`, `link_pretrained`), and
+before anything is built the module class the config names fills the trainer defaults it owns
+(`fill_trainer_defaults`: the run folder of a fit, its max_epochs, log and checkpoint folders).
 """
 
 from __future__ import annotations
@@ -86,7 +89,16 @@ def lightning_main(args: list[str] | None = None) -> None:
             raise ValueError(f"{option} is not supported: FineTuner owns its optimizer (AdamW restarted per task, "
                              "warmup + cosine); set --model.init_args.lr, weight_decay and warmup_steps instead")
 
+    requested = argv[0] if argv else None
+
     class WeavingCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            """Only the subcommand being run gets a parser (LightningCLI builds one per subcommand, each
+            introspecting the Trainer and the classes: about a quarter of the cost of a parse each)."""
+            known = LightningCLI.subcommands()
+            return {requested: known[requested]} if requested in known else known
+
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="fit: replace another run found in the run folder (default: refuse).")
