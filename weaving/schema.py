@@ -49,16 +49,16 @@ def _one_or_more(action: Any) -> None:
     from jsonargparse._typehints import ActionTypeHint
 
     def item_type(hint: Any) -> Any:
-        for arg in get_args(hint):
-            if get_origin(arg) is list:
+        for arg in (hint, *get_args(hint)):
+            if get_origin(arg) in (list, tuple):  # list[X] or tuple[X, ...]
                 return get_args(arg)[0]
         raise TypeError(f"{action.dest}: one_or_more needs a list type, got {hint}")
 
     class OneOrMore(ActionTypeHint):
         def _check_type(self, value: Any, **kwargs: Any) -> Any:
             items = []
-            for item in value if isinstance(value, list) else [value]:
-                items += item if isinstance(item, list) else [item]
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                items += item if isinstance(item, (list, tuple)) else [item]
             return super()._check_type(items, **kwargs)
 
     action._typehint = Union[item_type(action._typehint), None]

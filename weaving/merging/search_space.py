@@ -29,6 +29,12 @@ from typing import Any, Callable, Union
 
 import torch
 
+# How the typed command lines declare a search space (lambdas, grid, points): any YAML value, checked by
+# parse_search_space below (the one place, with its cap on the number of points) before any tensor is read.
+# Not a typed list: jsonargparse checks a list item by item with a copy of the whole list each time, so a
+# 3,000-number list took 15 s to parse and a 10^5-point typo would run for hours before being refused.
+SpaceValue = Any
+
 # The one cap on the number of points a search space may expand to: each point is one member of the
 # augmented set, so more is a typo (a grid or a range mistyped into millions of merges), not a search.
 MAX_SEARCH_POINTS = 10_000
