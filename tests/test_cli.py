@@ -234,3 +234,35 @@ def test_a_huge_search_space_is_refused_before_anything_is_read(args, message, c
     code, _, err = run_main(capsys, *args)
     lines = [line for line in err.splitlines() if line.startswith("weaving")]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+STARTUP = """
+import sys
+from weaving.cli import main
+
+def run(*args):
+    try:
+        main(list(args))
+    except SystemExit as stop:
+        assert stop.code in (0, 2, None), stop.code
+
+run("--version")
+print("torch after --version:", "torch" in sys.modules)
+run("merge", "--pretrained", "p.safetensors", "--finetuned", "a.safetensors", "--method", "ties", "--lam", "abc",
+    "--output", "o.safetensors")
+run("merge", "--help")
+run("import", "--pretrained", "p", "--finetuned", "a=b", "--output", "o", "--format", "nope")
+run("import", "--help")
+print("lightning after merge and import:", sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")))
+"""
+
+
+def test_start_up_imports_only_what_each_command_needs(tmp_path):
+    """One process: `weaving --version` imports no torch; `weaving merge` and `weaving import` (a refused
+    option and --help) import no Lightning."""
+    result = subprocess.run([sys.executable, "-c", STARTUP], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch after --version: False" in result.stdout
+    assert "lightning after merge and import: []" in result.stdout, result.stdout
+    assert "weaving merge: error: --lam: expected float, got abc" in result.stderr
+    assert "weaving import: error: --format: expected one of" in result.stderr
