@@ -2,7 +2,7 @@
 #   docker build -t weaving .
 #   docker run --rm --gpus all --ipc=host --user "$(id -u):$(id -g)" \
 #       -v "$PWD":/workspace -v "$HOME/.cache/huggingface":/cache/huggingface \
-#       weaving fit --config /opt/weaving/configs/finetune/vit_b32_eurosat.yaml
+#       weaving fit --config /opt/weaving/configs/finetune/vit_b32.yaml --config /opt/weaving/configs/finetune/eurosat.yaml
 # The base image is pinned by tag and brings torch and torchvision with CUDA; constraints.txt pins every other
 # dependency to the versions the test suite passed with, so rebuilding gives the same environment.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime

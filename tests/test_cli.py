@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 import weaving
 from weaving.cli import main
 from weaving.errors import error_line
-from weaving.lightning_cli import run_dir_name
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = str(CONFIGS / "finetune" / "digits_tiny.yaml")
@@ -77,12 +76,6 @@ def test_environment_sets_keys_the_config_leaves_out(capsys, monkeypatch):
     monkeypatch.setenv("PL_FIT__TRAINER__MAX_STEPS", "7")
     code, out, _ = run_main(capsys, "fit", "--config", TINY, "--print_config")
     assert code in (0, None) and yaml.safe_load(out)["trainer"]["max_steps"] == 7
-
-
-def test_run_dir_name():
-    assert run_dir_name("ViT-B-32", ["cars"], None) == str(Path("checkpoints/ViT-B-32/cars"))
-    assert run_dir_name("ViT-B-32", ["cifar100"], 10) == str(Path("checkpoints/ViT-B-32/cifar100_10splits"))
-    assert run_dir_name("hf-hub:org/m", ["a", "b"], None) == str(Path("checkpoints/hf-hub-org-m/a+b"))
 
 
 def test_nested_key_errors_name_the_key():

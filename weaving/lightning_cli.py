@@ -1,78 +1,78 @@
 """`weaving fit|validate|test|predict`: LightningCLI over any LightningModule / LightningDataModule.
 
-Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`);
-`weaving.cli.main` dispatches here and turns user errors into one line.
+Configs name the classes by `class_path` (e.g. `weaving.training.FineTuner`, `weaving.evaluation.MergeModule`)
+and compose with several `--config`; `weaving.cli.main` dispatches here and turns user errors into one line.
+The data's `model` and `pretrained` are linked to the module's (`link_model_name`, `link_pretrained`), and
+before anything is built the module class the config names fills the trainer defaults it owns
+(`fill_trainer_defaults`: the run folder of a fit, its max_epochs, log and checkpoint folders).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
+
+from weaving.errors import UserError
 
 OWNED_BY_FINETUNER = ("--optimizer", "--lr_scheduler")
 
 
-def run_dir_name(model: str, tasks: list[str], splits: int | None) -> str:
-    """The derived run folder of a fit: `checkpoints/<model>/<tasks>` (tasks joined by '+', then `_<n>splits`)."""
-    model_part = str(model).replace("/", "-").replace(":", "-")
-    task_part = "+".join(tasks) if len("+".join(tasks)) <= 80 else f"{tasks[0]}+{len(tasks) - 1}_more"
-    if splits:
-        task_part += f"_{splits}splits"
-    return str(Path("checkpoints") / model_part / task_part)
+def _same_model(a: str, b: str) -> bool:
+    return str(a).replace("/", "-") == str(b).replace("/", "-")
 
 
-def _get(namespace: Any, key: str, default: Any = None) -> Any:
-    for part in key.split("."):
-        if namespace is None:
-            return default
-        namespace = namespace.get(part) if hasattr(namespace, "get") else getattr(namespace, part, None)
-    return default if namespace is None else namespace
+def link_model_name(model: str | None, data_model: str | None) -> str | None:
+    """`data.init_args.model` := `model.init_args.model` (the link of `weaving fit|validate`). A data section
+    that names the model too is accepted when it names the same one and refused otherwise; when the module
+    names none (it reads its model from the task vectors), the data's own choice, or None: then the data
+    module asks the module (`image_model()`) once it is loaded."""
+    if model is None:
+        return data_model
+    if data_model is not None and not _same_model(model, data_model):
+        raise UserError(f"data.init_args.model={data_model!r} but model.init_args.model={model!r}: name the model "
+                        "once, in the model section (the data takes it from there)")
+    return model
 
 
-def _class_name(node: Any) -> str:
-    return str(_get(node, "class_path", "")).rsplit(".", 1)[-1]
+def link_pretrained(model: str | None, pretrained: str | None, data_pretrained: str | None) -> str | None:
+    """`data.init_args.pretrained` := `model.init_args.pretrained` when the module names its model (None is
+    a choice there: random init); as `link_model_name` for a data section that names it too."""
+    if model is None:
+        return data_pretrained
+    if data_pretrained is not None and data_pretrained != pretrained:
+        raise UserError(f"data.init_args.pretrained={data_pretrained!r} but model.init_args.pretrained="
+                        f"{pretrained!r}: name the pretrained source once, in the model section")
+    return pretrained
 
 
-def derive_run_paths(config: Any) -> None:
-    """Fill the run folder, logger folder and checkpoint folder of a FineTuner fit where the config leaves them
-    out: `trainer.default_root_dir` derives from the model and the tasks (`run_dir_name`), the logger's
-    `save_dir` is that folder and ModelCheckpoint's `dirpath` is `<that folder>/ckpt`, so
-    `--trainer.default_root_dir DIR` moves task vectors, logs and checkpoints together."""
-    if _class_name(config.get("model")) != "FineTuner":
-        return
-    trainer = config.trainer
-    if trainer.get("default_root_dir") is None:
-        model = _get(config, "model.init_args.model", "weaving-tiny-vit")
-        tasks = list(_get(config, "data.init_args.tasks", []) or [])
-        trainer.default_root_dir = run_dir_name(model, tasks, _get(config, "data.init_args.splits"))
-    root = trainer.default_root_dir
-    loggers = trainer.get("logger")
-    for logger in loggers if isinstance(loggers, list) else [loggers]:
-        init_args = _get(logger, "init_args")
-        if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
-            init_args.save_dir = root
-    for callback in trainer.get("callbacks") or []:
-        init_args = _get(callback, "init_args")
-        if _class_name(callback) == "ModelCheckpoint" and init_args is not None and init_args.get("dirpath") is None:
-            init_args.dirpath = str(Path(root) / "ckpt")
+def import_class(class_path: str | None) -> type:
+    """The class a config names by `class_path` (`object` when it cannot be imported: the parser says so)."""
+    import importlib
+
+    module_name, _, name = str(class_path or "").rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return object
+    return found if isinstance(found, type) else object
+
+
+def fill_trainer_defaults(config: Any) -> None:
+    """What a config leaves out of the trainer and its callbacks, filled by the module class it names: the
+    class's `fill_trainer_defaults(config)` when it has one (FineTuner: the run folder, max_epochs, the log
+    and checkpoint folders; ComparisonModule: the output folder). Runs before anything is built."""
+    module_class = import_class(config.get("model.class_path"))
+    if callable(getattr(module_class, "fill_trainer_defaults", None)):
+        module_class.fill_trainer_defaults(config)
 
 
 def _check_has_test_loop(class_path: str | None) -> None:
     """`weaving test` needs a module that defines test_step; say so before anything is built."""
-    import importlib
-
     import lightning.pytorch as pl
 
-    if not class_path or "." not in class_path:
-        return
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        return  # LightningCLI reports an unknown class itself
-    if isinstance(cls, type) and getattr(cls, "test_step", None) is pl.LightningModule.test_step:
-        raise ValueError(f"{name} has no test loop; run `weaving validate` with the same config instead (a "
+    cls = import_class(class_path)
+    if issubclass(cls, pl.LightningModule) and cls.test_step is pl.LightningModule.test_step:
+        raise ValueError(f"{cls.__name__} has no test loop; run `weaving validate` with the same config instead (a "
                          "MultiTaskDataModule scores the split named by --data.init_args.eval_split, e.g. test)")
 
 
@@ -89,12 +89,27 @@ def lightning_main(args: list[str] | None = None) -> None:
             raise ValueError(f"{option} is not supported: FineTuner owns its optimizer (AdamW restarted per task, "
                              "warmup + cosine); set --model.init_args.lr, weight_decay and warmup_steps instead")
 
+    requested = argv[0] if argv else None
+
     class WeavingCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            """Only the subcommand being run gets a parser (LightningCLI builds one per subcommand, each
+            introspecting the Trainer and the classes: about a quarter of the cost of a parse each)."""
+            known = LightningCLI.subcommands()
+            return {requested: known[requested]} if requested in known else known
+
         def add_arguments_to_parser(self, parser: Any) -> None:
             parser.add_argument("--overwrite", type=bool, default=False,
                                 help="fit: replace another run found in the run folder (default: refuse).")
             parser.add_argument("--allow_mixed", type=bool, default=False,
                                 help="validate/test: merge task vectors whose base model or run ids disagree.")
+            # The data's images get the module's model transforms: a config names the model once, in the
+            # model section (see link_model_name).
+            parser.link_arguments(("model.init_args.model", "data.init_args.model"), "data.init_args.model",
+                                  compute_fn=link_model_name, apply_on="parse")
+            parser.link_arguments(("model.init_args.model", "model.init_args.pretrained", "data.init_args.pretrained"),
+                                  "data.init_args.pretrained", compute_fn=link_pretrained, apply_on="parse")
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             super().parse_arguments(parser, args)
@@ -108,9 +123,9 @@ def lightning_main(args: list[str] | None = None) -> None:
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
             if self.subcommand == "test":
-                _check_has_test_loop(_get(config, "model.class_path"))
-            derive_run_paths(config)
-            if config.get("allow_mixed") and _class_name(config.get("model")) == "MergeModule":
+                _check_has_test_loop(config.get("model.class_path"))
+            fill_trainer_defaults(config)
+            if config.get("allow_mixed") and "allow_mixed" in (config.get("model.init_args") or {}):
                 config.model.init_args.allow_mixed = True
 
         def before_fit(self) -> None:

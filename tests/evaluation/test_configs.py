@@ -1,5 +1,7 @@
 """The YAML configs of the evaluation stage: they parse, they run, and configs/demo matches the demo."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ import yaml
 from weaving.cli import main
 from weaving.evaluation import report
 from weaving.evaluation.demo import DOMAIN_TASKS, DemoConfig
+
+from tests.training.test_composed_configs import assert_holds, resolved
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "merge").glob("*.yaml")) + sorted((ROOT / "configs" / "demo").glob("*.yaml"))
@@ -66,34 +70,46 @@ def test_demo_configs_fit_then_validate(tmp_path, head_cache):
 
 
 COMPARE = ROOT / "configs" / "compare"
+# The values of the 51 files configs/compare/generate.py wrote (captured from them before the composition
+# replaced the 48 paper jobs; the 3 digits jobs stay files of their own).
+EXPECTED = [json.loads(line) for line in Path(__file__).with_name("compare_configs.json").read_text().splitlines()]
+MODELS = {"vit_b32": "ViT-B-32", "vit_b16": "ViT-B-16", "vit_l14": "ViT-L-14"}
 
 
-def load_compare_generator():
-    import importlib.util
+def paper_job(generated: str) -> tuple[list[Path], list[str]]:
+    """The documented command of one job of the paper's comparison: paper.yaml, its setup file, and the
+    task vectors and output folder of the paper's layout (docs/evaluation.md): runs/<backbone> (multi_task,
+    domain_generalization) or the continual configs' sequential run, outputs/compare/<backbone>/<job>."""
+    slug, job = generated.removesuffix(".yaml").split("/")
+    match = re.fullmatch(r"continual_(.+)_(\d+)splits", job)
+    if match:
+        dataset, n = match.groups()
+        files, vectors = ["paper.yaml", f"continual_{dataset}.yaml"], \
+            f"checkpoints/continual/{MODELS[slug]}/{dataset}_{n}splits_sequential"
+    else:
+        files, vectors = ["paper.yaml", f"{job}.yaml"], f"runs/{slug}"
+    return [COMPARE / f for f in files], [f"--model.init_args.task_vectors={vectors}",
+                                          f"--model.init_args.output_dir=outputs/compare/{slug}/{job}"]
 
-    spec = importlib.util.spec_from_file_location("generate_compare_configs", COMPARE / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def test_compare_configs_are_the_generator_output_and_cover_the_paper():
-    generator = load_compare_generator()
-    assert generator.main(["--check"]) == 0
-    on_disk = {p.relative_to(COMPARE) for p in COMPARE.glob("*/*.yaml")}
-    assert on_disk == set(generator.configs())
+def test_every_job_of_the_paper_is_covered():
+    jobs = {e["file"] for e in EXPECTED}
     continual = {"cifar100": (5, 10, 20, 50), "imagenet_r": (5, 10, 20, 50), "cub200": (5, 10, 20),
                  "stanford_cars": (5, 10, 20)}
-    for slug in ("vit_b32", "vit_b16", "vit_l14"):
-        names = {p.stem for p in (COMPARE / slug).glob("*.yaml")}
-        assert names == {"multi_task", "domain_generalization"} | {
-            f"continual_{d}_{n}splits" for d, parts in continual.items() for n in parts}
-    for path in COMPARE.glob("*/*.yaml"):
-        text = path.read_text()
-        assert text.startswith("# ") and "# Needs: " in text, path  # each says what it needs
-        model = yaml.safe_load(text)["model"]
-        assert model["class_path"] == "weaving.evaluation.ComparisonModule"
-        assert model["init_args"]["rows"] == ["zeroshot", "individual", "lam", "recommended", "privileged", "weave"]
+    assert jobs == {f"{slug}/{job}.yaml" for slug in MODELS for job in ["multi_task", "domain_generalization"] + [
+        f"continual_{d}_{n}splits" for d, parts in continual.items() for n in parts]} | {
+        f"digits/{setup}.yaml" for setup in ("multi_task", "continual", "domain_generalization")}
+
+
+@pytest.mark.parametrize("entry", EXPECTED, ids=[e["file"] for e in EXPECTED])
+def test_a_compare_job_resolves_to_its_generated_file(entry, capsys):
+    if entry["file"].startswith("digits/"):
+        values = resolved(capsys, "validate", [COMPARE / entry["file"]])
+    else:
+        files, flags = paper_job(entry["file"])
+        values = resolved(capsys, "validate", files, *flags)
+    assert_holds(values, entry["values"])
+    assert values["model.init_args.rows"] == ["zeroshot", "individual", "lam", "recommended", "privileged", "weave"]
 
 
 def test_digits_compare_configs_have_the_demos_settings():

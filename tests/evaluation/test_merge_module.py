@@ -136,7 +136,7 @@ def test_a_run_records_the_population_ties_and_pcb_count_by_default(domain_run, 
     assert recorded > 0
     module = MergeModule(str(domain_run), method="ties", head_cache_dir=head_cache)
     assert module.method_args["ties"] == {"zero_entries": recorded}
-    assert module.hyperparameters["ties"] == {"k": 0.2, "zero_entries": recorded}
+    assert module.hyperparameters["ties"] == {"k": 0.2, "zero_entries": recorded, "per_tensor": False}
     module = MergeModule(str(domain_run), method="pcb", method_args={"zero_entries": 0}, head_cache_dir=head_cache)
     assert module.hyperparameters["pcb"]["zero_entries"] == 0
     module = MergeModule(str(domain_run), method="magmax", head_cache_dir=head_cache)

@@ -121,10 +121,9 @@ main(sys.argv[2:])
 """
 
 
-def run_until_publishing(tmp_path, args, signum) -> subprocess.CompletedProcess:
+def run_until_publishing(warm, tmp_path, args, signum) -> subprocess.CompletedProcess:
     marker = tmp_path / "marker"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, str(marker), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = warm.WarmProcess([str(marker), *args], code=SLOW_PUBLISH)
     while not marker.exists():  # the writer is inside its temporary folder
         if process.poll() is not None:
             raise AssertionError(process.stderr.read())
@@ -138,11 +137,11 @@ def run_until_publishing(tmp_path, args, signum) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # SIGHUP: the export test
-def test_a_signal_while_writing_a_sharded_folder_leaves_nothing(tmp_path, signum):
+def test_a_signal_while_writing_a_sharded_folder_leaves_nothing(warm, tmp_path, signum):
     base = llama_like()
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     tuned = [write_hf_folder(tmp_path / f"ft{i}", t, shards=2) for i, t in enumerate(finetunes(base, 2))]
-    result = run_until_publishing(tmp_path, ["merge", "--pretrained", str(base_dir), "--finetuned", *map(str, tuned),
+    result = run_until_publishing(warm, tmp_path, ["merge", "--pretrained", str(base_dir), "--finetuned", *map(str, tuned),
                                              "--method", "ties", "--out_shard_size", "400", "--output",
                                              str(tmp_path / "out")], signum)
     assert result.returncode == (130 if signum == signal.SIGINT else -signum), result.stderr
@@ -165,7 +164,7 @@ def clip_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command, signum", [("import", signal.SIGTERM), ("export", signal.SIGHUP)])
-def test_a_signal_during_an_import_or_an_export_leaves_nothing(clip_files, tmp_path, command, signum):
+def test_a_signal_during_an_import_or_an_export_leaves_nothing(warm, clip_files, tmp_path, command, signum):
     if command == "import":
         args = ["import", "--pretrained", str(clip_files / "pre.safetensors"), "--model", "weaving-tiny-vit",
                 "--finetuned", f"a={clip_files / 'ft.safetensors'}", "--output", str(tmp_path / "run")]
@@ -173,7 +172,7 @@ def test_a_signal_during_an_import_or_an_export_leaves_nothing(clip_files, tmp_p
         args = ["merge", "--pretrained", str(clip_files / "pre.safetensors"), "--finetuned",
                 str(clip_files / "ft.safetensors"), "--method", "task_arithmetic", "--format", "hf", "--model",
                 "weaving-tiny-vit", "--output", str(tmp_path / "hf")]
-    result = run_until_publishing(tmp_path, args, signum)
+    result = run_until_publishing(warm, tmp_path, args, signum)
     assert result.returncode == -signum, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["marker"]
 
@@ -240,7 +239,7 @@ def test_import_refuses_an_existing_run_unless_overwrite(clip_files, tmp_path, c
     assert not (tmp_path / "run" / "notes.txt").exists() and (tmp_path / "run" / "task_vectors" / "a.safetensors").is_file()
 
 
-def test_sigterm_to_a_distributed_merge_leaves_nothing(tmp_path):
+def test_sigterm_to_a_distributed_merge_leaves_nothing(warm, tmp_path):
     """SIGTERM to both ranks of a 2-process merge (what torchrun forwards) while rank 0 holds the complete
     temporary folder: rank 0 removes it and ends as signalled, rank 1 stops too; nothing is published."""
     import yaml
@@ -256,9 +255,8 @@ def test_sigterm_to_a_distributed_merge_leaves_nothing(tmp_path):
     for rank in range(2):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-        processes.append(subprocess.Popen([sys.executable, "-c", SLOW_PUBLISH, str(marker), "merge", "--config",
-                                           str(tmp_path / "recipe.yaml")], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+        processes.append(warm.WarmProcess([str(marker), "merge", "--config", str(tmp_path / "recipe.yaml")],
+                                          code=SLOW_PUBLISH, env=env))
     try:
         while not marker.exists():  # rank 0 is about to publish: every shard is in its temporary folder
             if processes[0].poll() is not None:

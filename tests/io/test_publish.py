@@ -4,8 +4,6 @@ import errno
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -105,12 +103,11 @@ print("done", flush=True)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_a_write_leaves_no_temporary_file(tmp_path, signum):
+def test_a_signal_during_a_write_leaves_no_temporary_file(warm, tmp_path, signum):
     """safetensors writes its own hidden temporary first; whenever the signal lands, nothing stays behind."""
     out = tmp_path / "out" / "merged.safetensors"
     out.parent.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", WRITER.format(numel=20_000_000), str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = warm.WarmProcess([str(out)], code=WRITER.format(numel=20_000_000))
     assert process.stdout.readline().strip() == "writing"
     time.sleep(0.05)  # probably mid-write; any moment must leave the folder clean
     process.send_signal(signum)
@@ -122,11 +119,11 @@ def test_a_signal_during_a_write_leaves_no_temporary_file(tmp_path, signum):
         assert [p.name for p in out.parent.iterdir()] == ["merged.safetensors"]
 
 
-def test_an_ignored_signal_stays_ignored_during_a_write(tmp_path):
+def test_an_ignored_signal_stays_ignored_during_a_write(warm, tmp_path):
     """Under nohup SIGHUP is ignored: a write must not turn it into an abort."""
     out = tmp_path / "merged.safetensors"
     code = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + WRITER.format(numel=5_000_000)
-    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    process = warm.WarmProcess([str(out)], code=code)
     assert process.stdout.readline().strip() == "writing"
     process.send_signal(signal.SIGHUP)
     stdout, _ = process.communicate(timeout=120)

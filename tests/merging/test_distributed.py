@@ -1,17 +1,14 @@
 """Distributed merging: exact selection, the partition, and 2 gloo processes against one process."""
 
+import json
 import os
 import resource
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
-from safetensors.torch import load_file, save_file
 
 import weaving
 from weaving.io.loader import open_checkpoint
@@ -58,16 +55,25 @@ def test_partition_balances_sizes_and_is_deterministic():
     assert partition(sizes, 1) == [0] * 6
 
 
-def _worker(rank: int, port: int, root: str, recipes: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    import torch.distributed as dist
+RANK_WORKER = """
+import json, os, sys
+import torch.distributed as dist
+from weaving.merging.recipe import run_recipe
 
-    try:
-        for name, recipe in recipes.items():
-            run_recipe({**recipe, "output": os.path.join(root, "two", name)})
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+root, recipes = sys.argv[1], json.loads(sys.argv[2])
+try:
+    for name, recipe in recipes.items():
+        run_recipe({**recipe, "output": os.path.join(root, "two", name)})
+finally:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+"""
+
+
+def rank_env(port: int, rank: int) -> dict[str, str]:
+    """The environment torchrun gives rank `rank` of a 2-process group."""
+    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
 
 
 def free_port() -> int:
@@ -76,13 +82,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_write_the_same_tensors_as_one(tmp_path):
+def test_two_gloo_processes_write_the_same_tensors_as_one(warm, tmp_path):
     base = llama_like(layers=4)
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(finetunes(base))]
     inputs = {"pretrained": str(base_dir), "finetuned": paths, "out_shard_size": 600}
     recipes = {name: {**inputs, **case} for name, case in CASES.items()}
-    mp.spawn(_worker, args=(free_port(), str(tmp_path), recipes), nprocs=2, join=True)
+    port = free_port()
+    ranks = [warm.WarmProcess([str(tmp_path), json.dumps(recipes)], code=RANK_WORKER, env=rank_env(port, rank))
+             for rank in range(2)]
+    try:
+        for process in ranks:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
+    finally:
+        for process in ranks:
+            process.kill()
     for name, recipe in recipes.items():
         single = run_recipe({**recipe, "output": str(tmp_path / "one" / name)})
         one, two = open_checkpoint(single), open_checkpoint(tmp_path / "two" / name)
@@ -107,7 +122,7 @@ def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))
 
 
-def run_two_ranks(tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple[int, list[str]]]:
+def run_two_ranks(warm, tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple[int, list[str]]]:
     """`weaving merge --config recipe.yaml` as ranks 0 and 1 of a 2-process gloo group (what torchrun sets
     up); (exit code, stderr lines without progress bars) per rank. Neither may hang."""
     path = tmp_path / "recipe.yaml"
@@ -115,11 +130,8 @@ def run_two_ranks(tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple[int, 
     port = free_port()
     processes = []
     for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "PYTHONDONTWRITEBYTECODE": "1"}
-        processes.append(subprocess.Popen([sys.executable, "-m", "weaving", "merge", "--config", str(path)], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                          preexec_fn=rank_1_setup if rank == 1 else None))
+        processes.append(warm.WarmProcess(["merge", "--config", str(path)], env=rank_env(port, rank),
+                                          setup=rank_1_setup if rank == 1 else None))
     try:
         results = []
         for process in processes:
@@ -131,7 +143,6 @@ def run_two_ranks(tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple[int, 
         for process in processes:
             if process.poll() is None:
                 process.kill()
-                process.wait()
 
 
 def distributed_inputs(tmp_path, nan_in: str | None = None):
@@ -145,10 +156,10 @@ def distributed_inputs(tmp_path, nan_in: str | None = None):
             "out_shard_size": 600}
 
 
-def test_nan_on_one_rank_during_ties_statistics_stops_both_ranks(tmp_path):
+def test_nan_on_one_rank_during_ties_statistics_stops_both_ranks(warm, tmp_path):
     key = owned_by_rank_1(write_hf_folder(tmp_path / "probe", llama_like(layers=2), shards=2))[0]
     recipe = {**distributed_inputs(tmp_path, nan_in=key), "method": "ties", "method_args": {"k": 0.3}}
-    (code_0, err_0), (code_1, err_1) = run_two_ranks(tmp_path, recipe)
+    (code_0, err_0), (code_1, err_1) = run_two_ranks(warm, tmp_path, recipe)
     assert (code_0, code_1) == (2, 2), (err_0, err_1)
     cause = f"tensor {key!r} contains NaN or Inf values"
     assert len(err_1) == 1 and err_1[0].startswith("weaving merge: error: ") and cause in err_1[0], err_1
@@ -156,9 +167,9 @@ def test_nan_on_one_rank_during_ties_statistics_stops_both_ranks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "ft0", "ft1", "probe", "recipe.yaml"]
 
 
-def test_write_failure_on_one_rank_removes_every_shard(tmp_path):
+def test_write_failure_on_one_rank_removes_every_shard(warm, tmp_path):
     recipe = {**distributed_inputs(tmp_path), "method": "task_arithmetic"}
-    (code_0, err_0), (code_1, err_1) = run_two_ranks(tmp_path, recipe, rank_1_setup=limit_file_size)
+    (code_0, err_0), (code_1, err_1) = run_two_ranks(warm, tmp_path, recipe, rank_1_setup=limit_file_size)
     assert (code_0, code_1) == (2, 2), (err_0, err_1)
     cause = f"output {tmp_path / 'out'}: write failed, File too large; nothing was written"
     assert err_1 == [f"weaving merge: error: {cause}"]
@@ -180,16 +191,13 @@ except RankFailed as error:
 """
 
 
-def test_a_rank_that_dies_silently_ends_the_others_with_one_line():
+def test_a_rank_that_dies_silently_ends_the_others_with_one_line(warm):
     port = free_port()
-    processes = [subprocess.Popen([sys.executable, "-c", SILENT_DEATH], stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                                       "RANK": str(rank), "WORLD_SIZE": "2"}) for rank in range(2)]
+    processes = [warm.WarmProcess([], code=SILENT_DEATH, env=rank_env(port, rank)) for rank in range(2)]
     try:
         out = processes[0].communicate(timeout=120)[0]
     finally:
         for process in processes:
             process.kill()
-            process.wait()
     assert out.startswith("rank 0 lost contact with another rank, which stopped without reporting an error"), out
     assert len(out.splitlines()) == 1

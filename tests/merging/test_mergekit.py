@@ -187,18 +187,82 @@ def test_outliers_mask_gives_up_top_entries_to_reach_the_density():
     assert outliers_mask(flat, 0.5, 0.01).tolist() == [False] * 5 + [True] * 5
 
 
-def test_dtype_and_out_dtype_set_the_output_dtype(tmp_path, models):
-    config = {"merge_method": "ties", "base_model": str(models["base"]), "dtype": "bfloat16", "out_dtype": "float32",
-              "models": entries(models, [{"weight": 1.0}] * 3)}
-    assert recipe_from_mergekit(config)["dtype"] == "float32"
-    merged = merge_file(tmp_path, config)
+def test_dtype_is_the_compute_dtype_and_out_dtype_the_output(tmp_path, models):
+    config = {"merge_method": "ties", "base_model": str(models["base"]), "dtype": "float32", "out_dtype": "bfloat16",
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    recipe = recipe_from_mergekit(config)
+    assert recipe["dtype"] == "bfloat16" and recipe["method_args"]["compute_dtype"] == "float32"
+    del config["out_dtype"]
+    merged = merge_file(tmp_path, config)  # float64 models merged in float32, written in float32
     base, finetuned = loaded(models)
-    expected = reference("ties", base, finetuned, [1.0] * 3, [1.0] * 3, [], True, False)
+    expected = reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], True, False)
     for key, value in merged.items():
         assert value.dtype == torch.float32
-        torch.testing.assert_close(value, expected[key].float())
-    del config["out_dtype"]
-    assert recipe_from_mergekit(config)["dtype"] == "bfloat16"
+        torch.testing.assert_close(value, expected[key].float(), rtol=1e-6, atol=1e-6)
+    assert "compute_dtype" not in recipe_from_mergekit({**config, "dtype": None})["method_args"]
+
+
+def mergekit_in_dtype(method: str, base: dict, finetuned: list[dict], weights: list[float], densities: list[float],
+                      normalize: bool, rescale: bool, lam: float = 1.0) -> dict[str, torch.Tensor]:
+    """mergekit's tensor operations in the models' own (half) precision, op for op from its definitions
+    (`get_mask`, `GeneralizedTaskArithmeticMerge.merge_group`, `sparsify.magnitude`: its argsort, which is
+    not stable and decides among the many equal bfloat16 magnitudes)."""
+    out = {}
+    for key, b in base.items():
+        deltas = []
+        for t, model in enumerate(finetuned):
+            delta = model[key] - b  # rounded to the models' dtype, as mergekit's subtraction
+            if method == "ties" and densities[t] < 1:
+                k = max(1, int(densities[t] * delta.numel()))
+                mask = torch.zeros(delta.numel(), dtype=delta.dtype)
+                mask[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = 1  # mergekit's own call
+                masked = delta * mask.reshape(delta.shape)
+                if rescale:
+                    before, after = delta.abs().sum(), masked.abs().sum()
+                    masked = masked * (before / after) if before >= 1e-7 and after >= 1e-7 else masked
+                delta = masked
+            deltas.append(delta)
+        stacked = torch.stack(deltas)
+        w = torch.tensor(weights, dtype=stacked.dtype).view((-1,) + (1,) * b.dim())
+        stacked = stacked * w
+        if method == "task_arithmetic":
+            mixed, divisor = stacked.sum(dim=0), w.sum(dim=0)
+        else:
+            sign = stacked.sign()
+            majority = (stacked.sum(dim=0) >= 0).to(stacked.dtype) * 2 - 1
+            mask = (sign == majority).to(stacked.dtype)
+            mixed = (stacked * mask).sum(dim=0)
+            divisor = (w * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+        mixed = mixed / divisor if normalize else mixed
+        out[key] = (b + (mixed * lam if lam != 1 else mixed)).to(b.dtype)
+    return out
+
+
+@pytest.mark.parametrize("method, rescale, lam", [("ties", False, 1.0), ("ties", True, 0.8),
+                                                  ("task_arithmetic", False, 0.9)])
+def test_bfloat16_models_are_merged_in_bfloat16_as_mergekit_does(tmp_path, models, method, rescale, lam):
+    """Models stored in bfloat16 and no dtype: mergekit computes the deltas, masks, weights, sums and its
+    lambda in bfloat16, and so do mergekit's methods here (compute_dtype "inputs"), selecting with
+    mergekit's own sort call: the same output bits, where float32 arithmetic would keep other entries at the
+    density threshold (and round the lambda-scaled sum once instead of twice)."""
+    base, finetuned = loaded(models)
+    half = {}
+    for name, tensors in [("base", base), *zip(("a", "b", "c"), finetuned)]:
+        half[name] = tmp_path / f"{name}-bf16.safetensors"
+        save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, half[name])
+    config = {"merge_method": method, "base_model": str(half["base"]),
+              "parameters": {"lambda": lam, **({"rescale": rescale} if method == "ties" else {})},
+              "models": entries(half, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    merged = merge_file(tmp_path, config)
+    expected = mergekit_in_dtype(method, load_file(half["base"]), [load_file(half[n]) for n in ("a", "b", "c")],
+                                 WEIGHTS, DENSITIES, method == "ties", rescale, lam)
+    for key, value in expected.items():
+        assert merged[key].dtype == torch.bfloat16
+        assert torch.equal(merged[key], value), key
+    config["dtype"] = "float32"  # mergekit computes in float32 then (and writes float32)
+    wide = merge_file(tmp_path, config)
+    assert any(not torch.equal(wide[k].to(torch.bfloat16), expected[k]) for k in expected)
 
 
 def test_the_recipe_it_makes():
@@ -208,8 +272,8 @@ def test_the_recipe_it_makes():
               "parameters": {"density": 0.7, "lambda": 1.2, "normalize": True}, "tokenizer_source": "base"}
     assert recipe_from_mergekit(config) == {
         "pretrained": "org/base", "finetuned": ["org/a", "org/b"], "method": "mergekit_breadcrumbs_ties",
-        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02]},
-        "lam": 1.2}
+        "method_args": {"weights": [0.5, 0.5], "normalize": True, "densities": [0.7, 0.4], "gammas": [0.01, 0.02],
+                        "scale": 1.2}}
 
 
 BASE = {"merge_method": "ties", "base_model": "base", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
@@ -253,3 +317,62 @@ def test_per_model_lists_must_match_the_task_vectors():
         weaving.merge(pre, tvs, "mergekit_ties", weights=[1, 1, 1])
     with pytest.raises(ValueError, match="must be a list of finite numbers, one per task"):
         weaving.merge(pre, tvs, "mergekit_ties", densities=0.5)
+
+
+def test_the_documented_example_is_read():
+    """docs/recipes.md's mergekit.yml example translates (its models need not exist to be read)."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "recipes.md").read_text()
+    block = text.split("# mergekit.yml\n", 1)[1].split("```", 1)[0]
+    recipe = recipe_from_mergekit(yaml.safe_load(block))
+    assert recipe["method"] == "mergekit_ties"
+    assert recipe["method_args"] == {"weights": [0.7, 0.3], "normalize": True, "densities": [0.5, 0.6],
+                                     "compute_dtype": "bfloat16"}
+    assert recipe["finetuned"] == ["./llama-math", "./llama-code"] and recipe["dtype"] == "bfloat16"
+
+
+CUDA_CASES = {"ties": {"k": 0.3, "per_tensor": True}, "breadcrumbs": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "breadcrumbs_ties": {"beta": 0.3, "gamma": 0.1, "per_tensor": True},
+              "mergekit_task_arithmetic": {"weights": [0.5, 1.0, 2.0], "normalize": True},
+              "mergekit_ties": {"weights": [0.5, 1.0, 2.0], "densities": [0.3, 0.5, 0.7], "rescale": True},
+              "mergekit_breadcrumbs": {"densities": [0.3, 0.5, 0.7], "gammas": [0.1, 0.01, 0.2]},
+              "mergekit_breadcrumbs_ties": {"densities": [0.3, 0.5, 0.7], "normalize": True}}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", sorted(CUDA_CASES))
+def test_on_cuda_the_masks_and_merges_match_the_cpu(method):
+    """On a GPU weaving's rank masks come from one sort instead of kthvalue: the same entries, ties included
+    (repeated magnitudes), so the merges equal the CPU's to rounding. mergekit's methods sort as mergekit
+    does, whose order among equal values is the device's: they are compared on distinct magnitudes."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (64, 300), "b": (300,), "s": ()}
+    pretrained = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    if method.startswith("mergekit_"):
+        tvs = [{k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()} for _ in range(3)]
+    else:
+        tvs = [{k: torch.randint(-20, 21, s, generator=g).double() / 10 for k, s in shapes.items()} for _ in range(3)]
+    on_cpu = weaving.merge(pretrained, tvs, method, **CUDA_CASES[method])
+    on_gpu = weaving.merge(pretrained, tvs, method, device="cuda", **CUDA_CASES[method])
+    for key, value in on_cpu.items():
+        torch.testing.assert_close(on_gpu[key], value, rtol=1e-12, atol=1e-12)
+
+
+def test_weaving_merge_weaves_over_a_mergekit_file(tmp_path, models):
+    """`weaving merge --config mergekit.yml --output DIR --lambdas 0.1:1.0:0.1 --pooling mean`: mean pooling
+    of the task vectors and the ten lambda-scaled mergekit merges, (sum_t tau_t + sum_i l_i * g) / (T + 10),
+    with g mergekit's ties (float64 reference); without --lambdas the file's own merge."""
+    from weaving.merging.cli import merge_main
+
+    base, finetuned = loaded(models)
+    config = {"merge_method": "ties", "base_model": str(models["base"]),
+              "models": entries(models, [{"weight": w, "density": d} for w, d in zip(WEIGHTS, DENSITIES)])}
+    (tmp_path / "mk.yml").write_text(yaml.safe_dump(config))
+    merge_main(["--config", str(tmp_path / "mk.yml"), "--output", str(tmp_path / "woven"), "--lambdas", "0.1:1.0:0.1",
+                "--pooling", "mean"])
+    merge_main(["--config", str(tmp_path / "mk.yml"), "--output", str(tmp_path / "one.safetensors")])
+    merged = reference("ties", base, finetuned, WEIGHTS, DENSITIES, [], True, False)
+    assert_close(load_file(tmp_path / "one.safetensors"), merged)
+    woven = load_file(tmp_path / "woven" / "model.safetensors")
+    lambdas = sum(round(0.1 * i, 10) for i in range(1, 11))
+    expected = {k: b + (sum(ft[k] - b for ft in finetuned) + lambdas * (merged[k] - b)) / (3 + 10) for k, b in base.items()}
+    assert_close(woven, expected)

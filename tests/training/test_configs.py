@@ -1,5 +1,7 @@
-"""Every YAML under configs/ parses with `weaving <subcommand> --config X --print_config`, and the printed
-config is complete (it parses again to itself). The subcommand comes from, in order: a comment
+"""Every YAML under configs/ that is not a part of a composition (`# Part:`, parsed in its combinations by
+tests/training/test_composed_configs.py and tests/evaluation/test_configs.py) parses with
+`weaving <subcommand> --config X --print_config`, and the printed config is complete (it parses again to
+itself). The subcommand comes from, in order: a comment
 `# subcommand: <name>`, a comment showing the command for this file (`weaving validate --config
 .../X.yaml`), the folder
 (`validate` for configs/merge/ and configs/demo/), else `fit`."""
@@ -38,28 +40,40 @@ def print_config(capsys, *args: str) -> str:
     return out
 
 
-CONFIG_FILES = sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml"))
+def is_part(path: Path) -> bool:
+    """A part of a composition (a backbone base or an overlay: first line `# Part: ...`), which runs only
+    with the others (tests/training/test_composed_configs.py parses every combination)."""
+    return path.read_text().startswith("# Part:")
+
+
+CONFIG_FILES = [p for p in sorted(CONFIGS.rglob("*.yaml")) + sorted(CONFIGS.rglob("*.yml")) if not is_part(p)]
 
 
 def test_configs_exist():
     names = {p.relative_to(CONFIGS).as_posix() for p in CONFIG_FILES}
     assert {"finetune/digits_tiny.yaml", "continual/digits_tiny_5splits.yaml"} <= names
-    assert {f"finetune/vit_b32_{t}.yaml" for t in
-            ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")} <= names
-    assert {f"continual/vit_b32/cifar100_{n}splits.yaml" for n in (5, 10, 20, 50)} <= names
+    parts = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if is_part(p)}
+    assert {f"finetune/{name}.yaml" for name in ("vit_b32", "vit_b16", "vit_l14", "cars", "dtd", "eurosat", "gtsrb",
+                                                  "mnist", "resisc45", "sun397", "svhn")} <= parts
+    assert {f"continual/{name}.yaml" for name in ("vit_b32", "vit_b16", "vit_l14", "cifar100", "imagenet_r", "cub200",
+                                                   "stanford_cars", "5splits", "10splits", "20splits", "50splits",
+                                                   "sequential", "independent")} <= parts
 
 
 def output_dirs(path: Path) -> list[str]:
-    """Where a fit config writes: default_root_dir, and the checkpoint and log folders it names."""
-    from weaving.lightning_cli import run_dir_name
+    """Where a fit config writes: its run folder and the checkpoint and log folders, as `weaving fit` completes
+    them (FineTuner.fill_trainer_defaults)."""
+    from jsonargparse import dict_to_namespace
 
-    config = yaml.safe_load(path.read_text())
-    trainer, data = config["trainer"], config["data"]["init_args"]
-    dirs = [trainer.get("default_root_dir") or run_dir_name(config["model"]["init_args"]["model"], data["tasks"],
-                                                            data.get("splits"))]  # derived when left out
+    from weaving.training import FineTuner
+
+    config = dict_to_namespace(yaml.safe_load(path.read_text()))
+    FineTuner.fill_trainer_defaults(config)
+    trainer = config.trainer
+    dirs = [trainer.default_root_dir]
     for callback in trainer.get("callbacks") or []:
         dirpath = (callback.get("init_args") or {}).get("dirpath")
-        if dirpath:
+        if dirpath and dirpath != str(Path(trainer.default_root_dir) / "ckpt"):
             dirs.append(dirpath)
     return dirs
 
@@ -76,18 +90,7 @@ def test_every_fit_config_writes_to_its_own_folder():
             seen[folder] = path
 
 
-def printed_here(path: Path) -> bool:
-    """configs/compare/ is configs/compare/generate.py's output (tests/evaluation/test_configs.py checks the files
-    against it): ViT-B-32's three templates and the digits ones stand for the ViT-B-16 / ViT-L-14 copies and the
-    continual runs that differ only in their folders (each parse takes about 1.7 s)."""
-    parts = path.relative_to(CONFIGS).parts
-    if parts[0] != "compare":
-        return True
-    return parts[1] in ("vit_b32", "digits") and (not path.stem.startswith("continual_")
-                                                  or path.stem == "continual_cifar100_10splits")
-
-
-@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if printed_here(p)],
+@pytest.mark.parametrize("path", CONFIG_FILES,
                          ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_config_prints_a_complete_config(path, tmp_path, capsys):
     command = subcommand_of(path)
@@ -111,7 +114,7 @@ def test_finetune_configs_are_consistent(path):
     tasks = data.get("splits") or len(data["tasks"])
     assert config["trainer"].get("max_epochs", model.get("epochs_per_task", 1) * tasks) == \
         model.get("epochs_per_task", 1) * tasks
-    assert data["model"] == model["model"] and data.get("pretrained") == model.get("pretrained")
+    assert "model" not in data and "pretrained" not in data  # named once, in the model section (linked)
     assert config["trainer"].get("reload_dataloaders_every_n_epochs", 1) == 1
     names = [c["class_path"] for c in config["trainer"]["callbacks"]]
     assert "weaving.training.TaskVectorWriter" in names
@@ -131,6 +134,44 @@ def test_bad_config_is_reported_without_traceback(override, message, capsys, tmp
     err = capsys.readouterr().err
     assert exit_info.value.code not in (0, None)
     assert message in err and "Traceback" not in err
+
+
+def test_the_data_takes_the_model_named_in_the_model_section(monkeypatch, tmp_path):
+    """`model.init_args.model` and `pretrained` are linked to the data's: the images get that model's
+    transforms without the config naming it twice."""
+    from weaving.data.datamodule import TaskStreamDataModule
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def stop(self):
+        seen["data"] = (self.model, self.pretrained)
+        raise Stop
+
+    monkeypatch.setattr(TaskStreamDataModule, "prepare_data", stop)
+    with pytest.raises(Stop):
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.model", "weaving-tiny-vit-b"])
+    assert seen["data"] == ("weaving-tiny-vit-b", None)
+    with pytest.raises(Stop):  # a data section that names the same model is accepted
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path),
+              "--data.init_args.model", "weaving-tiny-vit"])
+    assert seen["data"] == ("weaving-tiny-vit", None)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--data.init_args.model", "weaving-tiny-vit-b"],
+     "data.init_args.model='weaving-tiny-vit-b' but model.init_args.model='weaving-tiny-vit': name the model once"),
+    (["--data.init_args.pretrained", "openai"],
+     "data.init_args.pretrained='openai' but model.init_args.pretrained=None: name the pretrained source once"),
+])
+def test_a_data_section_naming_another_model_is_one_line(override, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(TINY), "--trainer.default_root_dir", str(tmp_path), *override])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_stream_length_mismatch_is_one_line(capsys, tmp_path):
@@ -163,7 +204,7 @@ def test_config_runs_offline_or_says_what_it_needs_first(path):
 
 def test_fit_derives_the_run_folder_and_default_root_dir_moves_everything(tmp_path, monkeypatch):
     """digits_tiny as written (shortened): logs, checkpoints, theta_pre and task vectors in one run folder."""
-    from weaving.lightning_cli import run_dir_name
+    from weaving.training.finetune import run_dir_name
 
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "finetune" / "digits_tiny.yaml"

@@ -12,6 +12,7 @@ import torch
 from weaving.data.datamodule import TaskStreamDataModule
 from weaving.models import load_clip, visual_state_dict
 from weaving.training import FineTuner, WarmupCosine
+from weaving.training.finetune import run_dir_name
 from weaving.merging.task_vectors import load_task_vector
 
 from .conftest import Crash, CrashAtStep, LrRecorder, WeightRecorder, fit_stream
@@ -126,19 +127,32 @@ def test_more_max_epochs_stops_after_the_stream(tmp_path):
     assert trainer.current_epoch == 2 and len(recorder.ends) == 2
 
 
+def test_run_dir_name():
+    assert run_dir_name("ViT-B-32", ["cars"], None) == "checkpoints/ViT-B-32/cars"
+    assert run_dir_name("ViT-B-32", ["cifar100"], 10) == "checkpoints/ViT-B-32/cifar100_10splits"
+    assert run_dir_name("hf-hub:org/m", ["a", "b"], None) == "checkpoints/hf-hub-org-m/a+b"
+    assert run_dir_name("ViT-L-14", ["cub200"], 20, "independent", "checkpoints/continual/{model}/{tasks}_{stream}") == \
+        "checkpoints/continual/ViT-L-14/cub200_20splits_independent"
+
+
 def test_bad_module_arguments():
     with pytest.raises(ValueError, match="model.stream='parallel' is unknown"):
         FineTuner(stream="parallel")
     with pytest.raises(ValueError, match="epochs_per_task=0"):
         FineTuner(epochs_per_task=0)
+    with pytest.raises(ValueError, match=r"model.run_dir='runs/\{task\}' names \{task\}; a run folder pattern may use"):
+        FineTuner(run_dir="runs/{task}")
 
 
-def test_data_and_model_must_agree(tmp_path):
-    data = TaskStreamDataModule(["digits"], model="weaving-tiny-vit-b", batch_size=8)
+def test_a_data_module_without_a_model_takes_the_modules(tmp_path):
+    """From Python too the images get the fine-tuned model's transforms: a data module that names no model
+    asks the trainer's module (`weaving fit` links the names in the config instead)."""
+    data = TaskStreamDataModule(["digits"], batch_size=8)
     trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, limit_train_batches=1, limit_val_batches=0)
-    with pytest.raises(ValueError, match="data.model='weaving-tiny-vit-b' but model.model='weaving-tiny-vit'"):
-        trainer.fit(FineTuner(), data)
+    trainer.fit(FineTuner("weaving-tiny-vit-b"), data)
+    assert data.image_model() == ("weaving-tiny-vit-b", None)
+    assert TaskStreamDataModule(["digits"], batch_size=8).image_model() == ("weaving-tiny-vit", None)  # on its own
 
 
 def test_needs_a_task_stream(tmp_path):

@@ -4,7 +4,11 @@ Their `__init__` signatures are the YAML schema of `weaving fit|validate|test` (
 
     data:
       class_path: weaving.data.TaskStreamDataModule
-      init_args: {tasks: [digits], splits: 5, model: weaving-tiny-vit, batch_size: 64}
+      init_args: {tasks: [digits], splits: 5, batch_size: 64}
+
+`model` and `pretrained` (whose transforms the images get) are the LightningModule's: `weaving fit|validate`
+link them to `model.init_args.model` and `model.init_args.pretrained` (`weaving.lightning_cli`), and a data
+module left without a model asks the trainer's module (`image_model()`) when it builds its first dataset.
 
 Images go through the model's own transforms (`weaving.models.image_transforms`): the train transform for
 the "train" split (unless augment=False), the eval transform for "val" and "test". The training order is a
@@ -24,6 +28,8 @@ from torch.utils.data.distributed import DistributedSampler
 from weaving.data.class_orders import check_class_order
 from weaving.data.splits import parse_split_name, split_name
 from weaving.data.tasks import SPLITS, Task, get_task
+
+DEFAULT_MODEL = "weaving-tiny-vit"  # the transforms of a data module that names no model and serves no module
 
 
 def _check_loader_args(batch_size: int, num_workers: int) -> None:
@@ -65,7 +71,7 @@ class _TaskData(pl.LightningDataModule):
     def __init__(
         self,
         root: str,
-        model: str,
+        model: str | None,
         pretrained: str | None,
         batch_size: int,
         num_workers: int,
@@ -88,12 +94,23 @@ class _TaskData(pl.LightningDataModule):
         self._transforms: tuple[Callable, Callable] | None = None
         self._datasets: dict[tuple[str, str], Dataset] = {}
 
+    def image_model(self) -> tuple[str, str | None]:
+        """(model, pretrained) whose transforms the images get: this module's own; when it names no model,
+        those of the LightningModule it serves (`image_model()` of a FineTuner or a comparison module), or
+        without one (a data module used on its own) the offline tiny CLIP, `DEFAULT_MODEL`."""
+        if self.model is not None:
+            return self.model, self.pretrained
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if callable(getattr(module, "image_model", None)):
+            return module.image_model()
+        return DEFAULT_MODEL, self.pretrained
+
     def transforms(self) -> tuple[Callable, Callable]:
-        """(train, eval) transforms of `model`, built once."""
+        """(train, eval) transforms of `image_model()`, built once."""
         if self._transforms is None:
             from weaving.models import image_transforms
 
-            self._transforms = image_transforms(self.model, self.pretrained)
+            self._transforms = image_transforms(*self.image_model())
         return self._transforms
 
     def dataset(self, task: Task, split: str) -> Dataset:
@@ -147,7 +164,7 @@ class TaskDataModule(_TaskData):
         self,
         task: str,
         root: str = "data",
-        model: str = "weaving-tiny-vit",
+        model: str | None = None,
         pretrained: str | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
@@ -160,8 +177,10 @@ class TaskDataModule(_TaskData):
         Args:
             task: a registered task name (e.g. "eurosat", "digits") or a class split ("cifar100_part1of10").
             root: folder that holds the datasets (see docs/datasets.md for each task's layout).
-            model: open_clip model name whose image transforms are used.
-            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            model: open_clip model name whose image transforms are used; None: the LightningModule's
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
+            pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
+                model.init_args.pretrained like `model`.
             batch_size: images per batch.
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
@@ -193,7 +212,7 @@ class MultiTaskDataModule(_TaskData):
         self,
         tasks: list[str],
         root: str = "data",
-        model: str = "weaving-tiny-vit",
+        model: str | None = None,
         pretrained: str | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
@@ -207,8 +226,10 @@ class MultiTaskDataModule(_TaskData):
         Args:
             tasks: registered task names (or class splits), one dataloader each, in this order.
             root: folder that holds the datasets (see docs/datasets.md).
-            model: open_clip model name whose image transforms are used.
-            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            model: open_clip model name whose image transforms are used; None: the LightningModule's
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
+            pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
+                model.init_args.pretrained like `model`.
             batch_size: images per batch.
             num_workers: DataLoader worker processes (0 = load in the main process).
             download: fetch torchvision datasets that are missing (in prepare_data).
@@ -242,7 +263,7 @@ class MultiTaskDataModule(_TaskData):
 
         # the key's input size is the model's (height, width), as the evaluator gives it: one entry per test set
         test_set = open_test_set(task.name, root=self.root, split=split, transform=self.transforms()[1],
-                                 image_size=input_size(self.model, self.pretrained), cache_dir=self.cache_dir,
+                                 image_size=input_size(*self.image_model()), cache_dir=self.cache_dir,
                                  num_workers=self.num_workers)
         return DecodedDataset(test_set) if isinstance(test_set, DecodedTestSet) else test_set.dataset
 
@@ -266,7 +287,7 @@ class TaskStreamDataModule(_TaskData):
         self,
         tasks: list[str],
         root: str = "data",
-        model: str = "weaving-tiny-vit",
+        model: str | None = None,
         pretrained: str | None = None,
         splits: int | None = None,
         class_order: str | int | None = None,
@@ -281,8 +302,10 @@ class TaskStreamDataModule(_TaskData):
         Args:
             tasks: the tasks in training order, or exactly one task when `splits` is set.
             root: folder that holds the datasets (see docs/datasets.md).
-            model: open_clip model name whose image transforms are used.
-            pretrained: the model's pretrained tag (it can change the normalization), or None.
+            model: open_clip model name whose image transforms are used; None: the LightningModule's
+                (`weaving fit|validate` link it to model.init_args.model), or on its own DEFAULT_MODEL.
+            pretrained: the model's pretrained tag (it can change the normalization), or None; linked to
+                model.init_args.pretrained like `model`.
             splits: split the single task into this many class-incremental parts (None: no split).
             class_order: class order of the split: "sorted", "magmax" (MagMax's published order) or a seed;
                 None: the task's default (magmax for cifar100, imagenet_r, cub200, cars; sorted otherwise).

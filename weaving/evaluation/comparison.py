@@ -302,6 +302,7 @@ class ComparisonModule(pl.LightningModule):
             register_run_config(self.run.root, model)
         self.clip = self._load_clip(model, pretrained, init_seed)
         self.clip_model = self.clip.model.eval()
+        self._image_model = (self.clip.name, pretrained)
         if self.run is not None and self.run.pretrained_hash is not None:
             check_same_base([("the task vectors", self.run.identity),
                              (f"the pretrained model ({model}, {pretrained}, seed {init_seed})",
@@ -312,6 +313,18 @@ class ComparisonModule(pl.LightningModule):
 
         self.theta_pre = visual_state_dict(self.clip_model)  # CPU, not a buffer: never moved nor checkpointed
         self.tasks_arg = None if tasks is None else list(tasks)
+
+    @classmethod
+    def fill_trainer_defaults(cls, config: Any) -> None:
+        """`weaving validate` (weaving.lightning_cli): a job that names an output folder and no
+        `trainer.default_root_dir` runs in its output folder."""
+        if config.trainer.get("default_root_dir") is None and config.get("model.init_args.output_dir"):
+            config.trainer.default_root_dir = config.model.init_args.output_dir
+
+    def image_model(self) -> tuple[str, str | None]:
+        """(open_clip name, pretrained tag or file) of the CLIP it scores: whose transforms a datamodule that
+        names no model gives its images (the task vectors' model when the config names none)."""
+        return self._image_model
 
     def _load_clip(self, model: str, pretrained: str | None, init_seed: int | None):
         from weaving.models.clip import load_clip

@@ -43,6 +43,11 @@ class TensorSource:
     def dtype(self, key: str) -> torch.dtype:
         return self._dtypes[key]
 
+    def stored_dtype(self, key: str) -> torch.dtype:
+        """The dtype the inputs hold `key` in: `dtype`, except for a source that widens half precision
+        (a task vector computed from fine-tuned weights) or derives from other sources."""
+        return self.dtype(key)
+
     def numel(self) -> int:
         return sum(math.prod(shape) for shape in self._shapes.values())
 

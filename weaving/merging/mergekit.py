@@ -8,13 +8,14 @@
     base_model: ./llama-base                    # an entry naming it in models is skipped, as mergekit does
     merge_method: ties                          # task_arithmetic, ties, dare_ties, breadcrumbs, breadcrumbs_ties
     parameters: {density: 0.6, normalize: true, lambda: 1.0, rescale: false, int8_mask: true}
-    dtype: bfloat16                             # out_dtype wins over dtype for the output
+    dtype: bfloat16                             # merged in it, as mergekit; out_dtype (else dtype): the output
     tokenizer_source: base                      # or absent
 
 A mergekit file means mergekit's rules: its methods run as `mergekit_<method>`
 (`weaving.merging.methods.generalized`: per-model weights and densities, per-tensor sparsification, sign
-consensus over the weighted deltas, mergekit's `normalize` default, L1 rescale), and `lambda` is the scale of
-the merged delta (the recipe's `lam`). Everything else mergekit's schema can say (slices, modules, other merge
+consensus over the weighted deltas, mergekit's `normalize` default, L1 rescale, arithmetic in mergekit's
+`dtype` or the models' own, `lambda` scaling the merged delta). The recipe's `lam` (or weaving's `lambdas`)
+scales mergekit's merged delta on top. Everything else mergekit's schema can say (slices, modules, other merge
 methods, parameter gradients and filters, LoRA references, tokenizer surgery, chat templates, unknown keys)
 is refused with one line before anything is read.
 """
@@ -90,9 +91,9 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
     """A mergekit configuration (the mapping of its YAML file) -> the weaving recipe mapping that runs it with
     mergekit's rules, in weaving's recipe schema (weaving.merging.recipe.Recipe): pretrained (the base model),
     finetuned (the other models in order), the `mergekit_<method>` method with its per-model lists as
-    method_args, `lam` when the file sets `lambda`, `dtype` (out_dtype, else dtype) when set. The
-    output is not part of a mergekit file: the caller adds it. Anything weaving does not do is one
-    ValueError line."""
+    method_args (with mergekit's `dtype` as `compute_dtype` and its `lambda` as `scale`), and the output
+    `dtype` (out_dtype, else dtype) when set. The output path is not part of a mergekit file: the caller
+    adds it. Anything weaving does not do is one ValueError line."""
     if not isinstance(config, Mapping):
         _fail(f"a mergekit configuration is a YAML mapping, got {type(config).__name__}")
     for key in config:
@@ -159,13 +160,15 @@ def recipe_from_mergekit(config: Mapping[str, Any]) -> dict[str, Any]:
         args["gammas"] = per_model["gamma"]
     recipe: dict[str, Any] = {"pretrained": base, "finetuned": locations, "method": f"mergekit_{method}",
                               "method_args": args}
-    if "lambda" in top:
-        recipe["lam"] = _number(top["lambda"], "parameters.lambda")
-    dtype = config.get("out_dtype") or config.get("dtype")
-    if dtype is not None:
-        for key in ("dtype", "out_dtype"):
-            name = config.get(key)
-            if name is not None and (not isinstance(name, str) or name.removeprefix("torch.") not in DTYPES):
-                _fail(f"{key} {name!r} is not supported; mergekit's dtypes: {', '.join(DTYPES)}")
-        recipe["dtype"] = dtype.removeprefix("torch.")
+    if "lambda" in top:  # mergekit scales its merged delta in its own dtype: the method does the same
+        args["scale"] = _number(top["lambda"], "parameters.lambda")
+    for key in ("dtype", "out_dtype"):
+        name = config.get(key)
+        if name is not None and (not isinstance(name, str) or name.removeprefix("torch.") not in DTYPES):
+            _fail(f"{key} {name!r} is not supported; mergekit's dtypes: {', '.join(DTYPES)}")
+    if config.get("dtype") is not None:  # mergekit computes in it (else in the inputs' own dtype)
+        args["compute_dtype"] = config["dtype"].removeprefix("torch.")
+    output = config.get("out_dtype") or config.get("dtype")
+    if output is not None:
+        recipe["dtype"] = output.removeprefix("torch.")
     return recipe

@@ -35,6 +35,10 @@ class DifferenceSource(TensorSource):
         self._dtypes = {key: compute_dtype(finetuned.dtype(key)) for key in keys}
         self.metadata = {}
 
+    def stored_dtype(self, key: str) -> torch.dtype:
+        """The fine-tuned and pretrained tensors' dtypes promoted together (bfloat16 for two bf16 models)."""
+        return torch.promote_types(self.finetuned.stored_dtype(key), self.pretrained.stored_dtype(key))
+
     def get(self, key: str) -> torch.Tensor:
         # A NaN or Inf in the fine-tuned tensor makes the difference non-finite, which the task-vector set
         # reports under the fine-tuned model's name; the pretrained one is checked here, once per key.
@@ -54,6 +58,9 @@ class ScaledSource(TensorSource):
         self._dtypes = {key: compute_dtype(source.dtype(key)) if source.dtype(key).is_floating_point else source.dtype(key)
                         for key in source.keys()}
         self.metadata = dict(source.metadata)
+
+    def stored_dtype(self, key: str) -> torch.dtype:
+        return self.source.stored_dtype(key)
 
     def get(self, key: str) -> torch.Tensor:
         value = self.source.get(key)

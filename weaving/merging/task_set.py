@@ -43,6 +43,10 @@ class TaskVectorSet:
     def dtype(self, key: str) -> torch.dtype:
         return compute_dtype(self.sources[0].dtype(key))
 
+    def stored_dtype(self, key: str) -> torch.dtype:
+        """The dtype the first task vector's inputs hold `key` in, before half precision is widened."""
+        return self.sources[0].stored_dtype(key)
+
     def tensor(self, task: int, key: str) -> torch.Tensor:
         source = self.sources[task]
         value = source.get(key).to(device=self.device, dtype=self.dtype(key))

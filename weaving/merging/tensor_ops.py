@@ -89,6 +89,8 @@ def magnitude_rank_mask(values: torch.Tensor, start: int, stop: int) -> torch.Te
     value (rank 0 the largest); equal abs values rank in index order, the earlier entry first (as a stable
     sort). Ranks are clipped to [0, n]. On the CPU a k-th value and a running count, not a sort."""
     magnitudes = values.abs()
+    if magnitudes.dtype in (torch.float16, torch.bfloat16):
+        magnitudes = magnitudes.float()  # exact; kthvalue and sort have no half-precision CPU kernels everywhere
     n = magnitudes.shape[-1] if magnitudes.dim() else 1
 
     def top(count: int) -> torch.Tensor:  # the `count` entries of highest rank
@@ -106,13 +108,6 @@ def magnitude_rank_mask(values: torch.Tensor, start: int, stop: int) -> torch.Te
         return above | (at & (at.cumsum(dim=-1) <= room))
 
     return top(stop) & ~top(start)
-
-
-def top_fraction_mask(values: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Along the last dimension (n entries), the max(1, int(fraction*n)) entries of largest abs value (none at
-    fraction 0): mergekit's `magnitude` rule, ties ranked as `magnitude_rank_mask` ranks them."""
-    n = values.shape[-1] if values.dim() else 1
-    return magnitude_rank_mask(values, 0, max(1, int(fraction * n)) if fraction > 0 else 0)
 
 
 def sign_consensus(deltas: Sequence[torch.Tensor], weights: Sequence[float] | None = None,

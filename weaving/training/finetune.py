@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -29,12 +30,26 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from weaving.errors import UserError
 from weaving.models import ClassificationHead, build_head, load_clip
 from weaving.io.runs import RunIdentity, check_same_base, new_run_id, state_dict_hash
 from weaving.models.clip import harness_zero_entries
 from weaving.training.callbacks import TaskVectorWriter
 
 STREAMS = ("independent", "sequential")
+RUN_DIR_FIELDS = ("model", "tasks", "stream")
+
+
+def run_dir_name(model: str, tasks: list[str], splits: int | None, stream: str = "sequential",
+                 pattern: str = "checkpoints/{model}/{tasks}") -> str:
+    """A fit's run folder from `FineTuner.run_dir`'s pattern: {model} is the model name ('/' and ':' as '-'),
+    {tasks} the tasks joined by '+' (the first and a count past 80 characters) then `_<n>splits` for a
+    class-incremental stream, {stream} the stream; e.g. `checkpoints/ViT-B-32/cifar100_10splits`."""
+    model_part = str(model).replace("/", "-").replace(":", "-")
+    task_part = "+".join(tasks) if len("+".join(tasks)) <= 80 else f"{tasks[0]}+{len(tasks) - 1}_more"
+    if splits:
+        task_part += f"_{splits}splits"
+    return str(Path(pattern.format(model=model_part, tasks=task_part, stream=stream)))
 
 
 class WarmupCosine:
@@ -64,6 +79,17 @@ class WarmupCosine:
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (s - self.warmup_steps) / decay_steps)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_run_dir(pattern: str) -> None:
+    """`FineTuner.run_dir` may name only {model}, {tasks} and {stream}."""
+    import string
+
+    fields = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+    unknown = [name for name in fields if name not in RUN_DIR_FIELDS]
+    if unknown:
+        raise UserError(f"model.run_dir={pattern!r} names {{{unknown[0]}}}; a run folder pattern may use "
+                        "{model}, {tasks} and {stream}")
 
 
 def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
@@ -99,6 +125,9 @@ class FineTuner(pl.LightningModule):
         validate_seen_tasks: after each task, score the model on the test sets of the tasks seen so far
             (task-agnostic for a class-incremental stream) into `<run dir>/seen_tasks.json`
             (`weaving.training.seen_tasks`): the sequential model's accuracy matrix, filled while training.
+        run_dir: the run folder `weaving fit` uses when `trainer.default_root_dir` is left out, a pattern of
+            {model}, {tasks} (joined by '+', then `_<n>splits` for a class-incremental stream) and {stream}
+            (`run_dir_name`; see `fill_trainer_defaults`).
     """
 
     def __init__(
@@ -116,8 +145,10 @@ class FineTuner(pl.LightningModule):
         fused_adamw: bool | None = None,
         head_cache_dir: str | None = None,
         validate_seen_tasks: bool = False,
+        run_dir: str = "checkpoints/{model}/{tasks}",
     ) -> None:
         super().__init__()
+        check_run_dir(run_dir)
         if stream not in STREAMS:
             raise ValueError(f"model.stream={stream!r} is unknown; use one of: {', '.join(STREAMS)}")
         if epochs_per_task < 1:
@@ -143,6 +174,39 @@ class FineTuner(pl.LightningModule):
         self._schedule = WarmupCosine(warmup_steps)
         self._epoch_done = False
 
+    @classmethod
+    def fill_trainer_defaults(cls, config: Any) -> None:
+        """Complete a `weaving fit` config (its subcommand namespace) where it leaves these out, before
+        anything is built: `trainer.default_root_dir` from `run_dir` (so `--trainer.default_root_dir DIR`
+        moves the whole run), `trainer.max_epochs` = epochs_per_task x tasks, a logger's `save_dir` (None,
+        '' or '.') = the run folder, and a `ModelCheckpoint`'s `dirpath` = `<run folder>/ckpt`. The CLI calls
+        it on the module class a config names (weaving.lightning_cli)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from weaving.lightning_cli import import_class
+
+        args, data = config.get("model.init_args") or {}, config.get("data.init_args") or {}
+        tasks = list(data.get("tasks") or [])
+        trainer = config.trainer
+        if trainer.get("default_root_dir") is None:
+            pattern = args.get("run_dir") or "checkpoints/{model}/{tasks}"
+            check_run_dir(pattern)
+            trainer.default_root_dir = run_dir_name(args.get("model") or "weaving-tiny-vit", tasks, data.get("splits"),
+                                                    args.get("stream") or "sequential", pattern)
+        if trainer.get("max_epochs") is None and trainer.get("max_steps") in (None, -1) and tasks:
+            trainer.max_epochs = (args.get("epochs_per_task") or 1) * (data.get("splits") or len(tasks))
+        root = trainer.default_root_dir
+        loggers = trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = logger.get("init_args") if hasattr(logger, "get") else None
+            if init_args is not None and "save_dir" in init_args and init_args.get("save_dir") in (None, "", "."):
+                init_args.save_dir = root
+        for callback in trainer.get("callbacks") or []:
+            init_args = callback.get("init_args") if hasattr(callback, "get") else None
+            if init_args is not None and init_args.get("dirpath") is None and \
+                    issubclass(import_class(callback.get("class_path")), ModelCheckpoint):
+                init_args.dirpath = str(Path(root) / "ckpt")
+
     # ----------------------------------------------------------------------------------------------------
     # The stream: which task an epoch belongs to, and what changes at a task start
 
@@ -159,6 +223,11 @@ class FineTuner(pl.LightningModule):
     def identity(self) -> RunIdentity:
         """The run identity written into task vectors, index.json and checkpoints (weaving.io.runs)."""
         return RunIdentity(self.run_id, self.model_name, self.pretrained, self.pretrained_hash)
+
+    def image_model(self) -> tuple[str, str | None]:
+        """(open_clip name, pretrained tag or file) of the encoder: whose transforms a datamodule that names
+        no model gives its images (`weaving fit` links `data.init_args.model` to `model.init_args.model`)."""
+        return self.model_name, self.pretrained
 
     def pretrained_state_dict(self) -> dict[str, Tensor]:
         """theta_pre as a full open_clip state dict (text tower included); available until fit starts."""
@@ -198,12 +267,6 @@ class FineTuner(pl.LightningModule):
         self._task_names = list(dm.task_names)
         if not self._task_names:
             raise ValueError("data.tasks is empty; list at least one task")
-        data_model = getattr(dm, "model", None)
-        if data_model is not None and data_model.replace("/", "-") != self.model_name:
-            raise ValueError(
-                f"data.model={data_model!r} but model.model={self.hparams.model!r}; set both to the same model "
-                "so images get that model's size and normalization"
-            )
         if stage != "fit":
             return
         trainer = self.trainer

@@ -16,7 +16,7 @@ import torch
 
 from weaving.merging.registry import register_method
 from weaving.merging.task_set import TaskVectorSet
-from weaving.merging.tensor_ops import StackedBlocks, task_column, top_fraction_mask
+from weaving.merging.tensor_ops import StackedBlocks, magnitude_rank_mask, task_column
 
 
 @dataclass
@@ -75,8 +75,9 @@ def threshold_column(thresholds: list[torch.Tensor | None], like: torch.Tensor) 
 
 def per_tensor_trim(tensors: list[torch.Tensor], k: float) -> list[torch.Tensor]:
     """Each task's tensor (n entries) keeping its max(1, int(n*k)) entries of largest abs value, zero
-    elsewhere; among equal abs values at the threshold the earlier entries are kept (`top_fraction_mask`)."""
-    return [value * top_fraction_mask(value.reshape(-1), k).view(value.shape) for value in tensors]
+    elsewhere; among equal abs values at the threshold the earlier entries are kept (`magnitude_rank_mask`)."""
+    return [value * magnitude_rank_mask(value.reshape(-1), 0, max(1, int(value.numel() * k))).view(value.shape)
+            for value in tensors]
 
 
 def trim_(stacked: torch.Tensor, thresholds: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
