@@ -51,7 +51,8 @@ from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, 
 from weaving.merging.exporters import check_export, export
 from weaving.merging.model_card import describe_folder
 from weaving.merging.registry import METHODS, get_method, get_pooling, with_recorded_zero_entries
-from weaving.merging.search_space import SpaceValue, load_yaml as load_yaml_text, parse_search_space
+from weaving.merging.search_space import SpaceValue, parse_search_space
+from weaving.schema import load_yaml as load_yaml_text
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
 from weaving.merging.weave import prepare_weave
 
