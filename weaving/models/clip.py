@@ -11,6 +11,7 @@ import contextlib
 import logging
 
 import difflib
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -188,6 +189,20 @@ def _quiet_random_init(active: bool):
         root.removeFilter(keep)
 
 
+def _tokenizer(name: str) -> Callable:
+    """open_clip's tokenizer for `name`. For a name in open_clip's local registry it is built once per process
+    and model config (building the BPE tokenizer reads and parses its vocabulary: about 0.3 s, most of a tiny
+    model's load_clip; tokenizing only reads it); hf-hub: and local-dir: names are asked each time."""
+    if name not in open_clip.list_models():
+        return open_clip.get_tokenizer(name)
+    return _registered_tokenizer(name, json.dumps(open_clip.get_model_config(name), sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=8)
+def _registered_tokenizer(name: str, config: str) -> Callable:
+    return open_clip.get_tokenizer(name)
+
+
 def load_clip(model: str = "weaving-tiny-vit", pretrained: str | None = None, *, seed: int = 0) -> CLIPBundle:
     """Build an open_clip model with its transforms and tokenizer.
 
@@ -207,7 +222,7 @@ def load_clip(model: str = "weaving-tiny-vit", pretrained: str | None = None, *,
         except RuntimeError as error:
             where = f" from pretrained={source!r}" if source else ""
             raise ValueError(f"could not build model {name!r}{where}: {_one_line(error)}") from None
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _tokenizer(name)
     train_transform, eval_transform = _transforms(open_clip.get_model_preprocess_cfg(clip_model))
     return CLIPBundle(
         model=clip_model,
