@@ -197,3 +197,65 @@ def test_sigterm_during_fit_ends_with_one_line_and_a_non_zero_exit(capsys, monke
     assert code == 143
     assert err.splitlines()[-1] == "weaving fit: terminated by SIGTERM before the end; resume with --ckpt_path last"
     assert "Traceback" not in err
+
+
+POINTS = "[" + ", ".join(["{lam: 0.5}"] * 10_001) + "]"
+BILLION = "0.000001:1000:0.000001"  # 10^9 lambdas
+MERGE = ["merge", "--pretrained", "nowhere/pre.safetensors", "--finetuned", "nowhere/a.safetensors", "--method", "ties",
+         "--output", "nowhere/out.safetensors"]
+WEAVE = ["validate", "--config", str(CONFIGS / "merge" / "digits_ties_weave.yaml"), "--model.init_args.task_vectors",
+         "nowhere"]
+COMPARE = ["validate", "--model", "weaving.evaluation.ComparisonModule", "--model.init_args.task_vectors", "nowhere",
+           "--model.init_args.methods", "[ties]"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (MERGE + ["--lambdas", BILLION], "has 1000000000 points; at most 10000"),
+    (MERGE + ["--lambdas", "{distribution: uniform, low: 0.1, high: 1.0, n: 1000000000}"], "n must be a whole number in [1, 10000]"),
+    (MERGE + ["--points", POINTS], "has 10001 points; at most 10000"),
+    (MERGE + ["--lambdas", "0.0001:1.0:0.0001", "--grid", "{k: 0.0001:1.0:0.0001}"], "has 100000000 points"),
+    (["demo", "--lambdas", BILLION, "--output", "nowhere/demo"], "has 1000000000 points; at most 10000"),
+    (WEAVE + ["--model.init_args.lambdas", BILLION], "has 1000000000 points; at most 10000"),
+    (WEAVE + ["--model.init_args.lambdas", "0.0001:1.0:0.0001", "--model.init_args.grid", "{k: 0.0001:1.0:0.0001}"],
+     "has 100000000 points"),
+    (COMPARE + ["--model.init_args.lambdas", "{distribution: uniform, low: 0.1, high: 1.0, n: 1000000000}"],
+     "n must be a whole number in [1, 10000]"),
+])
+def test_a_huge_search_space_is_refused_before_anything_is_read(args, message, capsys):
+    """Every entry point with a search space checks it (and every option) before it reads a file: the inputs
+    here do not exist, so any other order would fail on them instead."""
+    code, _, err = run_main(capsys, *args)
+    lines = [line for line in err.splitlines() if line.startswith("weaving")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+STARTUP = """
+import sys
+from weaving.cli import main
+
+def run(*args):
+    try:
+        main(list(args))
+    except SystemExit as stop:
+        assert stop.code in (0, 2, None), stop.code
+
+run("--version")
+print("torch after --version:", "torch" in sys.modules)
+run("merge", "--pretrained", "p.safetensors", "--finetuned", "a.safetensors", "--method", "ties", "--lam", "abc",
+    "--output", "o.safetensors")
+run("merge", "--help")
+run("import", "--pretrained", "p", "--finetuned", "a=b", "--output", "o", "--format", "nope")
+run("import", "--help")
+print("lightning after merge and import:", sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")))
+"""
+
+
+def test_start_up_imports_only_what_each_command_needs(tmp_path):
+    """One process: `weaving --version` imports no torch; `weaving merge` and `weaving import` (a refused
+    option and --help) import no Lightning."""
+    result = subprocess.run([sys.executable, "-c", STARTUP], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch after --version: False" in result.stdout
+    assert "lightning after merge and import: []" in result.stdout, result.stdout
+    assert "weaving merge: error: --lam: expected float, got abc" in result.stderr
+    assert "weaving import: error: --format: expected one of" in result.stderr

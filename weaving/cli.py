@@ -126,7 +126,7 @@ def dispatch(argv: list[str] | None = None) -> None:
         demo_main(argv[1:])
     elif command in LIGHTNING_SUBCOMMANDS:
         from weaving.lightning_cli import lightning_main
-        from weaving.merging.search_space import use_in_jsonargparse
+        from weaving.schema import use_in_jsonargparse
 
         use_in_jsonargparse()  # YAML numbers as every command reads them: '1:3:1' is a range, '1e-3' a number
 

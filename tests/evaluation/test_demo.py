@@ -12,7 +12,7 @@ from weaving.models import load_clip
 
 
 def test_fast_demo_end_to_end(warm, tmp_path, capsys):
-    main(["demo", "--fast", "--output", str(tmp_path), "--no_progress"])
+    main(["demo", "--fast", "--output", str(tmp_path), "--progress", "false"])
     printed = capsys.readouterr().out
     for setup in ("multi_task", "continual", "domain_generalization"):
         folder = tmp_path / setup

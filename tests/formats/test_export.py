@@ -45,7 +45,7 @@ def test_hf_export_loads_in_transformers_and_matches_the_merged_model(run, tiny_
 
     name = tiny_hf[3]
     out = tmp_path / "merged_hf"
-    merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args", "{k: 0.5}",
+    merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", "ties", "--method_args", "{k: 0.5}",
                 "--lam", "0.7", "--format", "hf", "--output", str(out)])
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_hf_export_loads_in_transformers_and_matches_the_merged_model(run, tiny_
 def test_open_clip_export_loads_with_create_model(run, tiny_hf, tmp_path):
     name = tiny_hf[3]
     out = tmp_path / "merged.safetensors"
-    merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args", "{k: 0.5}",
+    merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", "ties", "--method_args", "{k: 0.5}",
                 "--lam", "0.7", "--format", "open_clip", "--output", str(out)])
     loaded = open_clip.create_model(name, pretrained=str(out)).eval()
     images = torch.randn(2, 3, 32, 32)
@@ -85,10 +85,10 @@ def test_export_checks_the_output_before_merging(run, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")
     with pytest.raises(ValueError, match="already exists"):
-        merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties",
+        merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", "ties",
                     "--format", "hf", "--output", str(tmp_path / "taken")])
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
-        merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties",
+        merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", "ties",
                     "--format", "tflite", "--output", str(tmp_path / "m.safetensors")])
     assert not (tmp_path / "m.safetensors").exists() and (tmp_path / "taken" / "x").read_text() == "keep"
 
@@ -99,7 +99,7 @@ def test_visual_only_merge_cannot_pose_as_a_full_checkpoint(run, tiny_hf, tmp_pa
     visual = {k: v for k, v in load_file(run / "pretrained.safetensors").items() if k.startswith("visual.")}
     save_file(visual, tmp_path / "visual.safetensors")
     with pytest.raises(ValueError, match="not a full"):
-        merge_main(["--pretrained", str(tmp_path / "visual.safetensors"), "--task-vectors", str(run),
+        merge_main(["--pretrained", str(tmp_path / "visual.safetensors"), "--task_vectors", str(run),
                     "--method", "ties", "--format", "open_clip", "--output", str(tmp_path / "m.safetensors")])
     assert not (tmp_path / "m.safetensors").exists()
 
@@ -118,7 +118,7 @@ def test_every_merged_folder_describes_itself_and_re_runs_to_the_same_tensors(ru
     out, again = tmp_path / "merged", tmp_path / "again"
     previous = os.umask(0o022)
     try:
-        main(["merge", "--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args",
+        main(["merge", "--pretrained", str(run), "--task_vectors", str(run), "--method", "ties", "--method_args",
               "{k: 0.5}", "--lam", "0.7", "--format", "open_clip", "--output", str(out)])
         assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json",
                                                          "open_clip_model.safetensors", "weaving_recipe.yaml"]
@@ -149,7 +149,7 @@ def test_the_format_model_is_checked_before_any_tensor_is_read(run, tiny_hf, tmp
 
     for name in ("get", "view", "read_into"):
         monkeypatch.setattr(SafetensorsFile, name, no_reads)
-    args = ["merge", "--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--format", "open_clip",
+    args = ["merge", "--pretrained", str(run), "--task_vectors", str(run), "--method", "ties", "--format", "open_clip",
             "--output", str(tmp_path / "m")]
     with pytest.raises(SystemExit) as info:
         main(args + ["--model", "ViT-B-31"])
@@ -168,7 +168,7 @@ def test_model_accepts_an_open_clip_config_file(run, tiny_hf, tmp_path):
     (tmp_path / "my-tiny-clip.json").write_text(json.dumps(config))
     out = tmp_path / "m.safetensors"
     try:
-        merge_main(["--pretrained", str(run), "--task-vectors", str(run), "--method", "ties", "--method_args",
+        merge_main(["--pretrained", str(run), "--task_vectors", str(run), "--method", "ties", "--method_args",
                     "{k: 0.5}", "--lam", "0.7", "--format", "open_clip", "--model", str(tmp_path / "my-tiny-clip.json"),
                     "--output", str(out)])
         assert read_metadata(out)["model"] == "my-tiny-clip"

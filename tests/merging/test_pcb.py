@@ -106,3 +106,21 @@ def test_bad_ratio(inputs):
 def test_bad_variant_and_zero_entries(inputs, args, message):
     with pytest.raises(ValueError, match=message):
         weaving.merge(*inputs, "pcb", **args)
+
+
+def test_the_in_memory_selection_path_gives_the_streamed_one_on_tensors_larger_than_a_selection_block(monkeypatch):
+    # A GPU sorts task vectors in memory, keeping every score block until the sort: pcb refills one buffer
+    # per block, so the blocks must be copied as they come (on an H200 4.9% of the entries differed)
+    from weaving.merging import tensor_ops
+    from weaving.merging.methods import pcb
+
+    monkeypatch.setattr(pcb, "SELECTION_BLOCK", 64)  # several blocks per tensor, as 2**20 gives a ViT-L-14
+    g = torch.Generator().manual_seed(0)
+    shapes = {"visual.in_proj_weight": (9, 50), "visual.bias": (11,)}
+    pretrained = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    task_vectors = [{k: 0.1 * torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(3)]
+    streamed = weaving.merge(pretrained, task_vectors, "pcb", lam=1.0)
+    monkeypatch.setattr(tensor_ops, "RADIX_DEVICES", ())  # the path a GPU takes, here on the CPU
+    in_memory = weaving.merge(pretrained, task_vectors, "pcb", lam=1.0)
+    for key, value in streamed.items():
+        assert torch.equal(in_memory[key], value), key

@@ -95,7 +95,8 @@ def test_bad_search_spaces_say_what_is_wrong(space, message):
 
 
 # ------------------------------------------------------------------------------------- reading numbers
-from weaving.merging.search_space import load_yaml, number, use_in_jsonargparse  # noqa: E402
+from weaving.merging.search_space import number  # noqa: E402
+from weaving.schema import load_yaml, use_in_jsonargparse  # noqa: E402
 
 
 @pytest.mark.parametrize("text, value", [

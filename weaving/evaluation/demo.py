@@ -19,11 +19,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 DOMAIN_TASKS = ("digits", "digits_rot90", "digits_inverted", "digits_mirrored")
@@ -32,7 +32,34 @@ CONTINUAL_TASK = "digits"
 
 @dataclass
 class DemoConfig:
-    """Everything the demo does; `fast()` gives the reduced variant."""
+    """Everything the demo does; `fast()` gives the reduced variant. Every field is a `weaving demo` option.
+
+    Args:
+        output: The output folder (created if missing).
+        model: The open_clip model (the tiny offline CLIP by default).
+        seed: Seed of pre-training, fine-tuning, methods and splits.
+        domains: The digits domain tasks of the multi-task and domain-generalization setups.
+        splits: Parts of the class-incremental continual stream.
+        epochs_per_task: Fine-tuning epochs per task.
+        pretrain_tasks: Step 0's pre-training tasks (an empty list starts from the random initialization).
+        pretrain_epochs: Pre-training epochs per task.
+        pretrain_max_batches: Pre-training batches per epoch (default: the whole training split).
+        max_batches: Fine-tuning batches per epoch (default: the whole training split).
+        batch_size: Batch size of fine-tuning and pre-training.
+        lr: Learning rate of fine-tuning.
+        warmup_steps: Warmup steps of the learning-rate schedule, per task.
+        methods: Merge methods (default: every registered method).
+        analysis_methods: Methods whose lambda curves are computed (uses evaluation data); 'all' for every method.
+        poolings: Weaving poolings (mean, random, magmax, or a method name).
+        lambdas: One search space for every method, e.g. 0.1:1.0:0.1 (default: the paper's per method and setup).
+        setups: The setups to evaluate.
+        max_test_samples: Score only this many test images per task (default: all).
+        device: cpu or cuda (default: cuda when available).
+        threads: torch CPU threads (1 is fastest for the tiny model; null: torch's default).
+        reuse: Reuse theta_pre and task vectors already in the output folder when they were made with the
+            same seed, tasks and theta_pre (else train again).
+        progress: Show progress bars.
+    """
 
     output: str = "weaving_demo"
     model: str = "weaving-tiny-vit"
@@ -218,49 +245,48 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     return all_results
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises a one-line ValueError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"{message} (weaving demo --help lists the options)")
+LIST_OPTIONS = ("domains", "pretrain_tasks", "methods", "analysis_methods", "poolings", "setups")
 
 
-def parse_args(argv: list[str]) -> DemoConfig:
-    parser = _Parser(prog="weaving demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", default="weaving_demo", help="output folder (default: weaving_demo)")
-    parser.add_argument("--fast", action="store_true", help="reduced run: fewer tasks, steps, methods, lambdas")
-    parser.add_argument("--methods", nargs="+", help="merge methods (default: all)")
-    parser.add_argument("--analysis_methods", nargs="+", help="methods whose lambda curves are computed "
-                        "(default: magmax iso_c; 'all' for every method)")
-    parser.add_argument("--poolings", nargs="+", help="weaving poolings (default: mean; also random, magmax)")
-    parser.add_argument("--lambdas", help="one search space for all methods, e.g. 0.1:1.0:0.1 (default: the paper's)")
-    parser.add_argument("--epochs_per_task", type=int, help="fine-tuning epochs per task")
-    parser.add_argument("--max_test_samples", type=int, help="score only this many test images per task")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest for the tiny model)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse", action="store_true", help="reuse theta_pre and task vectors already in the output "
-                        "folder when they were made with the same seed, tasks and theta_pre (else train again)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    config = DemoConfig(output=args.output, seed=args.seed, device=args.device, threads=args.threads, reuse=args.reuse,
-                        progress=not args.no_progress)
-    if args.fast:
-        config = config.fast()
-    updates: dict[str, Any] = {}
-    if args.methods:
-        updates["methods"] = tuple(args.methods)
-    if args.analysis_methods:
-        updates["analysis_methods"] = None if args.analysis_methods == ["all"] else tuple(args.analysis_methods)
-    if args.poolings:
-        updates["poolings"] = tuple(args.poolings)
-    for key in ("lambdas", "epochs_per_task", "max_test_samples"):
-        if getattr(args, key) is not None:
-            updates[key] = getattr(args, key)
-    return replace(config, **updates)
+def build_parser() -> Any:
+    """`weaving demo`'s options: DemoConfig's fields, plus --fast (the reduced preset)."""
+    import argparse
+
+    from weaving.schema import command_parser
+
+    class FastPreset(argparse.Action):
+        """--fast: DemoConfig.fast()'s values for every option still at its default; an option given after
+        --fast (or before it, with another value than the default) wins."""
+
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+            default, fast = asdict(DemoConfig()), asdict(DemoConfig().fast())
+            for key, value in fast.items():
+                current = namespace.get(key)
+                if (tuple(current) if isinstance(current, list) else current) == default[key]:
+                    namespace[key] = list(value) if isinstance(value, tuple) else value
+
+    parser = command_parser("weaving demo", __doc__.split("\n\n")[0], DemoConfig, one_or_more=LIST_OPTIONS,
+                            flags=("reuse", "progress"))
+    parser.add_argument("--fast", action=FastPreset, nargs=0, default=argparse.SUPPRESS,
+                        help="Reduced run (fewer tasks, steps, methods, lambdas): DemoConfig.fast()'s values for "
+                        "the options left at their defaults (options after --fast still win).")
+    return parser
 
 
-def demo_main(argv: list[str]) -> None:
+def parse_args(argv: Sequence[str]) -> DemoConfig:
+    """The demo's config from its command line (or a --config file of the same keys); `analysis_methods all`
+    means every method."""
+    from weaving.schema import parse_command
+
+    cfg = parse_command(build_parser(), argv)
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in cfg.as_dict().items()
+              if key in DemoConfig.__dataclass_fields__}
+    if values.get("analysis_methods") == ("all",):
+        values["analysis_methods"] = None
+    return DemoConfig(**values)
+
+
+def demo_main(argv: Sequence[str]) -> None:
     """Entry point of `weaving demo [--output DIR] [--fast] ...`."""
     config = parse_args(argv)  # errors propagate to weaving.cli.main: one line, exit status 2
     _check_config(config)
@@ -269,6 +295,7 @@ def demo_main(argv: list[str]) -> None:
 
 def _check_config(config: DemoConfig) -> None:
     import weaving
+    from weaving.errors import UserError
     from weaving.merging.registry import get_method, get_pooling
 
     for method in (config.methods or ()) + tuple(config.analysis_methods or ()):
@@ -279,13 +306,13 @@ def _check_config(config: DemoConfig) -> None:
         try:
             weaving.parse_lambdas(config.lambdas)
         except ValueError as error:
-            raise ValueError(f"--lambdas: {error}") from None
+            raise UserError(f"--lambdas: {error}") from None
     if config.epochs_per_task < 1:
-        raise ValueError(f"--epochs_per_task must be at least 1, got {config.epochs_per_task}")
+        raise UserError(f"--epochs_per_task must be at least 1, got {config.epochs_per_task}")
     if config.threads is not None and config.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {config.threads}")
+        raise UserError(f"--threads must be at least 1, got {config.threads}")
     if config.max_test_samples is not None and config.max_test_samples < 1:
-        raise ValueError(f"--max_test_samples must be at least 1, got {config.max_test_samples}")
+        raise UserError(f"--max_test_samples must be at least 1, got {config.max_test_samples}")
     _check_device(config.device)
     _check_output(Path(config.output))
 
@@ -294,31 +321,35 @@ def _check_device(device: str | None) -> None:
     """A device string torch knows, and a GPU when it names one (checked before any training)."""
     import torch
 
+    from weaving.errors import UserError
+
     if device is None:
         return
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device; use cpu or cuda (or cuda:N)") from None
+        raise UserError(f"--device {device!r} is not a device; use cpu or cuda (or cuda:N)") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or leave it out")
+            raise UserError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or leave it out")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif parsed.type != "cpu":
-        raise ValueError(f"--device {device!r}: the demo runs on cpu or cuda")
+        raise UserError(f"--device {device!r}: the demo runs on cpu or cuda")
 
 
 def _check_output(output: Path) -> None:
     """The output folder can be created and written (checked before any training)."""
     import os
 
+    from weaving.errors import UserError
+
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is an existing file; give a folder (it is created if missing)")
+        raise UserError(f"--output {output} is an existing file; give a folder (it is created if missing)")
     parent = output
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"--output {output}: {parent} is a file, so the folder cannot be created")
+        raise UserError(f"--output {output}: {parent} is a file, so the folder cannot be created")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {output}: {parent} is not writable")
+        raise UserError(f"--output {output}: {parent} is not writable")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from weaving.evaluation.comparison import ComparisonModule
-from weaving.merging.search_space import default_search_space
+from weaving.merging.search_space import SpaceValue, default_search_space
 
 
 class MergeModule(ComparisonModule):
@@ -57,9 +57,9 @@ class MergeModule(ComparisonModule):
         method_args: dict[str, Any] | None = None,
         lam: float = 1.0,
         weave: bool = False,
-        lambdas: str | list[float | dict[str, Any]] | dict[str, Any] | None = None,
-        grid: dict[str, Any] | None = None,
-        points: list[dict[str, Any]] | None = None,
+        lambdas: SpaceValue = None,
+        grid: SpaceValue = None,
+        points: SpaceValue = None,
         pooling: str = "mean",
         include_deltas: bool = True,
         setup: str = "multi_task",

@@ -51,7 +51,8 @@ from weaving.merging.engine import iter_assemble, output_layout, prepare_merge, 
 from weaving.merging.exporters import check_export, export
 from weaving.merging.model_card import describe_folder
 from weaving.merging.registry import METHODS, get_method, get_pooling, with_recorded_zero_entries
-from weaving.merging.search_space import load_yaml as load_yaml_text, parse_search_space
+from weaving.merging.search_space import SpaceValue, parse_search_space
+from weaving.schema import load_yaml as load_yaml_text
 from weaving.merging.sources import DifferenceSource, LastReadSource, ScaledSource
 from weaving.merging.weave import prepare_weave
 
@@ -74,7 +75,6 @@ class InputModel:
 
 
 Models = Union[str, list[Union[str, InputModel]]]
-SearchSpace = Union[float, list[Union[float, dict[str, Any]]], dict[str, Any], str]
 
 
 @dataclass
@@ -96,7 +96,8 @@ class Recipe:
         lambdas: Weight Weaving search space: 'start:stop:step' (inclusive), '0.1,0.5,1.0', a YAML list, a
             distribution or a per-layer lambda (docs/evaluation.md, 'Search spaces').
         grid: Weight Weaving over the method's hyper-parameters too, e.g. '{k: [0.1, 0.2]}'.
-        points: Explicit weaving points, e.g. '[{lam: 0.5, k: 0.1}, {lam: 1.0, k: 0.2}]'.
+        points: Explicit weaving points, e.g. '[{lam: 0.5, k: 0.1}, {lam: 1.0, k: 0.2}]'. (lambdas, grid and
+            points are checked by the search-space parser, at most 10,000 points, before any reading.)
         pooling: Weaving pooling: mean, random, magmax, or any merge method name.
         include_deltas: Pool the task vectors together with the lambda-scaled merges.
         dtype: Output dtype of floating tensors (default: the pretrained's).
@@ -117,9 +118,9 @@ class Recipe:
     task_vectors: Optional[Models] = None
     method_args: Optional[dict[str, Any]] = None
     lam: Optional[float] = None
-    lambdas: Optional[SearchSpace] = None
-    grid: Optional[dict[str, Any]] = None
-    points: Optional[list[dict[str, Any]]] = None
+    lambdas: SpaceValue = None
+    grid: SpaceValue = None
+    points: SpaceValue = None
     pooling: str = "mean"
     include_deltas: bool = True
     dtype: Optional[Dtype] = None

@@ -29,6 +29,14 @@ from typing import Any, Callable, Union
 
 import torch
 
+from weaving.schema import load_yaml
+
+# How the typed command lines declare a search space (lambdas, grid, points): any YAML value, checked by
+# parse_search_space below (the one place, with its cap on the number of points) before any tensor is read.
+# Not a typed list: jsonargparse checks a list item by item with a copy of the whole list each time, so a
+# 3,000-number list took 15 s to parse and a 10^5-point typo would run for hours before being refused.
+SpaceValue = Any
+
 # The one cap on the number of points a search space may expand to: each point is one member of the
 # augmented set, so more is a typo (a grid or a range mistyped into millions of merges), not a search.
 MAX_SEARCH_POINTS = 10_000
@@ -133,61 +141,6 @@ class Point:
 
 
 # ------------------------------------------------------------------------------------- reading numbers
-# Every command reads YAML through this loader: flags and --config files of every command (through
-# jsonargparse, see use_in_jsonargparse), recipes, and search spaces given as text. It is YAML 1.1
-# safe loading with YAML 1.2's numbers: `1:3:1` stays a string (YAML 1.1 reads base-60 integers, 3781,
-# so a range would become one huge lambda), `1e-3` and `1e39` are floats (YAML 1.1 wants `1.0e-3`), and
-# dates stay strings.
-_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?0o[0-7_]+|[-+]?0b[01_]+)$")
-_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                         |[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
-                         |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-                         |[-+]?\.(?:inf|Inf|INF)
-                         |\.(?:nan|NaN|NAN))$""", re.X)
-
-
-def _yaml_loader() -> type:
-    import yaml
-
-    class NumberLoader(yaml.SafeLoader):
-        pass
-
-    replaced = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"}
-    NumberLoader.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
-    NumberLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-    NumberLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(
-        loader.construct_scalar(node).replace("_", ""), 0))
-    return NumberLoader
-
-
-_LOADER: type | None = None
-
-
-def load_yaml(text: str) -> Any:
-    """YAML text -> Python values, with the number rules above (raises yaml.YAMLError on bad YAML)."""
-    global _LOADER
-    import yaml
-
-    if _LOADER is None:
-        _LOADER = _yaml_loader()
-    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader subclass
-
-
-def use_in_jsonargparse() -> None:
-    """Make jsonargparse (`weaving merge`, `weaving import`, LightningCLI) read flags and --config files
-    with `load_yaml`'s number rules. Its parser modes do not cover typed leaves (a `float` flag is read by
-    its module-level default loader), so that one loader is replaced; idempotent."""
-    from jsonargparse import _loaders_dumpers
-
-    global _LOADER
-    if _LOADER is None:
-        _LOADER = _yaml_loader()
-    _loaders_dumpers.yaml_default_loader = _LOADER
-
-
 def number(value: Any, what: str) -> float:
     """A finite number: an int or float, or text that YAML reads as one ('1e-3', '0.5'); `what` names the
     value in the one-line error. A range such as '1:3:1' is not a number."""

@@ -88,7 +88,8 @@ class TaskVectorSet:
         return self.select_sorted_rows(lambda key: [[values_of(key)]], [indices], absolute)[0]
 
     def select_sorted_rows(self, blocks_of: Callable[[str], Iterable[torch.Tensor]], indices: list[list[int]],
-                           absolute: bool = False, zeros: int = 0) -> list[list[torch.Tensor]]:
+                           absolute: bool = False, zeros: int = 0,
+                           reused_blocks: bool = False) -> list[list[torch.Tensor]]:
         """Several selections at once: `blocks_of(key)` yields blocks of R tensors (lists, or (R, ...)
         tensors) of that key's entries, the r-th belonging to stream r; the result's row r is [sorted(v_r)[i] for i in indices[r]] over all of
         stream r's entries (abs values when `absolute`). Every stream holds one task vector's numel() entries
@@ -96,7 +97,9 @@ class TaskVectorSet:
 
         Streamed radix selection (two passes over the keys for float32, `weaving.merging.selection`): only
         one key's blocks at a time are held. On a GPU, task vectors that fit (at most IN_MEMORY_SELECTION
-        entries) are sorted at once instead: one device-wide sort takes milliseconds.
+        entries) are sorted at once instead: one device-wide sort takes milliseconds. That path keeps every
+        block until the sort, so a `blocks_of` that refills one buffer must say so (`reused_blocks`): its
+        blocks are then copied as they come.
         """
         dtype = self.selection_dtype()
         count = self.numel()
@@ -105,7 +108,7 @@ class TaskVectorSet:
             for key in self.keys:
                 for block in blocks_of(key):
                     for stream, values in zip(streams, block):
-                        stream.append(values.to(dtype))
+                        stream.append(values.to(dtype, copy=reused_blocks))
             return [select_sorted(stream, list(wanted), absolute, zeros) for stream, wanted in zip(streams, indices)]
 
         def parts():

@@ -111,7 +111,7 @@ def prepare_pcb(task_set: TaskVectorSet, *, ratio: float, zero_entries: int = 0,
             yield out
 
     bounds = task_set.select_sorted_rows(score_blocks, [[int(d * (1 - ratio)), int(d * (1 - 0)) - 1]] * n,
-                                         zeros=zero_entries)
+                                         zeros=zero_entries, reused_blocks=True)
     return PcbStats(lo, hi, [row[0] for row in bounds], [row[1] for row in bounds])
 
 
