@@ -71,9 +71,10 @@ finally:
 
 
 def rank_env(port: int, rank: int) -> dict[str, str]:
-    """The environment torchrun gives rank `rank` of a 2-process group."""
+    """The environment torchrun gives rank `rank` of a 2-process group (one torch thread per rank, as torchrun
+    sets by default)."""
     return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
