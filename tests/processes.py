@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import subprocess
 import threading
 from multiprocessing.connection import Connection
@@ -138,3 +139,17 @@ def run(args: list[str], code: str | None = None, env: dict[str, str] | None = N
     finally:
         process.kill()
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(port: int, rank: int, world_size: int = 2) -> dict[str, str]:
+    """The environment torchrun gives rank `rank` of a one-machine process group (one torch thread per rank,
+    as torchrun sets by default)."""
+    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+            "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1"}

@@ -10,6 +10,8 @@ from weaving.evaluation import report
 from weaving.evaluation.demo import DemoConfig, parse_args
 from weaving.models import load_clip
 
+from ..processes import free_port, rank_env
+
 
 def test_fast_demo_end_to_end(warm, tmp_path, capsys):
     main(["demo", "--fast", "--output", str(tmp_path), "--progress", "false"])
@@ -58,8 +60,6 @@ def numbers(results):
 def recompute_from_the_kept_configs(warm, demo):
     """Each setup's resolved config, kept by the demo, recomputes its results with `weaving validate`; two DDP
     processes (gloo) write the numbers of one process, also where a rank's share is padded (59 samples)."""
-    import os
-
     for setup in ("multi_task", "domain_generalization", "continual"):
         config = demo / setup / "config.yaml"
         assert "class_path: weaving.evaluation.ComparisonModule" in config.read_text()
@@ -70,12 +70,18 @@ def recompute_from_the_kept_configs(warm, demo):
         assert (again / "config.yaml").read_text() != config.read_text()  # the CLI's resolved config
     odd = ["--model.init_args.max_samples=59", "--model.init_args.batch_size=16", "--trainer.enable_progress_bar=false"]
     main(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'one'}", *odd])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    # rank 0 is a warm `python -m weaving validate ...`; Lightning starts rank 1 as a new interpreter
-    result = warm.run(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'ddp'}",
-                       "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *odd],
-                      cwd=demo, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # both ranks started as torchrun starts them (tests/training/test_ddp.py has Lightning start its ranks)
+    port = free_port()
+    ranks = [warm.WarmProcess(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'ddp'}",
+                               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *odd],
+                              cwd=demo, env=rank_env(port, rank)) for rank in range(2)]
+    try:
+        for rank in ranks:
+            _, err = rank.communicate(timeout=300)
+            assert rank.returncode == 0, err[-3000:]
+    finally:
+        for rank in ranks:
+            rank.kill()
     one, ddp = report.load_results(demo / "one"), report.load_results(demo / "ddp")
     assert ddp["job"]["devices"] == 2 and one["job"]["devices"] == 1
     assert numbers(ddp) == numbers(one)

@@ -20,6 +20,7 @@ from weaving.io.loader import open_checkpoint
 from weaving.io.publish import TEMP_SUFFIX, remove_stale_temporaries, temporary_path
 
 from ..formats.llm import finetunes, llama_like, write_hf_folder
+from ..processes import free_port, rank_env
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:
@@ -244,8 +245,6 @@ def test_sigterm_to_a_distributed_merge_leaves_nothing(warm, tmp_path):
     temporary folder: rank 0 removes it and ends as signalled, rank 1 stops too; nothing is published."""
     import yaml
 
-    from ..merging.test_distributed import free_port
-
     base = llama_like(layers=2)
     base_dir = write_hf_folder(tmp_path / "base", base, shards=2)
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2)) for i, t in enumerate(finetunes(base, 2))]
@@ -253,10 +252,8 @@ def test_sigterm_to_a_distributed_merge_leaves_nothing(warm, tmp_path):
                                                           "method": "ties", "output": str(tmp_path / "out")}))
     marker, port, processes = tmp_path / "marker", free_port(), []
     for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
         processes.append(warm.WarmProcess([str(marker), "merge", "--config", str(tmp_path / "recipe.yaml")],
-                                          code=SLOW_PUBLISH, env=env))
+                                          code=SLOW_PUBLISH, env=rank_env(port, rank)))
     try:
         while not marker.exists():  # rank 0 is about to publish: every shard is in its temporary folder
             if processes[0].poll() is not None:

@@ -1,10 +1,8 @@
 """Distributed merging: exact selection, the partition, and 2 gloo processes against one process."""
 
 import json
-import os
 import resource
 import signal
-import socket
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from weaving.merging.recipe import run_recipe
 from weaving.merging.selection import radix_select
 
 from ..formats.llm import finetunes, llama_like, write_hf_folder
+from ..processes import free_port, rank_env
 
 CASES = {name: {"method": name} for name in sorted(weaving.METHODS)}
 CASES["ties_k"] = {"method": "ties", "method_args": {"k": 0.35}}
@@ -68,19 +67,6 @@ finally:
     if dist.is_initialized():
         dist.destroy_process_group()
 """
-
-
-def rank_env(port: int, rank: int) -> dict[str, str]:
-    """The environment torchrun gives rank `rank` of a 2-process group (one torch thread per rank, as torchrun
-    sets by default)."""
-    return {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-            "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_processes_write_the_same_tensors_as_one(warm, tmp_path):
