@@ -43,6 +43,9 @@ def _expected(text: str) -> str:
     return re.sub(r"<class '(\w+)'>", r"\1", text).removesuffix(".")
 
 
+_LINK_FAILED = re.compile(r"Call to compute_fn of link '[^\n]*?' with args \(.*?\) failed: ")
+
+
 def error_line(error: BaseException | str) -> str:
     """One line for a user mistake.
 
@@ -51,7 +54,8 @@ def error_line(error: BaseException | str) -> str:
     '--lam: expected float, got abc'. A nested class error ('Parser key "model": ... Problem with given
     class_path 'X': <cause>') keeps the key, the class and the first cause that is not jsonargparse's noise.
     Anything else keeps its first meaningful line."""
-    report = str(error)
+    # a failed argument link (LightningCLI's link_arguments): the link's own message is the cause
+    report = _LINK_FAILED.sub("", str(error))
     lines = [line.strip() for line in report.splitlines() if line.strip()]
     if not lines:
         return type(error).__name__ if isinstance(error, BaseException) else "invalid input"
