@@ -1,8 +1,10 @@
-"""Every `weaving merge`, `weaving import` and `weaving demo` command that README.md and docs/*.md show
-parses as written: each runs with `--print_config` (the options as parsed; nothing is read or written)
-in a folder that holds the YAML files the same documents show (a block whose first line is `# NAME.yaml`;
-a merged folder's weaving_recipe.yaml is docs/recipes.md's recipe.yaml, the same schema).
-Commands of other tools (`torchrun ... -m weaving merge ...`) are read from `weaving` on."""
+"""Every `weaving merge`, `import`, `demo`, `fit` and `validate` command that README.md and docs/*.md show
+parses as written: each runs with `--print_config` (the options as parsed; nothing is read or written).
+merge/import/demo run in a folder that holds the YAML files the same documents show (a block whose first
+line is `# NAME.yaml`; a merged folder's weaving_recipe.yaml is docs/recipes.md's recipe.yaml, the same
+schema); fit/validate run in the repository, whose configs/ they name (`$task` as one of the tasks, the
+Docker image's /opt/weaving/ as the repository). Commands of other tools (`torchrun ... -m weaving merge
+...`, `srun weaving fit ...`) are read from `weaving` on."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from weaving.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-WALKED = ("merge", "import", "demo")
+WALKED = ("merge", "import", "demo", "fit", "validate")
+LIGHTNING = ("fit", "validate")
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 
 
@@ -34,9 +37,9 @@ def documented() -> tuple[list[tuple[str, list[str]]], dict[str, str]]:
             if kind not in ("bash", "sh", ""):
                 continue
             for i, line in enumerate(body.replace("\\\n", " ").splitlines()):
-                if not re.search(r"\bweaving (merge|import|demo)\b", line):
+                if not re.search(rf"\bweaving ({'|'.join(WALKED)})\b", line):
                     continue
-                words = shlex.split(line, comments=True)
+                words = shlex.split(line.replace("$task", "sun397").replace("/opt/weaving/", ""), comments=True)
                 if "weaving" in words:
                     words = words[words.index("weaving") + 1:]
                     if words and words[0] in WALKED:
@@ -60,9 +63,9 @@ def test_a_documented_command_parses_as_written(argv, tmp_path, monkeypatch, cap
         if word == "--config" and Path(argv[i + 1]).name == "weaving_recipe.yaml":
             (tmp_path / argv[i + 1]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / argv[i + 1]).write_text(FILES["recipe.yaml"])
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(ROOT if argv[0] in LIGHTNING else tmp_path)
     with pytest.raises(SystemExit) as done:
-        main([*argv, "--print_config"])
+        main([*argv, *([] if "--print_config" in argv else ["--print_config"])])
     captured = capsys.readouterr()
     assert done.value.code in (0, None), captured.err
     assert captured.out.strip(), "nothing printed"
