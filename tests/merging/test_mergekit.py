@@ -376,3 +376,13 @@ def test_weaving_merge_weaves_over_a_mergekit_file(tmp_path, models):
     lambdas = sum(round(0.1 * i, 10) for i in range(1, 11))
     expected = {k: b + (sum(ft[k] - b for ft in finetuned) + lambdas * (merged[k] - b)) / (3 + 10) for k, b in base.items()}
     assert_close(woven, expected)
+
+
+def test_comparisons_run_every_method_but_the_mergekit_ones_by_default():
+    from weaving.merging.registry import METHODS, compared_methods
+
+    names = compared_methods()
+    assert {name for name in METHODS if name not in names} == {
+        "mergekit_task_arithmetic", "mergekit_ties", "mergekit_dare_ties", "mergekit_breadcrumbs",
+        "mergekit_breadcrumbs_ties"}
+    assert {"task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "pcb", "tsv", "iso_cts"} <= set(names)

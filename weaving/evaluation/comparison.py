@@ -149,7 +149,7 @@ class ComparisonModule(pl.LightningModule):
         tasks: the evaluated tasks (datasets), one column each; for continual the full task(s), scored per part
             (default: the task vectors' tasks; a datamodule's `task_names` when the config has one).
         vectors: which task vectors to use (default: all of them, in the run's order).
-        methods: merge methods (`weaving.METHODS`; default: every registered method).
+        methods: merge methods (`weaving.METHODS`; default: every registered method but the mergekit_* ones).
         method_args: per method, its hyper-parameters, e.g. {"ties": {"k": 0.2}} (defaults for the others).
         lambdas: search spaces: one for every method ("0.1:1.0:0.1", a list, or any space of
             `weaving.merging.search_space`, including a mapping with lambdas/grid/points), or a mapping
@@ -248,14 +248,13 @@ class ComparisonModule(pl.LightningModule):
     def _configure(self, *, task_vectors, setup, tasks, vectors, methods, method_args, lambdas, poolings,
                    include_deltas, lam, rows, analysis, seed, model, pretrained, init_seed, allow_mixed) -> None:
         """Check the config (a one-line error before anything is loaded), read the run and load theta_pre."""
-        import weaving
         from weaving.io.runs import RunIdentity, check_same_base, read_run, state_dict_hash
-        from weaving.merging.registry import get_method, get_pooling, with_recorded_zero_entries
+        from weaving.merging.registry import compared_methods, get_method, get_pooling, with_recorded_zero_entries
 
         self.setup_name = check_setup(setup)
         if isinstance(methods, str):
             raise ValueError(f"methods: give a list of method names, not the string {methods!r}")
-        self.methods = list(weaving.METHODS) if methods is None else list(methods)
+        self.methods = compared_methods() if methods is None else list(methods)
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"merge methods repeat in {self.methods}; give each method once")
         self.method_args = {m: dict((method_args or {}).get(m) or {}) for m in self.methods}

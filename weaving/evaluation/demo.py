@@ -48,7 +48,8 @@ class DemoConfig:
         batch_size: Batch size of fine-tuning and pre-training.
         lr: Learning rate of fine-tuning.
         warmup_steps: Warmup steps of the learning-rate schedule, per task.
-        methods: Merge methods (default: every registered method).
+        methods: Merge methods (default: every registered method but the mergekit_* ones, which reproduce
+            mergekit's rules for mergekit files).
         analysis_methods: Methods whose lambda curves are computed (uses evaluation data); 'all' for every method.
         poolings: Weaving poolings (mean, random, magmax, or a method name).
         lambdas: One search space for every method, e.g. 0.1:1.0:0.1 (default: the paper's per method and setup).
@@ -74,7 +75,7 @@ class DemoConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 10
-    methods: tuple[str, ...] | None = None  # None: every registered method
+    methods: tuple[str, ...] | None = None  # None: registry.compared_methods()
     analysis_methods: tuple[str, ...] | None = ("magmax", "iso_c")  # the paper's Figure 2 pair; None: all
     poolings: tuple[str, ...] = ("mean",)
     lambdas: str | None = None  # one search space for every method; None: the paper's per method and setup
@@ -188,10 +189,10 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
     """Fine-tune, merge, evaluate and report (see the module docstring); returns the results per setup."""
     import lightning.pytorch as pl
 
-    import weaving
     from weaving.evaluation import report
     from weaving.evaluation.comparison import run_comparison
     from weaving.io.runs import read_run
+    from weaving.merging.registry import compared_methods
 
     import torch
 
@@ -200,7 +201,7 @@ def run_demo(config: DemoConfig) -> list[dict[str, Any]]:
         torch.set_num_threads(config.threads)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    methods = list(config.methods or weaving.METHODS)
+    methods = list(config.methods or compared_methods())
     analysis_methods = [m for m in methods if config.analysis_methods is None or m in config.analysis_methods]
     pl.seed_everything(config.seed, verbose=False)
 

@@ -27,6 +27,7 @@ class MergeMethod:
     random: bool = False
     sums_tasks: bool = False  # g is exactly the sum of the task vectors (weaving's closed form reuses it)
     defaults: dict[str, Any] = field(default_factory=dict)
+    compared: bool = True  # among the methods a comparison (the demo, ComparisonModule) runs when none are named
 
     def resolve(self, hparams: dict[str, Any]) -> dict[str, Any]:
         """Defaults overridden by `hparams`; unknown names raise a ValueError listing the valid ones."""
@@ -65,8 +66,10 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def register_method(name: str, *, prepare: Callable[..., Any] | None = None, random: bool = False,
-                    sums_tasks: bool = False):
-    """Register a per-tensor merge function under `name`; its keyword defaults are its hyper-parameters."""
+                    sums_tasks: bool = False, compared: bool = True):
+    """Register a per-tensor merge function under `name`; its keyword defaults are its hyper-parameters.
+    `compared=False` leaves it out of the comparisons that run every method by default (a method that only
+    reproduces another tool's rules, such as the mergekit_* methods)."""
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         params = inspect.signature(fn).parameters.values()
@@ -78,10 +81,17 @@ def register_method(name: str, *, prepare: Callable[..., Any] | None = None, ran
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
         METHODS[name] = MergeMethod(name=name, merge=fn, prepare=prepare, random=random, sums_tasks=sums_tasks,
-                                    defaults=defaults)
+                                    defaults=defaults, compared=compared)
         return fn
 
     return decorator
+
+
+def compared_methods() -> list[str]:
+    """The methods a comparison runs when none are named: every registered method that is `compared`."""
+    import weaving.merging.methods  # noqa: F401  (fills the registry)
+
+    return [name for name, method in METHODS.items() if method.compared]
 
 
 def get_method(name: str) -> MergeMethod:

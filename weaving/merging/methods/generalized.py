@@ -121,14 +121,14 @@ def _magnitude(task: int, flat: torch.Tensor, density: float) -> torch.Tensor:
     return magnitude_mask(flat, density)
 
 
-@register_method("mergekit_task_arithmetic", prepare=prepare_generalized)
+@register_method("mergekit_task_arithmetic", prepare=prepare_generalized, compared=False)
 def mergekit_task_arithmetic(tensors: list[torch.Tensor], *, key: str, stats: dict, weights: tuple = (),
                              normalize: bool = False, scale: float = 1.0, compute_dtype: str = "inputs") -> torch.Tensor:
     return generalized(tensors, None, work=stats[key], weights=weights, densities=(), consensus=False,
                        normalize=normalize, rescale=False, scale=scale)
 
 
-@register_method("mergekit_ties", prepare=prepare_generalized)
+@register_method("mergekit_ties", prepare=prepare_generalized, compared=False)
 def mergekit_ties(tensors: list[torch.Tensor], *, key: str, stats: dict, weights: tuple = (), densities: tuple = (),
                   normalize: bool = True, rescale: bool = False, scale: float = 1.0,
                   compute_dtype: str = "inputs") -> torch.Tensor:
@@ -136,7 +136,7 @@ def mergekit_ties(tensors: list[torch.Tensor], *, key: str, stats: dict, weights
                        normalize=normalize, rescale=rescale, scale=scale)
 
 
-@register_method("mergekit_dare_ties", prepare=prepare_generalized, random=True)
+@register_method("mergekit_dare_ties", prepare=prepare_generalized, random=True, compared=False)
 def mergekit_dare_ties(tensors: list[torch.Tensor], *, key: str, stats: dict, seed: int, weights: tuple = (),
                        densities: tuple = (), normalize: bool = False, rescale: bool = True, scale: float = 1.0,
                        compute_dtype: str = "inputs") -> torch.Tensor:
@@ -152,7 +152,7 @@ def _breadcrumbs(tensors: list[torch.Tensor], gammas: Sequence[float], **setting
     return generalized(tensors, lambda task, flat, density: outliers_mask(flat, density, gammas[task]), **settings)
 
 
-@register_method("mergekit_breadcrumbs", prepare=prepare_generalized)
+@register_method("mergekit_breadcrumbs", prepare=prepare_generalized, compared=False)
 def mergekit_breadcrumbs(tensors: list[torch.Tensor], *, key: str, stats: dict, weights: tuple = (),
                          densities: tuple = (), gammas: tuple = (), normalize: bool = False, rescale: bool = False,
                          scale: float = 1.0, compute_dtype: str = "inputs") -> torch.Tensor:
@@ -160,7 +160,7 @@ def mergekit_breadcrumbs(tensors: list[torch.Tensor], *, key: str, stats: dict, 
                         normalize=normalize, rescale=rescale, scale=scale)
 
 
-@register_method("mergekit_breadcrumbs_ties", prepare=prepare_generalized)
+@register_method("mergekit_breadcrumbs_ties", prepare=prepare_generalized, compared=False)
 def mergekit_breadcrumbs_ties(tensors: list[torch.Tensor], *, key: str, stats: dict, weights: tuple = (),
                               densities: tuple = (), gammas: tuple = (), normalize: bool = False,
                               rescale: bool = False, scale: float = 1.0, compute_dtype: str = "inputs") -> torch.Tensor:
