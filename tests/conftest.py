@@ -19,6 +19,7 @@ def pytest_collection_finish(session) -> None:
 @pytest.fixture
 def warm():
     """Start child processes warm: `warm.WarmProcess(args, code=..., env=..., setup=...)` is a Popen,
-    `warm.run(args, ...)` a subprocess.run (see tests/processes.py)."""
+    `warm.run(args, ...)` a subprocess.run, `warm.run_ranks(args, ...)` that run as the ranks of a process
+    group (see tests/processes.py)."""
     processes.start_server()
     return processes

@@ -141,6 +141,27 @@ def run(args: list[str], code: str | None = None, env: dict[str, str] | None = N
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+def run_ranks(args: list[str], code: str | None = None, cwd: str | os.PathLike | None = None,
+              timeout: float | None = 300, world_size: int = 2,
+              setups: dict[int, object] | None = None) -> list[subprocess.CompletedProcess]:
+    """`run` as the ranks of a one-machine process group (the environment torchrun gives them, one free
+    rendezvous port): every rank started warm at once, each waited for; none is left running.
+    `setups[rank]` runs in that rank before the command (`WarmProcess`'s `setup`)."""
+    port = free_port()
+    processes = [WarmProcess(args, code=code, env=rank_env(port, rank, world_size), cwd=cwd,
+                             setup=(setups or {}).get(rank)) for rank in range(world_size)]
+    try:
+        done = []
+        for process in processes:
+            out, err = process.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        return done
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
 def free_port() -> int:
     """A TCP port free on this machine now, for a process group's rendezvous."""
     with socket.socket() as s:

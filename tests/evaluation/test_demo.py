@@ -10,7 +10,6 @@ from weaving.evaluation import report
 from weaving.evaluation.demo import DemoConfig, parse_args
 from weaving.models import load_clip
 
-from ..processes import free_port, rank_env
 
 
 def test_fast_demo_end_to_end(warm, tmp_path, capsys):
@@ -71,17 +70,10 @@ def recompute_from_the_kept_configs(warm, demo):
     odd = ["--model.init_args.max_samples=59", "--model.init_args.batch_size=16", "--trainer.enable_progress_bar=false"]
     main(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'one'}", *odd])
     # both ranks started as torchrun starts them (tests/training/test_ddp.py has Lightning start its ranks)
-    port = free_port()
-    ranks = [warm.WarmProcess(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'ddp'}",
-                               "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *odd],
-                              cwd=demo, env=rank_env(port, rank)) for rank in range(2)]
-    try:
-        for rank in ranks:
-            _, err = rank.communicate(timeout=300)
-            assert rank.returncode == 0, err[-3000:]
-    finally:
-        for rank in ranks:
-            rank.kill()
+    for rank in warm.run_ranks(["validate", "--config", str(config), f"--model.init_args.output_dir={demo / 'ddp'}",
+                                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", *odd],
+                               cwd=demo):
+        assert rank.returncode == 0, rank.stderr[-3000:]
     one, ddp = report.load_results(demo / "one"), report.load_results(demo / "ddp")
     assert ddp["job"]["devices"] == 2 and one["job"]["devices"] == 1
     assert numbers(ddp) == numbers(one)

@@ -75,16 +75,8 @@ def test_two_gloo_processes_write_the_same_tensors_as_one(warm, tmp_path):
     paths = [str(write_hf_folder(tmp_path / f"ft{i}", t, shards=2, config=False)) for i, t in enumerate(finetunes(base))]
     inputs = {"pretrained": str(base_dir), "finetuned": paths, "out_shard_size": 600}
     recipes = {name: {**inputs, **case} for name, case in CASES.items()}
-    port = free_port()
-    ranks = [warm.WarmProcess([str(tmp_path), json.dumps(recipes)], code=RANK_WORKER, env=rank_env(port, rank))
-             for rank in range(2)]
-    try:
-        for process in ranks:
-            _, err = process.communicate(timeout=300)
-            assert process.returncode == 0, err[-3000:]
-    finally:
-        for process in ranks:
-            process.kill()
+    for rank in warm.run_ranks([str(tmp_path), json.dumps(recipes)], code=RANK_WORKER):
+        assert rank.returncode == 0, rank.stderr[-3000:]
     for name, recipe in recipes.items():
         single = run_recipe({**recipe, "output": str(tmp_path / "one" / name)})
         one, two = open_checkpoint(single), open_checkpoint(tmp_path / "two" / name)
@@ -114,22 +106,9 @@ def run_two_ranks(warm, tmp_path, recipe: dict, rank_1_setup=None) -> list[tuple
     up); (exit code, stderr lines without progress bars) per rank. Neither may hang."""
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    port = free_port()
-    processes = []
-    for rank in range(2):
-        processes.append(warm.WarmProcess(["merge", "--config", str(path)], env=rank_env(port, rank),
-                                          setup=rank_1_setup if rank == 1 else None))
-    try:
-        results = []
-        for process in processes:
-            _, err = process.communicate(timeout=120)
-            lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("merge[")]
-            results.append((process.returncode, lines))
-        return results
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    ranks = warm.run_ranks(["merge", "--config", str(path)], timeout=120, setups={1: rank_1_setup})
+    return [(rank.returncode, [line for line in rank.stderr.replace("\r", "\n").splitlines()
+                               if line.strip() and not line.startswith("merge[")]) for rank in ranks]
 
 
 def distributed_inputs(tmp_path, nan_in: str | None = None):
